@@ -1,0 +1,119 @@
+"""Run artifacts: what ops read in the Prefect UI after a run.
+
+Only counts, record keys, names, handles and links go here: never a secret, never a
+raw payload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import FlowRunContext
+
+from socialcrm.records import RecordProblem
+
+MAX_ROWS = 500
+
+
+def _in_flow_run() -> bool:
+    return FlowRunContext.get() is not None
+
+
+def _cell(value: Any, limit: int = 200) -> Any:
+    if isinstance(value, str):
+        text = " ".join(value.split())
+        if text[:1] in ("=", "+", "-", "@"):
+            text = "'" + text  # a spreadsheet must never run what a stranger wrote
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+    return value
+
+
+def publish_leads_artifacts(
+    account: str,
+    summary: dict[str, Any],
+    delivered: Sequence[dict[str, Any]],
+    problems: Sequence[RecordProblem],
+    would_write: Sequence[dict[str, Any]],
+) -> None:
+    if not _in_flow_run():
+        return
+    key = f"leads-{account}".lower().replace("_", "-")
+    calls = summary["api_calls"]
+    lines = [
+        f"# Leads run for `{account}`: {summary['status']}",
+        "",
+        "| | count |",
+        "|---|---|",
+        *(
+            f"| {label} | {summary[name]} |"
+            for label, name in [
+                ("engagements fetched", "fetched"),
+                ("new engagements", "new_engagements"),
+                ("engaged users", "engaged_users"),
+                ("qualified (to deliver)", "qualified"),
+                ("leads created", "created"),
+                ("leads updated", "updated"),
+                ("unchanged (not sent)", "unchanged"),
+                ("failed", "failed"),
+                ("dead-lettered", "dead_lettered"),
+                ("source warnings", "source_warnings"),
+            ]
+        ),
+        "",
+        f"API calls: X {calls['x']['reads']} reads; Salesforce {calls['salesforce']['reads']} "
+        f"reads, {calls['salesforce']['writes']} writes"
+        + (
+            f" (org usage {summary['salesforce_api_usage']})"
+            if summary.get("salesforce_api_usage")
+            else ""
+        ),
+    ]
+    if summary["dry_run"]:
+        lines += [
+            "",
+            f"**Dry run**: would create {summary['would_create']} and update "
+            f"{summary['would_update']} leads; nothing was written.",
+        ]
+    create_markdown_artifact(
+        key=f"{key}-summary", markdown="\n".join(lines), description="Counts of the leads run"
+    )
+    rows = [
+        {k: _cell(row.get(k)) for k in ("status", "name", "handle", "score", "url", "record_key")}
+        for row in delivered
+        if row["status"] in ("created", "updated")
+    ]
+    if rows:
+        create_table_artifact(
+            key=f"{key}-leads",
+            table=rows[:MAX_ROWS],
+            description=f"Leads created or updated ({len(rows)} in all)",
+        )
+    if would_write:
+        preview = [
+            {k: _cell(v) for k, v in row.items() if k != "Description"}
+            for row in would_write[:MAX_ROWS]
+        ]
+        create_table_artifact(
+            key=f"{key}-preview",
+            table=preview,
+            description=f"Would-be leads ({len(would_write)} in all)",
+        )
+    if problems:
+        errors = [
+            {
+                "record_key": _cell(p.record_key),
+                "stage": p.stage,
+                "system": p.system,
+                "field": p.field,
+                "reason": _cell(p.reason, 300),
+            }
+            for p in problems[:MAX_ROWS]
+        ]
+        create_table_artifact(
+            key=f"{key}-errors",
+            table=errors,
+            description=f"Records not delivered ({len(problems)} in all); "
+            "see `socialcrm dead-letters list`",
+        )

@@ -1,0 +1,386 @@
+"""Salesforce REST simulator: OAuth token, describe, sObject writes, collections, SOQL.
+
+Faithful where sinks get hurt: error bodies are JSON arrays (``errorCode``) while
+collections answer HTTP 200 with per-record ``statusCode`` errors in request order;
+``allOrNone`` rolls everything back; upserts report ``created``; SOQL pages through
+``nextRecordsUrl`` paths; every data call is counted in ``Sforce-Limit-Info``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from sandbox import soql
+from sandbox.sf_query import QueryEngine
+from sandbox.sf_schema import OBJECTS, SObject, record_error
+from sandbox.sf_store import Planned, RecordStore, SfError
+from sandbox.wire import Options, Request, Response, json_response
+
+CLIENT_ID = "sandbox-client-id"
+CLIENT_SECRET = "sandbox-client-secret"
+ORG_ID = "00D5g000004SaNdEAK"
+JSON = "application/json;charset=UTF-8"
+MAX_COLLECTION = 200
+
+
+def _json_body(req: Request) -> Any:
+    def refuse(token: str) -> Any:
+        # Python's json accepts NaN; Salesforce's parser does not (pandas users meet this).
+        raise ValueError(f"Unexpected character ('{token[0]}'): expected a valid value")
+
+    try:
+        return json.loads(req.body.decode("utf-8") or "null", parse_constant=refuse)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SfError(400, "JSON_PARSER_ERROR", f"{exc} at [line:1, column:1]") from None
+
+
+class SalesforceSimulator:
+    def __init__(self, options: Options, seed: int) -> None:
+        self.options = options
+        self.base_url = ""  # set by the server once the port is known
+        self.tokens: set[str] = set()
+        self.api_usage = 0
+        self.store = RecordStore(seed)
+        self.queries = QueryEngine(self.store, options)
+
+    # --- routing ------------------------------------------------------------------------
+
+    def route(self, req: Request) -> tuple[str, Callable[[], Response]] | None:
+        path = req.path.rstrip("/") or "/"
+        m, method = None, req.method
+        if path == "/services/oauth2/token" and method == "POST":
+            return "POST /services/oauth2/token", lambda: self.token(req)
+        if path == "/services/data" and method == "GET":
+            return "GET /services/data", lambda: self._plain(self.versions())
+        m = re.match(r"^/services/data/v(\d+\.\d)(/.*)?$", path)
+        if not m:
+            return None
+        version, rest = m[1], m[2] or ""
+        parts = [unquote(p) for p in rest.split("/")[1:]]
+        table: list[tuple[str, str, Callable[..., Any]]] = [
+            ("GET", "", self.resources),
+            ("GET", "limits", self.limits),
+            ("GET", "sobjects", self.describe_global),
+            ("GET", "sobjects/:sobject/describe", self.describe),
+            ("POST", "sobjects/:sobject", self.create_one),
+            ("GET", "sobjects/:sobject/:id", self.get_one),
+            ("PATCH", "sobjects/:sobject/:id", self.update_one),
+            ("PATCH", "sobjects/:sobject/:field/:value", self.upsert_one),
+            ("GET", "query", self.queries.query),
+            ("GET", "queryAll", self.queries.query),
+            ("GET", "query/:locator", self.queries.query_more),
+            ("POST", "composite/sobjects", self.collection_create),
+            ("PATCH", "composite/sobjects", self.collection_update),
+            ("PATCH", "composite/sobjects/:sobject/:field", self.collection_upsert),
+        ]
+        for verb, template, handler in table:
+            pieces = template.split("/") if template else []
+            if verb != method or len(pieces) != len(parts):
+                continue
+            args = [p for t, p in zip(pieces, parts, strict=True) if t.startswith(":")]
+            if all(t.startswith(":") or t == p for t, p in zip(pieces, parts, strict=True)):
+                key = f"{method} /services/data/v{version}" + (f"/{template}" if template else "")
+                return key, lambda h=handler, a=args: self._data_call(req, version, h, a)
+        return None
+
+    def _plain(self, payload: Any, status: int = 200) -> Response:
+        return json_response(status, payload, content_type=JSON)
+
+    def _data_call(
+        self, req: Request, version: str, handler: Callable[..., Any], args: list[str]
+    ) -> Response:
+        auth = req.header("authorization") or ""
+        if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
+            error = SfError(401, "INVALID_SESSION_ID", "Session expired or invalid")
+            return self._plain(error.body, 401)
+        self.api_usage += 1
+        limit_header = {
+            "Sforce-Limit-Info": f"api-usage={self.api_usage}/{self.options.sf_daily_limit}"
+        }
+        try:
+            if self.api_usage > self.options.sf_daily_limit:
+                raise SfError(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+            result = handler(req, version, *args)
+        except SfError as exc:
+            result = self._plain(exc.body, exc.status)
+        except soql.SoqlError as exc:
+            result = self._plain([{"message": exc.message, "errorCode": exc.code}], 400)
+        if not isinstance(result, Response):
+            result = self._plain(result)
+        result.headers.update(limit_header)
+        return result
+
+    # --- auth and metadata ---------------------------------------------------------------
+
+    def token(self, req: Request) -> Response:
+        form = {k: v[-1] for k, v in parse_qs(req.body.decode("utf-8", "replace")).items()}
+        form = {**{k: v[-1] for k, v in req.query.items()}, **form}
+        grant = form.get("grant_type")
+        if grant == "client_credentials":
+            client_id, secret = form.get("client_id"), form.get("client_secret")
+            basic = req.header("authorization") or ""
+            if basic.startswith("Basic "):
+                try:
+                    client_id, _, secret = base64.b64decode(basic[6:]).decode().partition(":")
+                except (binascii.Error, UnicodeDecodeError):
+                    client_id = secret = None
+            if client_id != CLIENT_ID or secret != CLIENT_SECRET:
+                return self._oauth_error("invalid_client", "invalid client credentials")
+        elif grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
+            # The signature is deliberately not checked: the sandbox has no certificate to
+            # check it against. Only the shape and the issuer (the consumer key) are.
+            issuer = _jwt_issuer(form.get("assertion") or "")
+            if issuer is None:
+                return self._oauth_error("invalid_grant", "invalid assertion")
+            if issuer != CLIENT_ID:
+                return self._oauth_error("invalid_client_id", "client identifier invalid")
+        else:
+            return self._oauth_error("unsupported_grant_type", "grant type not supported")
+        access = f"{ORG_ID[:15]}!AQ{secrets.token_urlsafe(72)}"
+        self.tokens.add(access)
+        issued = str(int(time.time() * 1000))
+        signature = base64.b64encode(hashlib.sha256((access + issued).encode()).digest()).decode()
+        return self._plain(
+            {
+                "access_token": access,
+                "signature": signature,
+                "scope": "api",
+                "instance_url": self.base_url,
+                "id": f"{self.base_url}/id/{ORG_ID}/{self.store.default_owner}",
+                "token_type": "Bearer",
+                "issued_at": issued,
+            }
+        )
+
+    def _oauth_error(self, error: str, description: str) -> Response:
+        return self._plain({"error": error, "error_description": description}, 400)
+
+    def versions(self) -> list[dict[str, str]]:
+        names = {
+            "58.0": "Summer '23",
+            "59.0": "Winter '24",
+            "60.0": "Spring '24",
+            "61.0": "Summer '24",
+            "62.0": "Winter '25",
+        }
+        return [
+            {"label": label, "url": f"/services/data/v{v}", "version": v}
+            for v, label in names.items()
+        ]
+
+    def resources(self, req: Request, version: str) -> dict[str, str]:
+        base = f"/services/data/v{version}"
+        return {
+            name: f"{base}/{name}"
+            for name in ("sobjects", "query", "queryAll", "composite", "limits")
+        }
+
+    def limits(self, req: Request, version: str) -> dict[str, Any]:
+        limit = self.options.sf_daily_limit
+        return {"DailyApiRequests": {"Max": limit, "Remaining": max(limit - self.api_usage, 0)}}
+
+    def describe_global(self, req: Request, version: str) -> dict[str, Any]:
+        return {
+            "encoding": "UTF-8",
+            "maxBatchSize": MAX_COLLECTION,
+            "sobjects": [
+                {
+                    "name": o.name,
+                    "label": o.name,
+                    "keyPrefix": o.key_prefix,
+                    "createable": True,
+                    "updateable": True,
+                    "queryable": True,
+                    "custom": False,
+                    "urls": {
+                        "sobject": f"/services/data/v{version}/sobjects/{o.name}",
+                        "describe": f"/services/data/v{version}/sobjects/{o.name}/describe",
+                    },
+                }
+                for o in OBJECTS.values()
+            ],
+        }
+
+    def describe(self, req: Request, version: str, sobject: str) -> dict[str, Any]:
+        return self.store.object(sobject).describe(version)
+
+    # --- single-record endpoints ---------------------------------------------------------
+
+    def _write_one(
+        self, req: Request, obj: SObject, body: Any, existing: dict[str, Any] | None, skip: set[str]
+    ) -> str:
+        if not isinstance(body, dict):
+            raise SfError(400, "JSON_PARSER_ERROR", "Expected a JSON object for the record")
+        self.store.unknown_fields(obj, body, skip)
+        values, error = self.store.check(obj, body, existing, skip, {})
+        if error:
+            raise SfError(400, error["statusCode"], error["message"], error["fields"])
+        return self.store.apply(obj, values, existing, req)
+
+    def create_one(self, req: Request, version: str, sobject: str) -> Response:
+        obj = self.store.object(sobject)
+        rid = self._write_one(req, obj, _json_body(req), None, set())
+        return self._plain({"id": rid, "success": True, "errors": []}, 201)
+
+    def get_one(self, req: Request, version: str, sobject: str, rid: str) -> dict[str, Any]:
+        obj = self.store.object(sobject)
+        record = self.store.records[obj.name].get(rid) or next(
+            (r for r in self.store.records[obj.name].values() if r["Id"][:15] == rid), None
+        )
+        if record is None:
+            raise SfError(404, "NOT_FOUND", "The requested resource does not exist")
+        rendered = self.store.render(obj, record, version)
+        fields = req.param("fields")
+        if fields:
+            wanted = {name.strip().lower() for name in fields.split(",")}
+            rendered = {
+                k: v for k, v in rendered.items() if k == "attributes" or k.lower() in wanted
+            }
+        return rendered
+
+    def update_one(self, req: Request, version: str, sobject: str, rid: str) -> Response:
+        obj = self.store.object(sobject)
+        existing = self.store.records[obj.name].get(rid)
+        if existing is None:
+            raise SfError(404, "NOT_FOUND", "The requested resource does not exist")
+        self._write_one(req, obj, _json_body(req), existing, {"id"})
+        return Response(204)
+
+    def upsert_one(
+        self, req: Request, version: str, sobject: str, field_name: str, value: str
+    ) -> Response:
+        obj = self.store.object(sobject)
+        f = self.store.lookup_field(obj, field_name)
+        body = _json_body(req)
+        matches = self.store.find(obj, f, value)
+        if len(matches) > 1:
+            urls = [f"/services/data/v{version}/sobjects/{obj.name}/{r['Id']}" for r in matches]
+            return self._plain(urls, 300)
+        existing = matches[0] if matches else None
+        if f.name == "Id" and existing is None:
+            raise SfError(
+                404,
+                "NOT_FOUND",
+                "Provided external ID field does not exist or is not accessible: " + value,
+            )
+        if isinstance(body, dict) and f.name != "Id":
+            body = {**{k: v for k, v in body.items() if k.lower() != f.name.lower()}, f.name: value}
+        rid = self._write_one(req, obj, body, existing, {"id"})
+        created = existing is None
+        return self._plain(
+            {"id": rid, "success": True, "errors": [], "created": created}, 201 if created else 200
+        )
+
+    # --- sObject Collections -------------------------------------------------------------
+
+    def _records(self, req: Request) -> tuple[bool, list[Any]]:
+        body = _json_body(req)
+        if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+            raise SfError(400, "JSON_PARSER_ERROR", "Request body must contain a records array")
+        records = body["records"]
+        if len(records) > MAX_COLLECTION:
+            raise SfError(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+            )
+        if not all(isinstance(r, dict) for r in records):
+            raise SfError(400, "JSON_PARSER_ERROR", "Each record must be a JSON object")
+        return bool(body.get("allOrNone", False)), records
+
+    def _type_of(self, record: dict[str, Any], expected: SObject | None) -> SObject:
+        name = (record.get("attributes") or {}).get("type")
+        if not name:
+            if expected is not None:
+                return expected
+            raise SfError(400, "INVALID_TYPE", "Must send a concrete entity type.")
+        obj = self.store.object(name)
+        if expected is not None and obj.name != expected.name:
+            raise SfError(400, "INVALID_TYPE", f"Record type {name} does not match {expected.name}")
+        return obj
+
+    def collection_create(self, req: Request, version: str) -> list[dict[str, Any]]:
+        all_or_none, records = self._records(req)
+        plan: list[Planned] = []
+        for record in records:
+            obj = self._type_of(record, None)
+            self.store.unknown_fields(obj, record, set())
+            plan.append((obj, record, None, set(), None))
+        return self.store.run_batch(req, all_or_none, plan, upsert=False)
+
+    def collection_update(self, req: Request, version: str) -> list[dict[str, Any]]:
+        all_or_none, records = self._records(req)
+        plan: list[Planned] = []
+        for record in records:
+            obj = self._type_of(record, None)
+            self.store.unknown_fields(obj, record, {"id"})
+            rid = next((str(v) for k, v in record.items() if k.lower() == "id"), None)
+            existing = self.store.records[obj.name].get(rid or "")
+            error = None
+            if rid is None:
+                error = record_error("MISSING_ARGUMENT", "Id not specified in an update call", [])
+            elif existing is None:
+                error = record_error(
+                    "INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", []
+                )
+            plan.append((obj, record, existing, {"id"}, error))
+        return self.store.run_batch(req, all_or_none, plan, upsert=False)
+
+    def collection_upsert(
+        self, req: Request, version: str, sobject: str, field_name: str
+    ) -> list[dict[str, Any]]:
+        obj = self.store.object(sobject)
+        f = self.store.lookup_field(obj, field_name)
+        all_or_none, records = self._records(req)
+        values: list[str | None] = []
+        for record in records:
+            self._type_of(record, obj)
+            self.store.unknown_fields(obj, record, {"id"})
+            raw = next((v for k, v in record.items() if k.lower() == f.name.lower()), None)
+            values.append(None if raw is None else str(raw))
+        folded = [v.lower() for v in values if v is not None]
+        plan: list[Planned] = []
+        for record, value in zip(records, values, strict=True):
+            existing, error = None, None
+            if value is None:
+                error = record_error("MISSING_ARGUMENT", f"{f.name} not specified", [f.name])
+            elif folded.count(value.lower()) > 1:
+                error = record_error(
+                    "DUPLICATE_EXTERNAL_ID", f"Duplicate external id specified: {value}", [f.name]
+                )
+            else:
+                found = self.store.find(obj, f, value)
+                if len(found) > 1:
+                    ids = ", ".join(r["Id"] for r in found)
+                    error = record_error(
+                        "DUPLICATE_EXTERNAL_ID",
+                        f"{f.name}: more than one record found for external id field: [{ids}]",
+                        [f.name],
+                    )
+                existing = found[0] if len(found) == 1 else None
+            plan.append((obj, record, existing, {"id"}, error))
+        return self.store.run_batch(req, all_or_none, plan, upsert=True)
+
+    def state(self) -> dict[str, list[dict[str, Any]]]:
+        return self.store.state()
+
+
+def _jwt_issuer(assertion: str) -> str | None:
+    parts = assertion.split(".")
+    if len(parts) != 3 or not all(parts[:2]):
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    issuer = payload.get("iss") if isinstance(payload, dict) else None
+    return issuer if isinstance(issuer, str) else None

@@ -1,0 +1,138 @@
+"""SOQL execution against the record store, with query locators for ``nextRecordsUrl``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from sandbox import soql
+from sandbox.sf_schema import STRING_TYPES, Field, find_object
+from sandbox.sf_store import RecordStore, SfError
+from sandbox.wire import Options, Request
+
+
+class QueryEngine:
+    def __init__(self, store: RecordStore, options: Options) -> None:
+        self.store = store
+        self.options = options
+        # locator -> (api version, sobject, rendered rows): the snapshot a cursor pages over
+        self.locators: dict[str, tuple[str, str, list[dict[str, Any]]]] = {}
+
+    def query(self, req: Request, version: str) -> dict[str, Any]:
+        text = req.param("q")
+        if not text:
+            raise SfError(400, "MALFORMED_QUERY", "A query string has to be specified")
+        parsed = soql.parse(text)
+        obj = find_object(parsed.sobject)
+        if obj is None:
+            raise SfError(
+                400,
+                "INVALID_TYPE",
+                f"\n{text}\n^\nERROR at Row:1:Column:1\nsObject type '{parsed.sobject}' is not "
+                "supported. If you are attempting to use a custom object, be sure to append the "
+                "'__c' after the entity name. Please reference your WSDL or the describe call for "
+                "the appropriate names.",
+            )
+
+        def resolve(name: str, column: int) -> Field:
+            f = obj.field(name)
+            if f is None:
+                raise SfError(
+                    400,
+                    "INVALID_FIELD",
+                    f"\n{text}\n{' ' * column}^\nERROR at Row:1:Column:{column + 1}\n"
+                    f"No such column '{name}' on entity '{obj.name}'. If you are attempting to use "
+                    "a custom field, be sure to append the '__c' after the custom field name. "
+                    "Please reference your WSDL or the describe call for the appropriate names.",
+                )
+            return f
+
+        selected = [resolve(name, column) for name, column in parsed.fields]
+        canonical: dict[str, str] = {}
+        for comparison in soql.fields_in(parsed.where):
+            f = resolve(comparison.field, comparison.column)
+            canonical[comparison.field] = f.name
+            _check_filter(f, comparison)
+        for name, _, _ in parsed.order:
+            canonical[name] = resolve(name, text.find(name)).name
+        rows = [
+            r
+            for r in self.store.records[obj.name].values()
+            if soql.matches(parsed.where, _getter(r, canonical))
+        ]
+        for name, descending, nulls_last in reversed(parsed.order):
+            present = [r for r in rows if r.get(canonical[name]) is not None]
+            absent = [r for r in rows if r.get(canonical[name]) is None]
+            present.sort(key=_sorter(canonical[name]), reverse=descending)
+            rows = present + absent if nulls_last else absent + present
+        rows = rows[parsed.offset :]
+        if parsed.limit is not None:
+            rows = rows[: parsed.limit]
+        if parsed.count:
+            return {"totalSize": len(rows), "done": True, "records": []}
+        rendered = []
+        for r in rows:
+            item: dict[str, Any] = {
+                "attributes": {
+                    "type": obj.name,
+                    "url": f"/services/data/v{version}/sobjects/{obj.name}/{r['Id']}",
+                }
+            }
+            item.update({f.name: r.get(f.name) for f in selected})
+            rendered.append(item)
+        locator = self.store.new_id("01g")
+        self.locators[locator] = (version, obj.name, rendered)
+        return self._batch(req, locator, 0)
+
+    def _batch(self, req: Request, locator: str, offset: int) -> dict[str, Any]:
+        version, _, rows = self.locators[locator]
+        size = self.options.sf_batch_size
+        header = re.search(r"batchSize=(\d+)", req.header("sforce-query-options") or "")
+        if header:
+            size = min(max(int(header[1]), 200), 2000)
+        chunk = rows[offset : offset + size]
+        done = offset + size >= len(rows)
+        page: dict[str, Any] = {"totalSize": len(rows), "done": done}
+        if not done:
+            page["nextRecordsUrl"] = f"/services/data/v{version}/query/{locator}-{offset + size}"
+        else:
+            self.locators.pop(locator, None)
+        page["records"] = chunk
+        return page
+
+    def query_more(self, req: Request, version: str, cursor: str) -> dict[str, Any]:
+        locator, _, offset = cursor.partition("-")
+        if locator not in self.locators or not offset.isdigit():
+            raise SfError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+        return self._batch(req, locator, int(offset))
+
+
+def _check_filter(f: Field, comparison: soql.Comparison) -> None:
+    if f.type == "textarea":
+        raise SfError(400, "INVALID_FIELD", f"field '{f.name}' can not be filtered in a query call")
+    expected = "string" if f.type in STRING_TYPES else {"double": "number"}.get(f.type, f.type)
+    for value in comparison.values:
+        if value.kind not in (expected, "null") or (
+            comparison.op == "like" and expected != "string"
+        ):
+            article = "type " + (
+                "string and should be enclosed in quotes" if expected == "string" else expected
+            )
+            raise SfError(
+                400,
+                "INVALID_QUERY_FILTER_OPERATOR",
+                f"value of filter criterion for field '{f.name}' must be of {article}",
+            )
+
+
+def _getter(record: dict[str, Any], canonical: dict[str, str]) -> Callable[[str], Any]:
+    return lambda name: record.get(canonical[name])
+
+
+def _sorter(field: str) -> Callable[[dict[str, Any]], Any]:
+    def key(record: dict[str, Any]) -> Any:
+        value = record[field]
+        return value.lower() if isinstance(value, str) else value
+
+    return key

@@ -1,0 +1,104 @@
+"""The small request/response model shared by the simulators.
+
+The simulators are plain functions from a parsed request to a response so that they can
+be exercised without sockets and so the HTTP plumbing lives in one place (``server``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-cased names
+    body: bytes = b""
+
+    def param(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    @staticmethod
+    def parse_query(raw: str) -> dict[str, list[str]]:
+        return parse_qs(raw, keep_blank_values=True)
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_response(
+    status: int,
+    payload: Any,
+    *,
+    content_type: str = "application/json; charset=utf-8",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    # ensure_ascii=False: real APIs send UTF-8 names as-is, and connectors must cope with that.
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    all_headers = {"Content-Type": content_type}
+    all_headers.update(headers or {})
+    return Response(status, body, all_headers)
+
+
+# Realistic per-15-minute limits (app-only bearer), from the recorded x-rate-limit headers.
+X_RATE_LIMITS: dict[str, int] = {
+    "GET /2/users/:id/mentions": 450,
+    "GET /2/users/:id/tweets": 1500,
+    "GET /2/tweets/:id/quote_tweets": 75,
+    "GET /2/tweets/:id/liking_users": 75,
+    "GET /2/tweets/:id/retweeted_by": 75,
+    "GET /2/users/:id": 300,
+    "GET /2/users/by/username/:username": 300,
+}
+
+
+@dataclass
+class Options:
+    """Knobs a test or benchmark turns at runtime (``Sandbox.set_options``)."""
+
+    latency_ms: float = 0.0
+    fault_rate: float = 0.0  # share of API requests answered 503 before doing anything
+    rate_limits: dict[str, int] = field(default_factory=lambda: dict(X_RATE_LIMITS))
+    rate_window_seconds: float = 900.0
+    sf_daily_limit: int = 15000  # Sforce-Limit-Info total; beyond it: 403 REQUEST_LIMIT_EXCEEDED
+    sf_batch_size: int = 2000  # default SOQL batch (Sforce-Query-Options may lower it)
+    rate_epoch: int = 0  # bumped when limits change, so windows restart from a clean count
+
+    def update(self, **opts: Any) -> None:
+        for name, value in opts.items():
+            if name in ("rate_limits", "rate_window_seconds"):
+                self.rate_epoch += 1
+            if name == "rate_limits":
+                # None restores the realistic limits; a dict overrides the named endpoints only.
+                overrides = {str(k): int(v) for k, v in (value or {}).items()}
+                base = dict(X_RATE_LIMITS) if value is None else self.rate_limits
+                self.rate_limits = {**base, **overrides}
+            elif name in ("latency_ms", "fault_rate", "rate_window_seconds"):
+                setattr(self, name, float(value))
+            elif name in ("sf_daily_limit", "sf_batch_size"):
+                setattr(self, name, int(value))
+            else:
+                raise ValueError(f"unknown sandbox option {name!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "latency_ms": self.latency_ms,
+            "fault_rate": self.fault_rate,
+            "rate_limits": dict(self.rate_limits),
+            "rate_window_seconds": self.rate_window_seconds,
+            "sf_daily_limit": self.sf_daily_limit,
+            "sf_batch_size": self.sf_batch_size,
+        }

@@ -1,0 +1,163 @@
+"""``socialcrm``: the one command-line face of the project.
+
+A contract other tools and tests rely on: ``run`` prints its JSON summary as the last
+stdout line; ``sandbox`` prints exactly one JSON line when ready. Heavy imports
+(Prefect, pandas, the sandbox) happen inside the commands, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from socialcrm.config import ConfigError, load_settings
+
+
+def _quiet_prefect() -> None:
+    """No telemetry, no analytics: the pipeline runs on machines without internet."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    if not os.environ.get("PREFECT_API_URL"):
+        # Ephemeral mode: the temporary server is killed at exit while it may still be
+        # flushing task-run events, which it reports as tracebacks that mean nothing here.
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    from sandbox.server import serve_forever
+
+    serve_forever(
+        host=args.host,
+        port=args.port,
+        seed=args.seed,
+        write_config=Path(args.write_config) if args.write_config else None,
+        latency_ms=args.latency_ms,
+    )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    _quiet_prefect()
+    from connectors.http import ApiError
+
+    if args.flow == "leads":
+        from flows.leads import LeadsRun, leads
+
+        params = LeadsRun(
+            config=args.config, account=args.account, dry_run=args.dry_run, limit=args.limit
+        )
+        try:
+            summary: dict[str, Any] = leads(params)
+        except ApiError as error:
+            print(f"socialcrm: run stopped: {error}", file=sys.stderr)
+            return 1
+    else:  # argparse keeps this unreachable; here for the next flow
+        raise SystemExit(f"unknown flow {args.flow}")
+    print(json.dumps(summary, ensure_ascii=False))
+    return 0
+
+
+def _cmd_mapping_check(args: argparse.Namespace) -> int:
+    from connectors.crm import salesforce
+    from connectors.http import ApiError
+    from mappings import MappingError, check_spec, load_spec
+
+    settings = load_settings(args.config)
+    path = settings.mapping_path(settings.crm.lead_mapping)
+    try:
+        spec = load_spec(path)
+        conn = salesforce.connect(settings.crm)
+        problems = check_spec(spec, salesforce.describe(conn, spec.object_name))
+    except (MappingError, ApiError) as error:
+        print(str(error))
+        return 1
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{path.name}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{path.name}: sound against {spec.object_name} in {conn.instance_url}")
+    return 0
+
+
+def _cmd_dead_letters(args: argparse.Namespace) -> int:
+    from socialcrm.state import StateStore
+
+    settings = load_settings(args.config)
+    with StateStore.open(settings.state_url()) as store:
+        letters = store.dead_letters(pipeline=args.pipeline)
+    for letter in letters:
+        print(
+            json.dumps(
+                {
+                    "id": letter.id,
+                    "record_key": letter.record_key,
+                    "pipeline": letter.pipeline,
+                    "stage": letter.stage,
+                    "system": letter.system,
+                    "field": letter.field,
+                    "reason": letter.reason,
+                    "attempts": letter.attempts,
+                    "created_at": letter.created_at.isoformat(),
+                },
+                ensure_ascii=False,
+            )
+        )
+    print(f"{len(letters)} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="socialcrm", description="Social engagement in, CRM leads and helpdesk tickets out."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sandbox = commands.add_parser("sandbox", help="run the API simulators until stopped")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=0, help="0: a free port per system")
+    sandbox.add_argument("--seed", type=int, default=7)
+    sandbox.add_argument("--write-config", metavar="PATH", help="write a ready socialcrm config")
+    sandbox.add_argument("--latency-ms", type=float, default=0.0)
+    sandbox.set_defaults(handler=_cmd_sandbox)
+
+    run = commands.add_parser("run", help="run a flow once, here, and print its JSON summary")
+    run.add_argument("flow", choices=["leads"])
+    run.add_argument("--config", required=True)
+    run.add_argument("--account")
+    run.add_argument("--dry-run", action="store_true", help="show what would be written")
+    run.add_argument("--limit", type=int, help="deliver at most this many records")
+    run.set_defaults(handler=_cmd_run)
+
+    mapping = commands.add_parser("mapping", help="mapping specs")
+    mapping_commands = mapping.add_subparsers(dest="mapping_command", required=True)
+    check = mapping_commands.add_parser("check", help="validate mappings against the CRM")
+    check.add_argument("--config", required=True)
+    check.set_defaults(handler=_cmd_mapping_check)
+
+    dead = commands.add_parser("dead-letters", help="records that could not be delivered")
+    dead_commands = dead.add_subparsers(dest="dead_command", required=True)
+    listing = dead_commands.add_parser("list", help="one JSON line per dead letter")
+    listing.add_argument("--config", required=True)
+    listing.add_argument("--pipeline", choices=["leads"])
+    listing.set_defaults(handler=_cmd_dead_letters)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as error:
+        print(f"socialcrm: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

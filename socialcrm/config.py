@@ -1,0 +1,270 @@
+"""One YAML file configures everything; secrets appear in it only by reference.
+
+A secret is written ``${ENV_VAR}`` (optionally ``${ENV_VAR:-fallback}``, meant for the
+sandbox) or ``prefect-secret:BLOCK_NAME``. It is resolved at the moment of use into a
+``SecretStr`` so that it never prints, logs or lands in an artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+from socialcrm.records import EngagementKind
+
+_ENV_REF = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}$")
+_BLOCK_REF = re.compile(r"^prefect-secret:(?P<name>[a-z0-9][a-z0-9-]*)$")
+
+SHIPPED_MAPPINGS = Path(__file__).resolve().parent.parent / "mappings"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who edits the file."""
+
+
+def _check_secret_ref(value: str) -> str:
+    if _ENV_REF.match(value) or _BLOCK_REF.match(value):
+        return value
+    raise ValueError(
+        "a secret must be a reference: ${ENV_VAR} or prefect-secret:block-name, "
+        "never the secret itself"
+    )
+
+
+SecretRef = Annotated[str, AfterValidator(_check_secret_ref)]
+
+
+def resolve_secret(ref: str, *, what: str) -> SecretStr:
+    """Turn a secret reference into its value, at the moment of use.
+
+    Args:
+        ref: ``${ENV_VAR}``, ``${ENV_VAR:-fallback}`` or ``prefect-secret:NAME``.
+        what: the config key, named in the error when the secret is missing.
+    """
+    env = _ENV_REF.match(ref)
+    if env:
+        value = os.environ.get(env["name"])
+        if value is None:
+            value = env["default"]
+        if value is None:
+            raise ConfigError(f"{what}: environment variable {env['name']} is not set")
+        return SecretStr(value)
+    block = _BLOCK_REF.match(ref)
+    if block:
+        from prefect.blocks.system import Secret
+
+        try:
+            secret = Secret.load(block["name"])
+        except ValueError as exc:
+            raise ConfigError(f"{what}: Prefect Secret block {block['name']!r} not found") from exc
+        return SecretStr(str(secret.get()))  # type: ignore[union-attr]
+    raise ConfigError(f"{what}: not a secret reference")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+XStream = Literal["mentions", "quotes", "reposts", "likes"]
+ALL_X_STREAMS: tuple[XStream, ...] = ("mentions", "quotes", "reposts", "likes")
+
+
+class XAccount(_Model):
+    """A brand account on X whose engaged users we pull."""
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Short id, used for cursors and deployments"
+    )
+    platform: Literal["x"] = "x"
+    user_id: str = Field(pattern=r"^[0-9]+$", description="The brand account's numeric user id")
+    handle: str = Field(description="The brand account's handle, without @")
+    api_base_url: str = "https://api.x.com"
+    bearer_token: SecretRef
+    streams: list[XStream] = Field(default_factory=lambda: list(ALL_X_STREAMS))
+    recent_posts: int = Field(
+        20, ge=1, le=100, description="How many recent brand posts to scan for likes/reposts/quotes"
+    )
+    page_size: int = Field(100, ge=5, le=100)
+    ca_bundle: Path | None = None
+    timeout_seconds: float = Field(30, gt=0)
+    max_rate_limit_wait_seconds: float = Field(
+        900, ge=0, description="Longest wait for a rate-limit window before giving up"
+    )
+
+
+Account = XAccount
+
+
+class SalesforceAuth(_Model):
+    """How to obtain a Salesforce access token.
+
+    ``client_credentials`` and ``jwt`` talk to ``login_url`` (your My Domain);
+    ``session`` takes a ready access token and ``instance_url``.
+    """
+
+    method: Literal["client_credentials", "jwt", "session"] = "client_credentials"
+    client_id: SecretRef | None = None
+    client_secret: SecretRef | None = None
+    username: str | None = None
+    private_key: SecretRef | None = None
+    access_token: SecretRef | None = None
+    jwt_audience: str = Field(
+        "https://login.salesforce.com",
+        description="JWT 'aud': https://login.salesforce.com, or https://test.salesforce.com",
+    )
+
+    @model_validator(mode="after")
+    def _needs(self) -> SalesforceAuth:
+        needed = {
+            "client_credentials": ("client_id", "client_secret"),
+            "jwt": ("client_id", "username", "private_key"),
+            "session": ("access_token",),
+        }[self.method]
+        missing = [name for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"method {self.method!r} needs {', '.join(missing)}")
+        return self
+
+
+class SalesforceSettings(_Model):
+    kind: Literal["salesforce"] = "salesforce"
+    login_url: str = Field(description="Your My Domain URL, e.g. https://acme.my.salesforce.com")
+    instance_url: str | None = Field(None, description="Only for auth method 'session'")
+    api_version: str = Field("60.0", pattern=r"^[0-9]{2}\.0$")
+    auth: SalesforceAuth
+    lead_mapping: Path = Path("lead.salesforce.yaml")
+    batch_size: int = Field(200, ge=1, le=200, description="Records per sObject Collections call")
+    auto_assign: bool = Field(False, description="Run lead assignment rules on create")
+    ca_bundle: Path | None = None
+    timeout_seconds: float = Field(30, gt=0)
+
+    @model_validator(mode="after")
+    def _session_needs_instance(self) -> SalesforceSettings:
+        if self.auth.method == "session" and not self.instance_url:
+            raise ValueError("auth method 'session' needs crm.instance_url")
+        return self
+
+
+DEFAULT_WEIGHTS: dict[EngagementKind, float] = {
+    EngagementKind.MENTION: 3.0,
+    EngagementKind.REPLY: 3.0,
+    EngagementKind.QUOTE: 4.0,
+    EngagementKind.REPOST: 2.0,
+    EngagementKind.LIKE: 1.0,
+    EngagementKind.FOLLOW: 1.0,
+    EngagementKind.COMMENT: 3.0,
+}
+
+
+class Qualification(_Model):
+    """Who becomes a lead: weighted engagement counts at or above a threshold."""
+
+    weights: dict[EngagementKind, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    threshold: float = Field(3.0, ge=0)
+
+    def weight(self, kind: EngagementKind) -> float:
+        return self.weights.get(kind, DEFAULT_WEIGHTS.get(kind, 0.0))
+
+
+class StateSettings(_Model):
+    url: str = Field(
+        "sqlite:///.socialcrm/state.db",
+        description="SQLAlchemy URL; relative SQLite paths are relative to the config file",
+    )
+
+
+class Settings(_Model):
+    accounts: list[Account] = Field(min_length=1)
+    crm: SalesforceSettings
+    state: StateSettings = StateSettings()
+    qualification: Qualification = Qualification()
+    base_dir: Path = Field(Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_account_names(self) -> Settings:
+        names = [account.name for account in self.accounts]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"account names must be unique; repeated: {', '.join(duplicated)}")
+        return self
+
+    def account(self, name: str | None) -> Account:
+        if name is None:
+            return self.accounts[0]
+        for account in self.accounts:
+            if account.name == name:
+                return account
+        known = ", ".join(a.name for a in self.accounts)
+        raise ConfigError(f"accounts: no account named {name!r} (known: {known})")
+
+    def path(self, value: Path) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        return value if value.is_absolute() else (self.base_dir / value)
+
+    def mapping_path(self, value: Path) -> Path:
+        """A mapping file: next to the config first, else one of the shipped specs."""
+        local = self.path(value)
+        if local.exists():
+            return local
+        shipped = SHIPPED_MAPPINGS / value.name
+        if shipped.exists():
+            return shipped
+        raise ConfigError(f"mapping file {value} not found (looked in {local} and {shipped})")
+
+    def state_url(self) -> str:
+        url = self.state.url
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + str((self.base_dir / url[len(prefix) :]).resolve())
+        return url
+
+
+def _format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for error in exc.errors():
+        loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling against socialcrm.example.yaml)"
+        got = error.get("input")
+        # Never echo what was written where a secret belongs: it may be the secret.
+        hidden = error["type"] in ("missing", "extra_forbidden") or "secret" in message
+        shown = "" if hidden else f" (got {got!r:.80})"
+        lines.append(f"  {loc}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def parse_settings(data: Any, *, source: Path, base_dir: Path) -> Settings:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    try:
+        return Settings.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from None
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate the config file; errors name the key and what was expected."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_settings(data, source=path, base_dir=path.resolve().parent)

@@ -1,0 +1,132 @@
+"""From engaged people to lead candidates: the columns every lead mapping reads.
+
+The summary text is what a salesperson reads on the lead to see why it exists: the
+score, the counts, and the person's most telling engagements with links to the posts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+import pandas as pd
+
+from socialcrm.config import Qualification
+from socialcrm.records import EngagementKind
+from socialcrm.state import EngagementRow, PersonRow
+
+PLATFORM_NAMES = {"x": "X", "mastodon": "Mastodon", "instagram": "Instagram"}
+KIND_PLURALS = {
+    "mention": "mentions",
+    "reply": "replies",
+    "quote": "quotes",
+    "repost": "reposts",
+    "like": "likes",
+    "follow": "follows",
+    "comment": "comments",
+}
+CANDIDATE_COLUMNS = [
+    "person_key",
+    "platform",
+    "user_id",
+    "handle",
+    "display_name",
+    "bio",
+    "location",
+    "profile_url",
+    "followers",
+    "following",
+    "verified",
+    "email",
+    "score",
+    "engagement_count",
+    *[f"{kind.value}_count" for kind in EngagementKind],
+    "first_engaged_at",
+    "last_engaged_at",
+    "engagement_summary",
+    "top_post_url",
+]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def top_engagements(
+    rows: Sequence[EngagementRow], qualification: Qualification, limit: int = 5
+) -> list[EngagementRow]:
+    """What a person said beats what they liked; among equals, the newest first."""
+
+    def rank(row: EngagementRow) -> tuple[int, float, float]:
+        try:
+            weight = qualification.weight(EngagementKind(row.kind))
+        except ValueError:
+            weight = 0.0
+        return (1 if row.text else 0, weight, row.occurred_at.timestamp())
+
+    return sorted(rows, key=rank, reverse=True)[:limit]
+
+
+def summary_text(
+    person: PersonRow, top: Sequence[EngagementRow], *, excerpt_length: int = 280
+) -> str:
+    platform = PLATFORM_NAMES.get(person.platform, person.platform)
+    counts = ", ".join(
+        f"{count} {KIND_PLURALS.get(kind, kind) if count != 1 else kind}"
+        for kind, count in sorted(person.counts.items(), key=lambda item: (-item[1], item[0]))
+    )
+    first = person.first_engaged_at.date().isoformat() if person.first_engaged_at else "?"
+    last = person.last_engaged_at.date().isoformat() if person.last_engaged_at else "?"
+    lines = [
+        f"Engagement score {person.score:g} from {person.engagement_count} engagements "
+        f"with the brand on {platform} ({counts}), first {first}, last {last}.",
+        "Top engagements:",
+    ]
+    for row in top:
+        day = row.occurred_at.date().isoformat()
+        if row.text:
+            text = " ".join(row.text.split())
+            if len(text) > excerpt_length:
+                text = text[: excerpt_length - 1] + "…"
+            lines.append(f'- {day} {row.kind}: "{text}" {row.url or ""}'.rstrip())
+        else:
+            lines.append(f"- {day} {row.kind} of {row.url or 'a brand post'}")
+    return "\n".join(lines)
+
+
+def lead_candidates(
+    people: Sequence[PersonRow],
+    engagements: Mapping[str, Sequence[EngagementRow]],
+    qualification: Qualification,
+) -> pd.DataFrame:
+    """One row per person, with the columns of ``CANDIDATE_COLUMNS``."""
+    rows = []
+    for person in people:
+        profile = person.profile
+        top = top_engagements(engagements.get(person.person_key, ()), qualification)
+        row = {
+            "person_key": person.person_key,
+            "platform": person.platform,
+            "user_id": person.user_id,
+            "handle": person.handle,
+            "display_name": profile.get("display_name"),
+            "bio": profile.get("bio"),
+            "location": profile.get("location"),
+            "profile_url": profile.get("profile_url"),
+            "followers": profile.get("followers"),
+            "following": profile.get("following"),
+            "verified": profile.get("verified"),
+            "email": profile.get("email"),
+            "score": person.score,
+            "engagement_count": person.engagement_count,
+            **{
+                f"{kind.value}_count": int(person.counts.get(kind.value, 0))
+                for kind in EngagementKind
+            },
+            "first_engaged_at": _iso(person.first_engaged_at),
+            "last_engaged_at": _iso(person.last_engaged_at),
+            "engagement_summary": summary_text(person, top),
+            "top_post_url": next((row.url for row in top if row.url), None),
+        }
+        rows.append(row)
+    return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)

@@ -1,0 +1,85 @@
+"""Tables of the state store. Migrations in ``socialcrm/migrations`` create and evolve them.
+
+Kept as SQLAlchemy Core tables (not ORM classes): the store moves rows in batches and
+never needs identity maps or lazy loading.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# Where each (account, stream) resumes; written in the same transaction as the page's records.
+cursors = sa.Table(
+    "cursors",
+    metadata,
+    sa.Column("account", sa.String(100), primary_key=True),
+    sa.Column("stream", sa.String(200), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# One row per person who engaged: running totals, so qualification spans runs.
+people = sa.Table(
+    "people",
+    metadata,
+    sa.Column("person_key", sa.String(200), primary_key=True),
+    sa.Column("platform", sa.String(40), nullable=False),
+    sa.Column("user_id", sa.String(100), nullable=False),
+    sa.Column("handle", sa.String(200), nullable=False),
+    sa.Column("profile", sa.JSON, nullable=False),
+    sa.Column("counts", sa.JSON, nullable=False),
+    sa.Column("engagement_count", sa.Integer, nullable=False, default=0),
+    sa.Column("score", sa.Float, nullable=False, default=0.0),
+    sa.Column("first_engaged_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_engaged_at", sa.DateTime(timezone=True), nullable=True),
+    # Set when totals change, cleared once the person's lead is delivered (or judged moot).
+    sa.Column("pending", sa.Boolean, nullable=False, default=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+sa.Index("ix_people_pending", people.c.pending, people.c.person_key)
+
+# Every engagement seen once; its key makes re-reads (likes, reposts) harmless.
+engagements = sa.Table(
+    "engagements",
+    metadata,
+    sa.Column("engagement_key", sa.String(300), primary_key=True),
+    sa.Column("account", sa.String(100), nullable=False),
+    sa.Column("person_key", sa.String(200), nullable=False, index=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("post_id", sa.String(100), nullable=True),
+    sa.Column("text", sa.Text, nullable=True),
+    sa.Column("url", sa.String(500), nullable=True),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# What each destination holds for each record: its id and the hash of what we last sent.
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("record_key", sa.String(300), primary_key=True),
+    sa.Column("destination", sa.String(100), primary_key=True),
+    sa.Column("destination_id", sa.String(100), nullable=True),
+    sa.Column("payload_hash", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Records that could not be delivered, with enough to understand and replay them.
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("record_key", sa.String(300), nullable=False, index=True),
+    sa.Column("pipeline", sa.String(40), nullable=False),
+    sa.Column("stage", sa.String(40), nullable=False),
+    sa.Column("system", sa.String(40), nullable=False),
+    sa.Column("field", sa.String(200), nullable=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("payload", sa.JSON, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=1),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,603 @@
+"""The state store: cursors, engaged people, the delivery ledger and dead letters.
+
+One SQLAlchemy URL: a SQLite file by default, PostgreSQL for production. Every page of a
+source is recorded in one transaction together with its cursor, so a crash can only
+make a page be read again, never lost; engagement keys make the second read harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+
+from socialcrm import schema
+from socialcrm.config import Qualification
+from socialcrm.records import (
+    Engagement,
+    EngagementKind,
+    RecordProblem,
+    SinkOutcome,
+    SocialProfile,
+)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# Keep IN lists far below every backend's bound-parameter limit (SQLite: 32766).
+_CHUNK = 500
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; everything we store is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def payload_hash(payload: dict[str, Any]) -> str:
+    """Stable hash of what we send, so an unchanged record is not sent again."""
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def profile_to_json(profile: SocialProfile) -> dict[str, Any]:
+    data = asdict(profile)
+    if profile.created_at is not None:
+        data["created_at"] = profile.created_at.isoformat()
+    return data
+
+
+@dataclass(slots=True)
+class IngestResult:
+    new: int = 0
+    already_seen: int = 0
+    people_touched: int = 0
+
+
+@dataclass(slots=True)
+class PersonRow:
+    person_key: str
+    platform: str
+    user_id: str
+    handle: str
+    profile: dict[str, Any]
+    counts: dict[str, int]
+    engagement_count: int
+    score: float
+    first_engaged_at: datetime | None
+    last_engaged_at: datetime | None
+
+
+@dataclass(slots=True)
+class EngagementRow:
+    person_key: str
+    kind: str
+    post_id: str | None
+    text: str | None
+    url: str | None
+    occurred_at: datetime
+
+
+@dataclass(slots=True)
+class Delivery:
+    record_key: str
+    destination_id: str | None
+    payload_hash: str | None
+    status: str
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    id: int
+    record_key: str
+    pipeline: str
+    stage: str
+    system: str
+    field: str | None
+    reason: str
+    payload: dict[str, Any] | None
+    attempts: int
+    created_at: datetime
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def create_engine(url: str) -> sa.Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and ":memory:" not in path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def migrate(connection: sa.Connection, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (Alembic), on the caller's connection."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+class StateStore:
+    """All durable state of the pipeline behind one small API.
+
+    In ``dry_run`` every write happens inside one transaction that is rolled back on
+    close: the run computes exactly what it would do, and leaves no trace.
+    """
+
+    def __init__(self, engine: sa.Engine, *, dry_run: bool = False) -> None:
+        self.engine = engine
+        self.dry_run = dry_run
+        self._dry_connection: sa.Connection | None = None
+        self._dry_transaction: sa.RootTransaction | None = None
+        if dry_run:
+            self._dry_connection = engine.connect()
+            self._dry_transaction = self._dry_connection.begin()
+
+    @classmethod
+    def open(cls, url: str, *, dry_run: bool = False) -> StateStore:
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            migrate(connection)
+        return cls(engine, dry_run=dry_run)
+
+    def close(self) -> None:
+        if self._dry_transaction is not None:
+            self._dry_transaction.rollback()
+        if self._dry_connection is not None:
+            self._dry_connection.close()
+        self.engine.dispose()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _begin(self) -> Iterator[sa.Connection]:
+        if self._dry_connection is not None:
+            yield self._dry_connection
+            return
+        with self.engine.begin() as connection:
+            yield connection
+
+    # cursors -------------------------------------------------------------------------
+
+    def get_cursor(self, account: str, stream: str) -> str | None:
+        with self._begin() as connection:
+            return connection.execute(
+                sa.select(schema.cursors.c.value).where(
+                    schema.cursors.c.account == account, schema.cursors.c.stream == stream
+                )
+            ).scalar_one_or_none()
+
+    def cursors(self, account: str) -> dict[str, str]:
+        with self._begin() as connection:
+            rows = connection.execute(
+                sa.select(schema.cursors.c.stream, schema.cursors.c.value).where(
+                    schema.cursors.c.account == account
+                )
+            )
+            return {row.stream: row.value for row in rows}
+
+    def _set_cursor(self, connection: sa.Connection, account: str, stream: str, value: str) -> None:
+        table = schema.cursors
+        updated = connection.execute(
+            table.update()
+            .where(table.c.account == account, table.c.stream == stream)
+            .values(value=value, updated_at=utcnow())
+        )
+        if updated.rowcount == 0:
+            connection.execute(
+                table.insert().values(
+                    account=account, stream=stream, value=value, updated_at=utcnow()
+                )
+            )
+
+    # engagements and people -----------------------------------------------------------
+
+    def ingest(
+        self,
+        account: str,
+        records: Sequence[Engagement],
+        qualification: Qualification,
+        *,
+        cursors: dict[str, str] | None = None,
+    ) -> IngestResult:
+        """Record a page of engagements and advance its cursors, all or nothing.
+
+        Engagements already seen (same key) change nothing, so re-reading a page after a
+        crash, or re-reading the like list of a post, is free of double counting.
+        """
+        result = IngestResult()
+        unique: dict[str, Engagement] = {}
+        for record in records:
+            unique.setdefault(record.key, record)
+        now = utcnow()
+        with self._begin() as connection:
+            seen: set[str] = set()
+            keys = list(unique)
+            for chunk in _chunks(keys):
+                seen.update(
+                    connection.execute(
+                        sa.select(schema.engagements.c.engagement_key).where(
+                            schema.engagements.c.engagement_key.in_(chunk)
+                        )
+                    ).scalars()
+                )
+            fresh = [record for key, record in unique.items() if key not in seen]
+            result.already_seen = len(records) - len(fresh)
+            result.new = len(fresh)
+            if fresh:
+                connection.execute(
+                    schema.engagements.insert(),
+                    [
+                        {
+                            "engagement_key": record.key,
+                            "account": account,
+                            "person_key": record.author.key,
+                            "kind": record.kind.value,
+                            "post_id": record.post_id,
+                            "text": record.text,
+                            "url": record.url,
+                            "occurred_at": record.occurred_at or now,
+                        }
+                        for record in fresh
+                    ],
+                )
+                result.people_touched = self._update_people(connection, fresh, qualification, now)
+            for stream, value in (cursors or {}).items():
+                self._set_cursor(connection, account, stream, value)
+        return result
+
+    def _update_people(
+        self,
+        connection: sa.Connection,
+        fresh: Sequence[Engagement],
+        qualification: Qualification,
+        now: datetime,
+    ) -> int:
+        by_person: dict[str, list[Engagement]] = {}
+        for record in fresh:
+            by_person.setdefault(record.author.key, []).append(record)
+        table = schema.people
+        existing: dict[str, Any] = {}  # person_key -> row mapping
+        for chunk in _chunks(list(by_person)):
+            for found in connection.execute(
+                sa.select(table).where(table.c.person_key.in_(chunk))
+            ).mappings():
+                existing[found["person_key"]] = found
+        inserts: list[dict[str, Any]] = []
+        for key, items in by_person.items():
+            row: Any = existing.get(key)
+            counts: dict[str, int] = dict(row["counts"]) if row else {}
+            for item in items:
+                counts[item.kind.value] = counts.get(item.kind.value, 0) + 1
+            times = [item.occurred_at or now for item in items]
+            earlier = (
+                [_aware(row["first_engaged_at"]), _aware(row["last_engaged_at"])] if row else []
+            )
+            known = [t for t in earlier if t is not None]
+            first = min([*times, *known])
+            last = max([*times, *known])
+            latest = max(items, key=lambda item: item.occurred_at or now).author
+            values = {
+                "handle": latest.handle,
+                "profile": profile_to_json(latest),
+                "counts": counts,
+                "engagement_count": sum(counts.values()),
+                "score": score(counts, qualification),
+                "first_engaged_at": first,
+                "last_engaged_at": last,
+                "pending": True,
+                "updated_at": now,
+            }
+            if row is None:
+                inserts.append(
+                    {
+                        "person_key": key,
+                        "platform": latest.platform,
+                        "user_id": latest.user_id,
+                        **values,
+                    }
+                )
+            else:
+                connection.execute(table.update().where(table.c.person_key == key).values(values))
+        if inserts:
+            connection.execute(table.insert(), inserts)
+        return len(by_person)
+
+    def pending_people(self, *, batch_size: int, min_score: float) -> Iterator[list[PersonRow]]:
+        """Qualified people whose lead must be (re)delivered, in batches, by key order.
+
+        Keyset pagination keeps memory bound to one batch however many people wait.
+        """
+        table = schema.people
+        after = ""
+        while True:
+            with self._begin() as connection:
+                rows = connection.execute(
+                    sa.select(table)
+                    .where(table.c.pending.is_(True), table.c.person_key > after)
+                    .where(table.c.score >= min_score)
+                    .order_by(table.c.person_key)
+                    .limit(batch_size)
+                ).mappings()
+                batch = [_person(row) for row in rows]
+            if not batch:
+                return
+            yield batch
+            after = batch[-1].person_key
+
+    def count_people(self) -> tuple[int, int]:
+        """(people seen, pending people) — for run summaries."""
+        table = schema.people
+        with self._begin() as connection:
+            total = connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+            pending = connection.execute(
+                sa.select(sa.func.count()).select_from(table).where(table.c.pending.is_(True))
+            ).scalar_one()
+        return int(total), int(pending)
+
+    def clear_pending(self, person_keys: Iterable[str]) -> None:
+        keys = list(person_keys)
+        with self._begin() as connection:
+            for chunk in _chunks(keys):
+                connection.execute(
+                    schema.people.update()
+                    .where(schema.people.c.person_key.in_(chunk))
+                    .values(pending=False)
+                )
+
+    def clear_unqualified_pending(self, min_score: float) -> int:
+        """People below the threshold need no delivery until they engage again."""
+        table = schema.people
+        with self._begin() as connection:
+            result = connection.execute(
+                table.update()
+                .where(table.c.pending.is_(True), table.c.score < min_score)
+                .values(pending=False)
+            )
+        return int(result.rowcount or 0)
+
+    def people(self, person_keys: Sequence[str]) -> list[PersonRow]:
+        table = schema.people
+        found: list[PersonRow] = []
+        with self._begin() as connection:
+            for chunk in _chunks(list(person_keys)):
+                rows = connection.execute(sa.select(table).where(table.c.person_key.in_(chunk)))
+                found.extend(_person(row) for row in rows.mappings())
+        return found
+
+    def engagements_of(self, person_keys: Sequence[str]) -> dict[str, list[EngagementRow]]:
+        table = schema.engagements
+        found: dict[str, list[EngagementRow]] = {}
+        with self._begin() as connection:
+            for chunk in _chunks(list(person_keys)):
+                rows = connection.execute(
+                    sa.select(
+                        table.c.person_key,
+                        table.c.kind,
+                        table.c.post_id,
+                        table.c.text,
+                        table.c.url,
+                        table.c.occurred_at,
+                    ).where(table.c.person_key.in_(chunk))
+                )
+                for row in rows:
+                    found.setdefault(row.person_key, []).append(
+                        EngagementRow(
+                            person_key=row.person_key,
+                            kind=row.kind,
+                            post_id=row.post_id,
+                            text=row.text,
+                            url=row.url,
+                            occurred_at=_aware(row.occurred_at) or utcnow(),
+                        )
+                    )
+        return found
+
+    # delivery ledger -----------------------------------------------------------------
+
+    def deliveries(self, record_keys: Sequence[str], destination: str) -> dict[str, Delivery]:
+        table = schema.deliveries
+        found: dict[str, Delivery] = {}
+        with self._begin() as connection:
+            for chunk in _chunks(list(record_keys)):
+                rows = connection.execute(
+                    sa.select(table).where(
+                        table.c.destination == destination, table.c.record_key.in_(chunk)
+                    )
+                )
+                for row in rows:
+                    found[row.record_key] = Delivery(
+                        record_key=row.record_key,
+                        destination_id=row.destination_id,
+                        payload_hash=row.payload_hash,
+                        status=row.status,
+                    )
+        return found
+
+    def record_deliveries(self, destination: str, outcomes: Sequence[SinkOutcome]) -> None:
+        """Write the ledger for a batch; failed records keep the last good hash."""
+        table = schema.deliveries
+        now = utcnow()
+        with self._begin() as connection:
+            known = {
+                row.record_key: row
+                for chunk in _chunks([o.record_key for o in outcomes])
+                for row in connection.execute(
+                    sa.select(table).where(
+                        table.c.destination == destination, table.c.record_key.in_(chunk)
+                    )
+                )
+            }
+            for outcome in outcomes:
+                if outcome.status not in ("created", "updated", "failed"):
+                    continue
+                row = known.get(outcome.record_key)
+                failed = outcome.status == "failed"
+                values = {
+                    "status": outcome.status,
+                    "updated_at": now,
+                    "attempts": (row.attempts if row else 0) + 1,
+                    "destination_id": outcome.destination_id
+                    or (row.destination_id if row else None),
+                    "payload_hash": (row.payload_hash if row else None)
+                    if failed
+                    else outcome.payload_hash,
+                }
+                if row is None:
+                    connection.execute(
+                        table.insert().values(
+                            record_key=outcome.record_key, destination=destination, **values
+                        )
+                    )
+                else:
+                    connection.execute(
+                        table.update()
+                        .where(
+                            table.c.record_key == outcome.record_key,
+                            table.c.destination == destination,
+                        )
+                        .values(values)
+                    )
+
+    # dead letters --------------------------------------------------------------------
+
+    def add_dead_letters(self, pipeline: str, problems: Sequence[RecordProblem]) -> int:
+        """Store problems; a record already dead-lettered at the same stage is updated."""
+        if not problems:
+            return 0
+        table = schema.dead_letters
+        now = utcnow()
+        with self._begin() as connection:
+            for problem in problems:
+                existing = connection.execute(
+                    sa.select(table.c.id, table.c.attempts).where(
+                        table.c.record_key == problem.record_key,
+                        table.c.pipeline == pipeline,
+                        table.c.stage == problem.stage,
+                        table.c.field == problem.field
+                        if problem.field is not None
+                        else table.c.field.is_(None),
+                    )
+                ).first()
+                values = {
+                    "system": problem.system,
+                    "reason": problem.reason,
+                    "payload": problem.payload,
+                    "updated_at": now,
+                }
+                if existing is None:
+                    connection.execute(
+                        table.insert().values(
+                            record_key=problem.record_key,
+                            pipeline=pipeline,
+                            stage=problem.stage,
+                            field=problem.field,
+                            attempts=1,
+                            created_at=now,
+                            **values,
+                        )
+                    )
+                else:
+                    connection.execute(
+                        table.update()
+                        .where(table.c.id == existing.id)
+                        .values(attempts=existing.attempts + 1, **values)
+                    )
+        return len(problems)
+
+    def dead_letters(
+        self, *, pipeline: str | None = None, ids: Sequence[int] | None = None
+    ) -> list[DeadLetter]:
+        table = schema.dead_letters
+        query = sa.select(table).order_by(table.c.id)
+        if pipeline is not None:
+            query = query.where(table.c.pipeline == pipeline)
+        if ids is not None:
+            query = query.where(table.c.id.in_(list(ids)))
+        with self._begin() as connection:
+            return [
+                DeadLetter(
+                    id=row.id,
+                    record_key=row.record_key,
+                    pipeline=row.pipeline,
+                    stage=row.stage,
+                    system=row.system,
+                    field=row.field,
+                    reason=row.reason,
+                    payload=row.payload,
+                    attempts=row.attempts,
+                    created_at=_aware(row.created_at) or utcnow(),
+                )
+                for row in connection.execute(query)
+            ]
+
+    def resolve_dead_letters(self, record_keys: Iterable[str], pipeline: str) -> int:
+        """A record delivered at last leaves the dead-letter store."""
+        keys = list(record_keys)
+        removed = 0
+        with self._begin() as connection:
+            for chunk in _chunks(keys):
+                result = connection.execute(
+                    schema.dead_letters.delete().where(
+                        schema.dead_letters.c.pipeline == pipeline,
+                        schema.dead_letters.c.record_key.in_(chunk),
+                    )
+                )
+                removed += int(result.rowcount or 0)
+        return removed
+
+
+def score(counts: dict[str, int], qualification: Qualification) -> float:
+    """Weighted engagement total; the weights come from the config."""
+    total = 0.0
+    for kind, count in counts.items():
+        try:
+            total += qualification.weight(EngagementKind(kind)) * count
+        except ValueError:
+            continue
+    return round(total, 4)
+
+
+def _person(row: Any) -> PersonRow:
+    return PersonRow(
+        person_key=row["person_key"],
+        platform=row["platform"],
+        user_id=row["user_id"],
+        handle=row["handle"],
+        profile=dict(row["profile"]),
+        counts=dict(row["counts"]),
+        engagement_count=int(row["engagement_count"]),
+        score=float(row["score"]),
+        first_engaged_at=_aware(row["first_engaged_at"]),
+        last_engaged_at=_aware(row["last_engaged_at"]),
+    )

@@ -1,0 +1,240 @@
+"""End to end: the leads flow over real HTTPS against the sandbox, in Prefect.
+
+The sandbox's ground truth (every engagement it holds) is compared with what reached
+its Salesforce simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.leads import LeadsRun, leads
+from sandbox.server import Sandbox, start_sandbox
+from socialcrm import cli
+from socialcrm.config import DEFAULT_WEIGHTS
+from socialcrm.state import StateStore
+
+pytestmark = pytest.mark.slow
+
+WEIGHTS = {kind.value: weight for kind, weight in DEFAULT_WEIGHTS.items()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    box = start_sandbox(seed=11, write_config=tmp_path / "socialcrm.yaml", workdir=tmp_path)
+    yield box
+    box.stop()
+
+
+def configure(sandbox: Sandbox, **changes: Any) -> str:
+    """Edit the written config: account keys go to the account, the rest to the top."""
+    assert sandbox.config_path is not None
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["accounts"][0]["recent_posts"] = 100  # every seeded post, so truth is complete
+    for key, value in changes.items():
+        if key in ("recent_posts", "streams", "page_size"):
+            data["accounts"][0][key] = value
+        elif key == "crm":
+            data["crm"].update(value)
+        else:
+            data[key] = value
+    sandbox.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(sandbox.config_path)
+
+
+def expected_leads(sandbox: Sandbox, threshold: float = 3.0) -> dict[str, dict[str, int]]:
+    """Person key -> counts per kind, for everyone the ground truth says qualifies."""
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for engagement in sandbox.state()["x"]["engagements"]:
+        counts[f"x:{engagement['user_id']}"][engagement["kind"]] += 1
+    return {
+        key: dict(kinds)
+        for key, kinds in counts.items()
+        if sum(WEIGHTS[kind] * n for kind, n in kinds.items()) >= threshold
+    }
+
+
+def sf_leads(sandbox: Sandbox) -> dict[str, dict[str, Any]]:
+    leads_held = sandbox.state()["salesforce"]["Lead"]
+    keys = [lead["Social_Profile_Id__c"] for lead in leads_held]
+    assert len(keys) == len(set(keys)), "duplicate leads in the CRM"
+    return dict(zip(keys, leads_held, strict=True))
+
+
+def sf_writes(sandbox: Sandbox) -> int:
+    return int(sandbox.state()["writes"].get("salesforce", 0))
+
+
+def test_first_run_creates_exactly_one_lead_per_qualified_person(sandbox: Sandbox) -> None:
+    config = configure(sandbox)
+    summary = leads(LeadsRun(config=config))
+    expected = expected_leads(sandbox)
+    held = sf_leads(sandbox)
+    assert set(held) == set(expected)
+    assert summary["created"] == len(expected) and summary["failed"] == 0
+    assert summary["api_calls"]["salesforce"]["writes"] == math.ceil(len(expected) / 200)
+    for key, counts in expected.items():
+        lead = held[key]
+        assert lead["Engagement_Count__c"] == sum(counts.values())
+        assert lead["Engagement_Score__c"] == pytest.approx(
+            sum(WEIGHTS[k] * n for k, n in counts.items())
+        )
+        assert lead["LastName"] and lead["Company"]
+        assert lead["Social_Handle__c"] and lead["Social_Profile_URL__c"].startswith(
+            "https://x.com/"
+        )
+        assert "Engagement score" in lead["Description"]
+    # The social context a salesperson reads: what was said, with links to the posts.
+    talker = max(expected, key=lambda k: expected[k].get("mention", 0))
+    assert '"' in held[talker]["Description"] and "/status/" in held[talker]["Description"]
+
+
+def test_second_run_writes_nothing(sandbox: Sandbox) -> None:
+    config = configure(sandbox)
+    leads(LeadsRun(config=config))
+    sandbox.reset_calls()
+    again = leads(LeadsRun(config=config))
+    assert again["created"] == again["updated"] == 0
+    assert again["new_engagements"] == 0
+    assert again["api_calls"]["salesforce"]["writes"] == 0
+    assert sf_writes(sandbox) == 0
+
+
+def test_new_engagements_are_read_incrementally_and_touch_only_their_people(
+    sandbox: Sandbox,
+) -> None:
+    config = configure(sandbox)
+    leads(LeadsRun(config=config))
+    before = {key: dict(lead) for key, lead in sf_leads(sandbox).items()}
+    engagements_before = {e["id"] + e["kind"] for e in sandbox.state()["x"]["engagements"]}
+    sandbox.generate(engagements=240)
+    new = [
+        e
+        for e in sandbox.state()["x"]["engagements"]
+        if e["id"] + e["kind"] not in engagements_before
+    ]
+    touched = {f"x:{e['user_id']}" for e in new}
+    sandbox.reset_calls()
+
+    summary = leads(LeadsRun(config=config))
+
+    calls = sandbox.state()["calls"]["x"]
+    new_mentions = sum(1 for e in new if e["kind"] in ("mention", "reply"))
+    # Mentions resume from since_id: one page holds everything new.
+    assert calls.get("GET /2/users/:id/mentions", 0) == math.ceil(max(new_mentions, 1) / 100)
+    assert summary["new_engagements"] == len(new)
+    expected = expected_leads(sandbox)
+    held = sf_leads(sandbox)
+    assert set(held) == set(expected)
+    changed = {
+        key
+        for key, lead in held.items()
+        if key not in before or before[key]["LastModifiedDate"] != lead["LastModifiedDate"]
+    }
+    assert changed <= touched
+    assert changed == {key for key in touched if key in expected}
+    assert summary["created"] + summary["updated"] == len(changed)
+
+
+def test_a_thousand_new_leads_take_at_most_five_write_calls(sandbox: Sandbox) -> None:
+    sandbox.generate(engagements=2400)
+    config = configure(sandbox, qualification={"threshold": 1})
+    summary = leads(LeadsRun(config=config, limit=1000))
+    assert summary["created"] == 1000
+    assert sf_writes(sandbox) <= 5
+    assert len(sf_leads(sandbox)) == 1000
+
+
+def test_dry_run_writes_nothing_anywhere(sandbox: Sandbox) -> None:
+    config = configure(sandbox)
+    preview = leads(LeadsRun(config=config, dry_run=True))
+    assert preview["would_create"] == len(expected_leads(sandbox))
+    assert sf_writes(sandbox) == 0 and sf_leads(sandbox) == {}
+    real = leads(LeadsRun(config=config))
+    assert real["created"] == preview["would_create"]
+
+
+def test_limit_delivers_at_most_that_many_and_the_rest_next_time(sandbox: Sandbox) -> None:
+    config = configure(sandbox)
+    first = leads(LeadsRun(config=config, limit=50))
+    assert first["created"] == 50
+    rest = leads(LeadsRun(config=config))
+    assert set(sf_leads(sandbox)) == set(expected_leads(sandbox))
+    assert rest["created"] == len(expected_leads(sandbox)) - 50
+
+
+def test_too_long_value_for_a_reject_field_is_dead_lettered_and_the_rest_delivered(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    spec = yaml.safe_load(Path("mappings/lead.salesforce.yaml").read_text())
+    # FirstName holds 40 characters; handle plus bio often exceed it.
+    spec["fields"]["FirstName"] = {"template": "{handle} {bio}", "on_too_long": "reject"}
+    (tmp_path / "strict.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    config = configure(sandbox, crm={"lead_mapping": "strict.yaml"})
+    summary = leads(LeadsRun(config=config))
+
+    expected = expected_leads(sandbox)
+    users = {f"x:{u['id']}": u for u in sandbox.state()["x"]["users"]}
+    too_long = {
+        key
+        for key in expected
+        if len(f"{users[key]['username']} {users[key].get('description') or ''}".strip()) > 40
+    }
+    assert too_long and len(too_long) < len(expected)
+    assert set(sf_leads(sandbox)) == set(expected) - too_long
+    assert summary["failed"] == len(too_long) == summary["dead_lettered"]
+    with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        letters = store.dead_letters(pipeline="leads")
+    assert {letter.record_key for letter in letters} == too_long
+    assert all(letter.field == "FirstName" for letter in letters)
+    assert all("40" in letter.reason for letter in letters)
+
+
+def test_mapping_check_names_a_field_lead_does_not_have(
+    sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = configure(sandbox)
+    assert cli.main(["mapping", "check", "--config", config]) == 0
+    spec = yaml.safe_load(Path("mappings/lead.salesforce.yaml").read_text())
+    spec["fields"]["Favourite_Colour__c"] = {"value": "blue"}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    config = configure(sandbox, crm={"lead_mapping": "bad.yaml"})
+    capsys.readouterr()
+    assert cli.main(["mapping", "check", "--config", config]) != 0
+    assert "Favourite_Colour__c" in capsys.readouterr().out
+
+
+def test_cli_run_prints_the_json_summary_last(
+    sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = configure(sandbox)
+    assert cli.main(["run", "leads", "--config", config]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads(last)
+    for key in (
+        "fetched",
+        "engaged_users",
+        "qualified",
+        "created",
+        "updated",
+        "unchanged",
+        "failed",
+        "api_calls",
+    ):
+        assert key in summary
+    assert summary["api_calls"]["salesforce"]["writes"] >= 1

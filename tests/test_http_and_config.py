@@ -1,0 +1,186 @@
+"""The shared HTTP layer's policy and the config loader's error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from connectors.crm.salesforce import classify, parse_collection_results, soql_quote
+from connectors.http import (
+    Action,
+    ApiError,
+    RetryPolicy,
+    call_with_retry,
+    redact,
+    register_secret,
+    retry_after_seconds,
+)
+from socialcrm.config import ConfigError, load_settings, resolve_secret
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "api-samples"
+
+GOOD = """
+accounts:
+  - name: brand
+    user_id: "1000"
+    handle: brand
+    bearer_token: ${X_TOKEN}
+crm:
+  login_url: https://acme.my.salesforce.com
+  auth: {method: client_credentials, client_id: "${SF_ID}", client_secret: "${SF_SECRET}"}
+"""
+
+
+def test_retry_after_reads_every_header_style() -> None:
+    assert retry_after_seconds({"Retry-After": "7"}) == 7
+    assert retry_after_seconds({"x-rate-limit-reset": "1100"}, now=1000) == 101
+    assert retry_after_seconds({"ratelimit-reset": "12"}) == 12
+    assert retry_after_seconds({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, now=0) > 0
+    assert retry_after_seconds({}) is None
+
+
+def test_validation_errors_are_never_retried() -> None:
+    calls = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise ValueError("bad")
+
+    with pytest.raises(ApiError):
+        call_with_retry(
+            failing,
+            system="s",
+            call="c",
+            classify=lambda e: ApiError("s", "c", str(e), status=400),
+            policy=RetryPolicy(sleep=lambda _: None),
+        )
+    assert calls == [1]
+
+
+def test_transient_errors_are_retried_with_a_cap_and_name_the_records() -> None:
+    calls = []
+
+    def failing() -> None:
+        calls.append(1)
+        raise requests.ConnectionError("reset by peer")
+
+    with pytest.raises(ApiError) as error:
+        call_with_retry(
+            failing,
+            system="salesforce",
+            call="PATCH x",
+            classify=lambda e: ApiError("salesforce", "PATCH x", str(e), action=Action.RETRY),
+            policy=RetryPolicy(max_attempts=3, sleep=lambda _: None),
+            record_keys=["x:1"],
+        )
+    assert len(calls) == 3
+    assert "x:1" in str(error.value) and "salesforce" in str(error.value)
+
+
+def test_expired_session_reauthenticates_once() -> None:
+    reauths, calls = [], []
+
+    def failing() -> str:
+        calls.append(1)
+        if len(calls) < 2:
+            raise RuntimeError("expired")
+        return "ok"
+
+    result = call_with_retry(
+        failing,
+        system="s",
+        call="c",
+        classify=lambda e: ApiError("s", "c", "expired", 401, Action.REAUTH),
+        policy=RetryPolicy(sleep=lambda _: None),
+        reauthenticate=lambda: reauths.append(1),
+    )
+    assert result == "ok" and reauths == [1]
+
+
+def test_secrets_are_redacted_from_messages() -> None:
+    register_secret("s3cr3t-value-123")
+    text = redact("failed with s3cr3t-value-123 and Bearer abc.def and client_secret=zzz")
+    assert "s3cr3t" not in text and "abc.def" not in text and "zzz" not in text
+
+
+def test_collection_results_map_back_to_records_in_order() -> None:
+    sample = json.loads((SAMPLES / "sf_collections_partial_error.json").read_text())
+    outcomes = parse_collection_results(sample["body"], ["x:1", "x:2"], "Lead")
+    assert [o.status for o in outcomes] == ["updated", "failed"]
+    assert outcomes[0].destination_id == "00Q5e00000AbCdEEAV"
+    problem = outcomes[1].problems[0]
+    assert problem.field == "LastName" and "REQUIRED_FIELD_MISSING" in problem.reason
+    upserted = json.loads((SAMPLES / "sf_collections_upsert_results.json").read_text())["body"]
+    assert [o.status for o in parse_collection_results(upserted, ["a", "b"], "Lead")] == [
+        "created",
+        "updated",
+    ]
+
+
+def test_a_short_collection_answer_is_an_error_not_a_silent_loss() -> None:
+    with pytest.raises(ApiError):
+        parse_collection_results([{"success": True, "id": "1"}], ["a", "b"], "Lead")
+
+
+def test_salesforce_failure_table() -> None:
+    from simple_salesforce.exceptions import (
+        SalesforceExpiredSession,
+        SalesforceGeneralError,
+        SalesforceRefusedRequest,
+    )
+
+    expired = SalesforceExpiredSession(
+        "u", 401, "Lead", [{"errorCode": "INVALID_SESSION_ID", "message": "x"}]
+    )
+    quota = SalesforceRefusedRequest(
+        "u", 403, "Lead", [{"errorCode": "REQUEST_LIMIT_EXCEEDED", "message": "x"}]
+    )
+    down = SalesforceGeneralError(
+        "u", 503, "Lead", [{"errorCode": "SERVER_UNAVAILABLE", "message": "x"}]
+    )
+    assert classify("c", expired).action is Action.REAUTH  # type: ignore[union-attr]
+    assert classify("c", quota).action is Action.QUOTA  # type: ignore[union-attr]
+    assert classify("c", down).action is Action.RETRY  # type: ignore[union-attr]
+    assert classify("c", KeyError("bug")) is None
+
+
+def test_soql_quote_keeps_injection_text_inside_the_literal() -> None:
+    assert soql_quote("' OR Name != '") == "'\\' OR Name != \\''"
+    assert soql_quote("a\\b\n") == "'a\\\\b\\n'"
+
+
+def test_config_loads_and_resolves_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "socialcrm.yaml"
+    path.write_text(GOOD)
+    settings = load_settings(path)
+    assert settings.state_url() == f"sqlite:///{tmp_path / '.socialcrm' / 'state.db'}"
+    assert settings.mapping_path(settings.crm.lead_mapping).name == "lead.salesforce.yaml"
+    monkeypatch.setenv("X_TOKEN", "abc")
+    assert resolve_secret(settings.accounts[0].bearer_token, what="t").get_secret_value() == "abc"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("handle: brand", "handel: brand"), "accounts.0.handel: unknown key"),
+        (('user_id: "1000"', "user_id: abc"), "accounts.0.user_id"),
+        (("bearer_token: ${X_TOKEN}", "bearer_token: AAAAliteral"), "a secret must be a reference"),
+        (("method: client_credentials, ", "method: jwt, "), "needs username, private_key"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace(*change))
+    with pytest.raises(ConfigError) as error:
+        load_settings(path)
+    assert expected in str(error.value)
+    assert "AAAAliteral" not in str(error.value)
+
+
+def test_missing_secret_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOPE_NOT_SET", raising=False)
+    with pytest.raises(ConfigError, match="NOPE_NOT_SET"):
+        resolve_secret("${NOPE_NOT_SET}", what="crm.auth.client_secret")

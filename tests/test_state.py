@@ -1,0 +1,133 @@
+"""The state store on SQLite and PostgreSQL: idempotent ingest, cursors, ledger, dead letters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from socialcrm.config import Qualification
+from socialcrm.records import Engagement, EngagementKind, RecordProblem, SinkOutcome, SocialProfile
+from socialcrm.state import StateStore
+
+NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+RULES = Qualification(threshold=3)
+
+
+def person(user_id: str, handle: str | None = None) -> SocialProfile:
+    return SocialProfile(platform="x", user_id=user_id, handle=handle or f"user{user_id}")
+
+
+def engagement(id_: str, kind: EngagementKind, user_id: str, minutes: int = 0) -> Engagement:
+    return Engagement(
+        platform="x",
+        id=id_,
+        kind=kind,
+        author=person(user_id),
+        occurred_at=NOW + timedelta(minutes=minutes),
+        text="hello" if kind is not EngagementKind.LIKE else None,
+    )
+
+
+def test_migrations_create_every_table_from_empty(state_url: str) -> None:
+    with StateStore.open(state_url) as store:
+        tables = set(sa.inspect(store.engine).get_table_names())
+    assert {"cursors", "people", "engagements", "deliveries", "dead_letters"} <= tables
+    assert "alembic_version" in tables
+
+
+def test_reingesting_the_same_page_counts_nothing_twice(state_url: str) -> None:
+    page = [
+        engagement("1", EngagementKind.MENTION, "10"),
+        engagement("p1:10", EngagementKind.LIKE, "10"),
+        engagement("p1:11", EngagementKind.LIKE, "11"),
+    ]
+    with StateStore.open(state_url) as store:
+        first = store.ingest("brand", page, RULES, cursors={"mentions": "1"})
+        second = store.ingest("brand", page, RULES, cursors={"mentions": "1"})
+        assert (first.new, first.already_seen) == (3, 0)
+        assert (second.new, second.already_seen) == (0, 3)
+        people = {p.person_key: p for p in store.people(["x:10", "x:11"])}
+    assert people["x:10"].counts == {"mention": 1, "like": 1}
+    assert people["x:10"].score == 4.0
+    assert people["x:11"].score == 1.0
+
+
+def test_duplicate_ids_inside_one_page_are_one_engagement(state_url: str) -> None:
+    twice = [engagement("5", EngagementKind.MENTION, "10")] * 2
+    with StateStore.open(state_url) as store:
+        result = store.ingest("brand", twice, RULES)
+        assert result.new == 1
+        assert store.people(["x:10"])[0].engagement_count == 1
+
+
+def test_cursor_is_written_with_its_page(state_url: str) -> None:
+    with StateStore.open(state_url) as store:
+        assert store.get_cursor("brand", "mentions") is None
+        store.ingest("brand", [], RULES, cursors={"mentions": "100"})
+        store.ingest("brand", [], RULES, cursors={"mentions": "200", "quotes:9": "7"})
+        assert store.cursors("brand") == {"mentions": "200", "quotes:9": "7"}
+
+
+def test_a_person_crossing_the_threshold_later_becomes_pending_with_history(
+    state_url: str,
+) -> None:
+    with StateStore.open(state_url) as store:
+        store.ingest("brand", [engagement("a:20", EngagementKind.LIKE, "20")], RULES)
+        assert list(store.pending_people(batch_size=10, min_score=3)) == []
+        store.clear_unqualified_pending(3)
+        store.ingest("brand", [engagement("21", EngagementKind.REPLY, "20", minutes=5)], RULES)
+        batches = list(store.pending_people(batch_size=10, min_score=3))
+        assert [p.person_key for batch in batches for p in batch] == ["x:20"]
+        history = store.engagements_of(["x:20"])["x:20"]
+        assert sorted(row.kind for row in history) == ["like", "reply"]
+
+
+def test_pending_people_come_in_bounded_batches(state_url: str) -> None:
+    page = [engagement(str(i), EngagementKind.MENTION, str(1000 + i)) for i in range(25)]
+    with StateStore.open(state_url) as store:
+        store.ingest("brand", page, RULES)
+        sizes = []
+        for batch in store.pending_people(batch_size=10, min_score=3):
+            sizes.append(len(batch))
+            store.clear_pending(p.person_key for p in batch)
+        assert sizes == [10, 10, 5]
+        assert store.count_people() == (25, 0)
+
+
+def test_ledger_keeps_last_good_hash_when_a_delivery_fails(state_url: str) -> None:
+    with StateStore.open(state_url) as store:
+        store.record_deliveries("Lead", [SinkOutcome("x:1", "created", "00Q1", "hash-a")])
+        store.record_deliveries("Lead", [SinkOutcome("x:1", "failed", None, "hash-b")])
+        delivery = store.deliveries(["x:1"], "Lead")["x:1"]
+    assert (delivery.destination_id, delivery.payload_hash, delivery.status) == (
+        "00Q1",
+        "hash-a",
+        "failed",
+    )
+
+
+def test_dead_letters_are_kept_once_per_record_stage_and_field(state_url: str) -> None:
+    problem = RecordProblem("x:1", "mapping", "salesforce", "too long", field="Social_Handle__c")
+    with StateStore.open(state_url) as store:
+        store.add_dead_letters("leads", [problem])
+        store.add_dead_letters("leads", [problem])
+        letters = store.dead_letters(pipeline="leads")
+        assert len(letters) == 1 and letters[0].attempts == 2
+        assert letters[0].field == "Social_Handle__c"
+        assert store.resolve_dead_letters(["x:1"], "leads") == 1
+        assert store.dead_letters() == []
+
+
+def test_dry_run_store_leaves_no_trace(state_url: str) -> None:
+    with StateStore.open(state_url, dry_run=True) as store:
+        store.ingest(
+            "brand",
+            [engagement("1", EngagementKind.MENTION, "10")],
+            RULES,
+            cursors={"mentions": "1"},
+        )
+        assert store.get_cursor("brand", "mentions") == "1"
+    with StateStore.open(state_url) as store:
+        assert store.get_cursor("brand", "mentions") is None
+        assert store.count_people() == (0, 0)
