@@ -175,7 +175,10 @@ def deliver_batch(
     to_send: list[dict[str, Any]] = []
     send_keys: list[str] = []
     hashes: dict[str, str] = {}
-    for key, record in zip(mapped.keys, mapped.records, strict=True):
+    for key, full in zip(mapped.keys, mapped.records, strict=True):
+        # An empty value is left out, not sent as null: an update must never wipe
+        # what a salesperson typed into the lead (an email, a company).
+        record = {name: value for name, value in full.items() if value is not None}
         digest = payload_hash(record)
         known = ledger.get(key)
         if known is not None and known.payload_hash == digest and known.status != "failed":

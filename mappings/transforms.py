@@ -228,9 +228,16 @@ def round_number(series: pd.Series, digits: int, _ctx: TransformContext) -> pd.S
     if pd.api.types.is_bool_dtype(series.dtype):
         return series
     if pd.api.types.is_numeric_dtype(series.dtype):
-        return series.astype("float64").round(digits)
+        return _round(series.astype("float64"), digits)
     numbers = pd.to_numeric(series, errors="coerce").astype("float64")
-    return keep_unparsed(numbers.round(digits), series)
+    return keep_unparsed(_round(numbers, digits), series)
+
+
+def _round(numbers: pd.Series, digits: int) -> pd.Series:
+    """numpy rounds by scaling, which overflows near 1e308; such numbers have no decimals."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = numbers.round(digits)
+    return rounded.where(np.isfinite(rounded) | ~np.isfinite(numbers), numbers)
 
 
 def to_datetime(series: pd.Series, _arg: Any, _ctx: TransformContext) -> pd.Series:

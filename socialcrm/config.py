@@ -93,6 +93,11 @@ class XAccount(_Model):
     handle: str = Field(description="The brand account's handle, without @")
     api_base_url: str = "https://api.x.com"
     bearer_token: SecretRef
+    dm_token: SecretRef | None = Field(
+        None,
+        description="OAuth2 user-context token with dm.read (DMs need user context); "
+        "only for the tickets flow",
+    )
     streams: list[XStream] = Field(default_factory=lambda: list(ALL_X_STREAMS))
     recent_posts: int = Field(
         20, ge=1, le=100, description="How many recent brand posts to scan for likes/reposts/quotes"
@@ -158,6 +163,27 @@ class SalesforceSettings(_Model):
         return self
 
 
+class ZendeskSettings(_Model):
+    """The helpdesk: API-token auth as ``{email}/token``."""
+
+    kind: Literal["zendesk"] = "zendesk"
+    base_url: str = Field(description="https://yoursubdomain.zendesk.com")
+    email: str = Field(description="The agent the API token belongs to")
+    api_token: SecretRef
+    ticket_mapping: Path = Path("ticket.zendesk.yaml")
+    ca_bundle: Path | None = None
+    timeout_seconds: float = Field(30, gt=0)
+
+
+class RoutingSettings(_Model):
+    """Which messages become tickets, leads, or nothing."""
+
+    rules: Path = Field(Path("routing.yaml"), description="Ordered routing rules (YAML)")
+    tickets_from_mentions: bool = Field(
+        False, description="Also turn public mentions that ask for help into tickets"
+    )
+
+
 DEFAULT_WEIGHTS: dict[EngagementKind, float] = {
     EngagementKind.MENTION: 3.0,
     EngagementKind.REPLY: 3.0,
@@ -189,6 +215,8 @@ class StateSettings(_Model):
 class Settings(_Model):
     accounts: list[Account] = Field(min_length=1)
     crm: SalesforceSettings
+    helpdesk: ZendeskSettings | None = None
+    routing: RoutingSettings = RoutingSettings()
     state: StateSettings = StateSettings()
     qualification: Qualification = Qualification()
     base_dir: Path = Field(Path("."), exclude=True)

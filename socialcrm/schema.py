@@ -83,3 +83,36 @@ dead_letters = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# Direct messages seen, with their routing decision and delivery status.
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("message_key", sa.String(300), primary_key=True),
+    sa.Column("account", sa.String(100), nullable=False),
+    sa.Column("conversation_key", sa.String(300), nullable=False, index=True),
+    sa.Column("person_key", sa.String(200), nullable=False),
+    sa.Column("sender", sa.JSON, nullable=False),
+    sa.Column("text", sa.Text, nullable=True),
+    sa.Column("attachments", sa.JSON, nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("from_brand", sa.Boolean, nullable=False),
+    sa.Column("route", sa.String(20), nullable=False),
+    sa.Column("rule", sa.String(100), nullable=True),
+    sa.Column("priority", sa.String(20), nullable=False),
+    # pending -> delivered | skipped (brand, spam) | failed (dead-lettered)
+    sa.Column("status", sa.String(20), nullable=False),
+)
+sa.Index("ix_messages_status", messages.c.status, messages.c.conversation_key)
+
+# Written before a write that is not idempotent (ticket create, comment add); a row
+# still open on the next run means "look in the destination before writing again".
+intents = sa.Table(
+    "intents",
+    metadata,
+    sa.Column("record_key", sa.String(300), primary_key=True),
+    sa.Column("destination", sa.String(100), primary_key=True),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("idempotency_key", sa.String(100), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -213,6 +213,7 @@ def test_coalesce_and_default_fill_only_nulls() -> None:
 def test_round_and_dates() -> None:
     assert run("round", 1, [7.25, 3.14159, None]) == [7.2, 3.1, None]
     assert run("round", 0, ["2.6", "many"]) == [3.0, "many"]  # the cast reports "many" later
+    assert run("round", 1, [1.7e308]) == [1.7e308]  # no overflow to inf
     stamps = ["2026-11-20T10:00:00+00:00", "2026-11-20T12:30:15.123456+02:00", "2026-11-20", None]
     assert run("to_datetime", None, stamps) == [
         "2026-11-20T10:00:00.000+0000",
