@@ -242,6 +242,34 @@ def _count(outcomes: list[SinkOutcome]) -> dict[str, int]:
     return counts
 
 
+def deliver_pending_leads(
+    ctx: LeadsContext, *, limit: int | None = None, only: list[str] | None = None
+) -> list[SinkOutcome]:
+    """Deliver every qualified person whose lead changed, one task per batch.
+
+    ``only`` narrows it to some people (the tickets flow passes the senders of sales
+    DMs); ``limit`` caps the leads of this run, the rest stay pending for the next.
+    """
+    settings = ctx.settings
+    threshold = settings.qualification.threshold
+    outcomes: list[SinkOutcome] = []
+    remaining = limit
+    batches = ctx.store.pending_people(
+        batch_size=settings.crm.batch_size, min_score=threshold, only=only
+    )
+    for number, batch in enumerate(batches, 1):
+        if remaining is not None:
+            batch = batch[:remaining]
+        outcomes.extend(deliver_batch(ctx, batch, number))
+        if remaining is not None:
+            remaining -= len(batch)
+            if remaining <= 0:
+                return outcomes
+    if only is None:
+        ctx.store.clear_unqualified_pending(threshold)
+    return outcomes
+
+
 def first_requests(ctx: LeadsContext, since: datetime | None) -> list[x.StreamRequest]:
     """Where each stream starts this run: its stored cursor, else ``since``."""
     account = ctx.account
@@ -333,20 +361,7 @@ def leads(params: LeadsRun = LeadsRun()) -> dict[str, Any]:  # noqa: B008
             request: x.StreamRequest | None = first
             while request is not None:
                 request = pull_page(ctx, request).next_request
-        threshold = settings.qualification.threshold
-        remaining = params.limit
-        for number, batch in enumerate(
-            store.pending_people(batch_size=settings.crm.batch_size, min_score=threshold), 1
-        ):
-            if remaining is not None:
-                batch = batch[:remaining]
-            outcomes.extend(deliver_batch(ctx, batch, number))
-            if remaining is not None:
-                remaining -= len(batch)
-                if remaining <= 0:
-                    break
-        if remaining is None or remaining > 0:
-            store.clear_unqualified_pending(threshold)
+        outcomes = deliver_pending_leads(ctx, limit=params.limit)
     except ApiError as error:
         status = f"stopped: {error}"
         logger.error("run stopped: %s", error)

@@ -117,3 +117,65 @@ def publish_leads_artifacts(
             description=f"Records not delivered ({len(problems)} in all); "
             "see `socialcrm dead-letters list`",
         )
+
+
+def publish_tickets_artifacts(
+    account: str,
+    summary: dict[str, Any],
+    rows: Sequence[dict[str, Any]],
+    problems: Sequence[RecordProblem],
+) -> None:
+    if not _in_flow_run():
+        return
+    key = f"tickets-{account}".lower().replace("_", "-")
+    routes = ", ".join(f"{n} {r}" for r, n in summary["by_route"].items()) or "none"
+    calls = summary["api_calls"]
+    lines = [
+        f"# Tickets run for `{account}`: {summary['status']}",
+        "",
+        f"Messages fetched: {summary['fetched']} ({summary['new_messages']} new: {routes})",
+        "",
+        "| | count |",
+        "|---|---|",
+        f"| tickets created | {summary['tickets_created']} |",
+        f"| tickets updated | {summary['tickets_updated']} |",
+        f"| comments added | {summary['comments_added']} |",
+        f"| tickets reopened | {summary['reopened']} |",
+        f"| messages failed | {summary['failed']} |",
+        f"| leads created / updated from sales DMs | {summary['leads_created']} / "
+        f"{summary['leads_updated']} |",
+        "",
+        f"API calls: X {calls['x']['reads']} reads; Zendesk {calls['zendesk']['reads']} reads, "
+        f"{calls['zendesk']['writes']} writes; Salesforce {calls['salesforce']['writes']} writes",
+    ]
+    if summary["dry_run"]:
+        lines += [
+            "",
+            f"**Dry run**: would create {summary['would_create']} tickets; nothing was written.",
+        ]
+    create_markdown_artifact(
+        key=f"{key}-summary", markdown="\n".join(lines), description="Counts of the tickets run"
+    )
+    if rows:
+        table = [{k: _cell(v) for k, v in row.items()} for row in rows[:MAX_ROWS]]
+        create_table_artifact(
+            key=f"{key}-tickets",
+            table=table,
+            description=f"Tickets created or updated ({len(rows)} in all)",
+        )
+    if problems:
+        errors = [
+            {
+                "record_key": _cell(p.record_key),
+                "stage": p.stage,
+                "system": p.system,
+                "field": p.field,
+                "reason": _cell(p.reason, 300),
+            }
+            for p in problems[:MAX_ROWS]
+        ]
+        create_table_artifact(
+            key=f"{key}-errors",
+            table=errors,
+            description=f"Messages not delivered ({len(problems)} in all)",
+        )

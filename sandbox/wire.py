@@ -62,6 +62,10 @@ X_RATE_LIMITS: dict[str, int] = {
     "GET /2/tweets/:id/retweeted_by": 75,
     "GET /2/users/:id": 300,
     "GET /2/users/by/username/:username": 300,
+    # DM lookups (user context): 300 per 15 minutes each, as in the recorded headers.
+    "GET /2/dm_events": 300,
+    "GET /2/dm_conversations/:id/dm_events": 300,
+    "GET /2/dm_conversations/with/:id/dm_events": 300,
 }
 
 
@@ -76,20 +80,35 @@ class Options:
     sf_daily_limit: int = 15000  # Sforce-Limit-Info total; beyond it: 403 REQUEST_LIMIT_EXCEEDED
     sf_batch_size: int = 2000  # default SOQL batch (Sforce-Query-Options may lower it)
     rate_epoch: int = 0  # bumped when limits change, so windows restart from a clean count
+    zendesk_rate_limit: int = 700  # requests per window (X-Rate-Limit), then 429 + Retry-After
+    zendesk_window_seconds: float = 60.0  # Zendesk counts per minute; tests shorten it
+    zendesk_429_every: int = 0  # every Nth Zendesk request answers a plain-text 429; 0 = never
 
     def update(self, **opts: Any) -> None:
         for name, value in opts.items():
-            if name in ("rate_limits", "rate_window_seconds"):
+            if name in (
+                "rate_limits",
+                "rate_window_seconds",
+                "zendesk_rate_limit",
+                "zendesk_window_seconds",
+            ):
                 self.rate_epoch += 1
             if name == "rate_limits":
                 # None restores the realistic limits; a dict overrides the named endpoints only.
                 overrides = {str(k): int(v) for k, v in (value or {}).items()}
                 base = dict(X_RATE_LIMITS) if value is None else self.rate_limits
                 self.rate_limits = {**base, **overrides}
-            elif name in ("latency_ms", "fault_rate", "rate_window_seconds"):
+            elif name in (
+                "latency_ms",
+                "fault_rate",
+                "rate_window_seconds",
+                "zendesk_window_seconds",
+            ):
                 setattr(self, name, float(value))
-            elif name in ("sf_daily_limit", "sf_batch_size"):
+            elif name in ("sf_daily_limit", "sf_batch_size", "zendesk_429_every"):
                 setattr(self, name, int(value))
+            elif name == "zendesk_rate_limit":  # None restores the recorded plan limit
+                self.zendesk_rate_limit = 700 if value is None else int(value)
             else:
                 raise ValueError(f"unknown sandbox option {name!r}")
 
@@ -101,4 +120,7 @@ class Options:
             "rate_window_seconds": self.rate_window_seconds,
             "sf_daily_limit": self.sf_daily_limit,
             "sf_batch_size": self.sf_batch_size,
+            "zendesk_rate_limit": self.zendesk_rate_limit,
+            "zendesk_window_seconds": self.zendesk_window_seconds,
+            "zendesk_429_every": self.zendesk_429_every,
         }

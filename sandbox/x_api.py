@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sandbox.dm_seed import DMInbox
 from sandbox.seed import Reaction, World, XTweet, XUser, x_time
 from sandbox.wire import Options, Request, Response, json_response
+from sandbox.x_dm import USER_TOKEN, DMEndpoints
 from sandbox.x_params import (
     BEARER,
     MENTIONS_REACHABLE,
@@ -39,11 +41,14 @@ from sandbox.x_params import (
 
 
 class XSimulator:
-    def __init__(self, world: World, options: Options) -> None:
+    def __init__(self, world: World, options: Options, inbox: DMInbox | None = None) -> None:
         self.world = world
         self.options = options
         self.windows: dict[str, tuple[float, int]] = {}
         self.epoch = options.rate_epoch
+        self.dms = None
+        if inbox is not None:
+            self.dms = DMEndpoints(inbox, self._spend, lambda t, f: self._tweet(t, f, {}))
         self.routes: list[tuple[re.Pattern[str], str, Callable[[Request, str], Response]]] = [
             (
                 re.compile(r"^/2/users/([^/]+)/mentions$"),
@@ -78,6 +83,9 @@ class XSimulator:
         """Match a request; returns the call key and a thunk producing the response."""
         if req.method != "GET":
             return None
+        dm_route = self.dms.route(req) if self.dms is not None else None
+        if dm_route is not None:
+            return dm_route
         for pattern, key, handler in self.routes:
             match = pattern.match(req.path)
             if match:
@@ -87,7 +95,8 @@ class XSimulator:
     def _guarded(
         self, req: Request, key: str, handler: Callable[[Request, str], Response], arg: str
     ) -> Response:
-        if req.header("authorization") != f"Bearer {BEARER}":
+        # Public data: the app bearer or a user-context token (as the DM connector holds).
+        if req.header("authorization") not in (f"Bearer {BEARER}", f"Bearer {USER_TOKEN}"):
             return problem(401, "Unauthorized")  # no rate headers on 401, as recorded
         rate_headers, allowed = self._spend(key)
         if not allowed:

@@ -57,8 +57,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except ApiError as error:
             print(f"socialcrm: run stopped: {error}", file=sys.stderr)
             return 1
-    else:  # argparse keeps this unreachable; here for the next flow
-        raise SystemExit(f"unknown flow {args.flow}")
+    else:
+        from flows.tickets import TicketsRun, tickets
+
+        ticket_params = TicketsRun(
+            config=args.config, account=args.account, dry_run=args.dry_run, limit=args.limit
+        )
+        try:
+            summary = tickets(ticket_params)
+        except ApiError as error:
+            print(f"socialcrm: run stopped: {error}", file=sys.stderr)
+            return 1
     print(json.dumps(summary, ensure_ascii=False))
     return 0
 
@@ -128,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.set_defaults(handler=_cmd_sandbox)
 
     run = commands.add_parser("run", help="run a flow once, here, and print its JSON summary")
-    run.add_argument("flow", choices=["leads"])
+    run.add_argument("flow", choices=["leads", "tickets"])
     run.add_argument("--config", required=True)
     run.add_argument("--account")
     run.add_argument("--dry-run", action="store_true", help="show what would be written")
@@ -145,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     dead_commands = dead.add_subparsers(dest="dead_command", required=True)
     listing = dead_commands.add_parser("list", help="one JSON line per dead letter")
     listing.add_argument("--config", required=True)
-    listing.add_argument("--pipeline", choices=["leads"])
+    listing.add_argument("--pipeline", choices=["leads", "tickets"])
     listing.set_defaults(handler=_cmd_dead_letters)
     return parser
 

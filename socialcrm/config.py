@@ -192,6 +192,7 @@ DEFAULT_WEIGHTS: dict[EngagementKind, float] = {
     EngagementKind.LIKE: 1.0,
     EngagementKind.FOLLOW: 1.0,
     EngagementKind.COMMENT: 3.0,
+    EngagementKind.MESSAGE: 5.0,
 }
 
 

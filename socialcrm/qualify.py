@@ -24,6 +24,7 @@ KIND_PLURALS = {
     "like": "likes",
     "follow": "follows",
     "comment": "comments",
+    "message": "messages",
 }
 CANDIDATE_COLUMNS = [
     "person_key",

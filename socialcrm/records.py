@@ -20,6 +20,7 @@ class EngagementKind(StrEnum):
     LIKE = "like"
     FOLLOW = "follow"
     COMMENT = "comment"
+    MESSAGE = "message"  # a direct message routed to sales
 
 
 def person_key(platform: str, user_id: str) -> str:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 Route = Literal["support", "sales", "spam", "other"]
 Channel = Literal["dm", "mention"]
 Priority = Literal["low", "normal", "high", "urgent"]
+ALL_CHANNELS: tuple[Channel, ...] = ("dm", "mention")
 
 
 class RoutingError(ValueError):
@@ -42,7 +43,7 @@ class Rule(BaseModel):
     route: Route
     keywords: list[str] = Field(default_factory=list)
     regex: list[str] = Field(default_factory=list)
-    channels: list[Channel] = Field(default_factory=lambda: ["dm", "mention"])
+    channels: list[Channel] = Field(default_factory=lambda: list(ALL_CHANNELS))
     priority: Priority = "normal"
     tags: list[str] = Field(default_factory=list)
 

@@ -180,7 +180,8 @@ class StateStore:
         self.close()
 
     @contextmanager
-    def _begin(self) -> Iterator[sa.Connection]:
+    def transaction(self) -> Iterator[sa.Connection]:
+        """One unit of work; in a dry run, a part of the one transaction rolled back."""
         if self._dry_connection is not None:
             yield self._dry_connection
             return
@@ -190,7 +191,7 @@ class StateStore:
     # cursors -------------------------------------------------------------------------
 
     def get_cursor(self, account: str, stream: str) -> str | None:
-        with self._begin() as connection:
+        with self.transaction() as connection:
             return connection.execute(
                 sa.select(schema.cursors.c.value).where(
                     schema.cursors.c.account == account, schema.cursors.c.stream == stream
@@ -198,7 +199,7 @@ class StateStore:
             ).scalar_one_or_none()
 
     def cursors(self, account: str) -> dict[str, str]:
-        with self._begin() as connection:
+        with self.transaction() as connection:
             rows = connection.execute(
                 sa.select(schema.cursors.c.stream, schema.cursors.c.value).where(
                     schema.cursors.c.account == account
@@ -240,7 +241,7 @@ class StateStore:
         for record in records:
             unique.setdefault(record.key, record)
         now = utcnow()
-        with self._begin() as connection:
+        with self.transaction() as connection:
             seen: set[str] = set()
             keys = list(unique)
             for chunk in _chunks(keys):
@@ -333,7 +334,9 @@ class StateStore:
             connection.execute(table.insert(), inserts)
         return len(by_person)
 
-    def pending_people(self, *, batch_size: int, min_score: float) -> Iterator[list[PersonRow]]:
+    def pending_people(
+        self, *, batch_size: int, min_score: float, only: Sequence[str] | None = None
+    ) -> Iterator[list[PersonRow]]:
         """Qualified people whose lead must be (re)delivered, in batches, by key order.
 
         Keyset pagination keeps memory bound to one batch however many people wait.
@@ -341,11 +344,12 @@ class StateStore:
         table = schema.people
         after = ""
         while True:
-            with self._begin() as connection:
+            with self.transaction() as connection:
                 rows = connection.execute(
                     sa.select(table)
                     .where(table.c.pending.is_(True), table.c.person_key > after)
                     .where(table.c.score >= min_score)
+                    .where(table.c.person_key.in_(list(only)) if only is not None else sa.true())
                     .order_by(table.c.person_key)
                     .limit(batch_size)
                 ).mappings()
@@ -358,7 +362,7 @@ class StateStore:
     def count_people(self) -> tuple[int, int]:
         """(people seen, pending people) — for run summaries."""
         table = schema.people
-        with self._begin() as connection:
+        with self.transaction() as connection:
             total = connection.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
             pending = connection.execute(
                 sa.select(sa.func.count()).select_from(table).where(table.c.pending.is_(True))
@@ -367,7 +371,7 @@ class StateStore:
 
     def clear_pending(self, person_keys: Iterable[str]) -> None:
         keys = list(person_keys)
-        with self._begin() as connection:
+        with self.transaction() as connection:
             for chunk in _chunks(keys):
                 connection.execute(
                     schema.people.update()
@@ -378,7 +382,7 @@ class StateStore:
     def clear_unqualified_pending(self, min_score: float) -> int:
         """People below the threshold need no delivery until they engage again."""
         table = schema.people
-        with self._begin() as connection:
+        with self.transaction() as connection:
             result = connection.execute(
                 table.update()
                 .where(table.c.pending.is_(True), table.c.score < min_score)
@@ -389,7 +393,7 @@ class StateStore:
     def people(self, person_keys: Sequence[str]) -> list[PersonRow]:
         table = schema.people
         found: list[PersonRow] = []
-        with self._begin() as connection:
+        with self.transaction() as connection:
             for chunk in _chunks(list(person_keys)):
                 rows = connection.execute(sa.select(table).where(table.c.person_key.in_(chunk)))
                 found.extend(_person(row) for row in rows.mappings())
@@ -398,7 +402,7 @@ class StateStore:
     def engagements_of(self, person_keys: Sequence[str]) -> dict[str, list[EngagementRow]]:
         table = schema.engagements
         found: dict[str, list[EngagementRow]] = {}
-        with self._begin() as connection:
+        with self.transaction() as connection:
             for chunk in _chunks(list(person_keys)):
                 rows = connection.execute(
                     sa.select(
@@ -428,7 +432,7 @@ class StateStore:
     def deliveries(self, record_keys: Sequence[str], destination: str) -> dict[str, Delivery]:
         table = schema.deliveries
         found: dict[str, Delivery] = {}
-        with self._begin() as connection:
+        with self.transaction() as connection:
             for chunk in _chunks(list(record_keys)):
                 rows = connection.execute(
                     sa.select(table).where(
@@ -448,7 +452,7 @@ class StateStore:
         """Write the ledger for a batch; failed records keep the last good hash."""
         table = schema.deliveries
         now = utcnow()
-        with self._begin() as connection:
+        with self.transaction() as connection:
             known = {
                 row.record_key: row
                 for chunk in _chunks([o.record_key for o in outcomes])
@@ -497,7 +501,7 @@ class StateStore:
             return 0
         table = schema.dead_letters
         now = utcnow()
-        with self._begin() as connection:
+        with self.transaction() as connection:
             for problem in problems:
                 existing = connection.execute(
                     sa.select(table.c.id, table.c.attempts).where(
@@ -544,7 +548,7 @@ class StateStore:
             query = query.where(table.c.pipeline == pipeline)
         if ids is not None:
             query = query.where(table.c.id.in_(list(ids)))
-        with self._begin() as connection:
+        with self.transaction() as connection:
             return [
                 DeadLetter(
                     id=row.id,
@@ -565,7 +569,7 @@ class StateStore:
         """A record delivered at last leaves the dead-letter store."""
         keys = list(record_keys)
         removed = 0
-        with self._begin() as connection:
+        with self.transaction() as connection:
             for chunk in _chunks(keys):
                 result = connection.execute(
                     schema.dead_letters.delete().where(

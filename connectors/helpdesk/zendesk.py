@@ -1,0 +1,238 @@
+"""Zendesk Support sink: requesters by external id, one ticket per conversation.
+
+Requesters are upserted with ``users/create_or_update`` keyed by the person's identity
+key. Tickets carry the conversation key as ``external_id`` and are created with an
+``Idempotency-Key``, so a retried create answers with the first ticket; comments carry
+the message id in their body, so a comment whose write went unconfirmed can be found.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from pydantic import SecretStr
+
+from connectors.http import (
+    Action,
+    ApiError,
+    RetryPolicy,
+    build_session,
+    call_with_retry,
+    register_secret,
+    retry_after_seconds,
+    transport_error,
+)
+from socialcrm.config import ZendeskSettings, resolve_secret
+from socialcrm.records import DestinationField
+
+log = logging.getLogger("socialcrm.zendesk")
+
+SYSTEM = "zendesk"
+PRIORITIES = ("low", "normal", "high", "urgent")
+TICKET_TYPES = ("question", "incident", "problem", "task")
+# What a ticket mapping may write; Zendesk has no describe call for these.
+TICKET_FIELDS: dict[str, DestinationField] = {
+    "subject": DestinationField("subject", "string", "Subject", length=150, nillable=False),
+    "body": DestinationField("body", "textarea", "First comment", length=65000),
+    "priority": DestinationField(
+        "priority", "picklist", "Priority", restricted_picklist=True, picklist_values=PRIORITIES
+    ),
+    "type": DestinationField(
+        "type", "picklist", "Type", restricted_picklist=True, picklist_values=TICKET_TYPES
+    ),
+    "requester_name": DestinationField("requester_name", "string", "Requester", length=255),
+}
+
+
+@dataclass
+class _HttpFailure(Exception):
+    response: requests.Response
+
+
+@dataclass
+class ZendeskClient:
+    settings: ZendeskSettings
+    session: requests.Session
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    reads: int = 0
+    writes: int = 0
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        template: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        keys: list[str] | None = None,
+    ) -> tuple[dict[str, Any], requests.structures.CaseInsensitiveDict[str]]:
+        url = self.settings.base_url.rstrip("/") + path
+        call = f"{method} {template}"
+
+        def once() -> tuple[dict[str, Any], requests.structures.CaseInsensitiveDict[str]]:
+            if method == "GET":
+                self.reads += 1
+            else:
+                self.writes += 1
+            response = self.session.request(method, url, json=body, params=params, headers=headers)
+            if response.status_code >= 300:
+                raise _HttpFailure(response)
+            data = response.json() if response.content else {}
+            return (data if isinstance(data, dict) else {}), response.headers
+
+        return call_with_retry(
+            once,
+            system=SYSTEM,
+            call=call,
+            classify=lambda exc: _classify(call, exc),
+            policy=self.policy,
+            record_keys=keys or [],
+        )
+
+    def ticket_url(self, ticket_id: int | str) -> str:
+        """The agent's view of a ticket, for artifacts and cross-links."""
+        return f"{self.settings.base_url.rstrip('/')}/agent/tickets/{ticket_id}"
+
+
+def connect(settings: ZendeskSettings, *, policy: RetryPolicy | None = None) -> ZendeskClient:
+    token: SecretStr = resolve_secret(settings.api_token, what="helpdesk.api_token")
+    register_secret(token.get_secret_value())
+    session = build_session(ca_bundle=settings.ca_bundle, timeout=settings.timeout_seconds)
+    session.auth = (f"{settings.email}/token", token.get_secret_value())
+    return ZendeskClient(settings=settings, session=session, policy=policy or RetryPolicy())
+
+
+def _classify(call: str, exc: BaseException) -> ApiError | None:
+    if isinstance(exc, requests.RequestException):
+        return transport_error(SYSTEM, call, exc)
+    if isinstance(exc, ValueError):
+        return ApiError(SYSTEM, call, f"malformed JSON body: {exc}")
+    if not isinstance(exc, _HttpFailure):
+        return None
+    response = exc.response
+    status = response.status_code
+    message = error_text(response)
+    if status in (409, 429) or status >= 500:
+        return ApiError(
+            SYSTEM,
+            call,
+            message,
+            status=status,
+            action=Action.RETRY,
+            retry_after=retry_after_seconds(response.headers),
+        )
+    if status == 401:
+        message += ": check helpdesk.email and helpdesk.api_token"
+    return ApiError(SYSTEM, call, message, status=status, action=Action.FAIL)
+
+
+def error_text(response: requests.Response) -> str:
+    """Zendesk's error bodies, JSON (``error``, ``description``, ``details``) or plain text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason or "no body"
+    if not isinstance(body, dict):
+        return str(body)[:300]
+    error = body.get("error")
+    if isinstance(error, dict):  # {"error": {"title", "message"}} on some endpoints
+        error = error.get("title") or error.get("message")
+    parts = [str(error or ""), str(body.get("description") or "")]
+    details = body.get("details")
+    if isinstance(details, dict):
+        for name, items in details.items():
+            for item in items if isinstance(items, list) else [items]:
+                text = item.get("description") if isinstance(item, dict) else item
+                parts.append(f"{name}: {text}")
+    return ": ".join(part for part in parts if part) or str(body)[:300]
+
+
+def upsert_requester(
+    client: ZendeskClient, external_id: str, name: str, email: str | None = None
+) -> int:
+    """Find or create the end user by external id (the person's identity key)."""
+    user: dict[str, Any] = {"name": name, "external_id": external_id, "role": "end-user"}
+    if email:
+        user["email"] = email
+    body, _ = client.request(
+        "POST",
+        "/api/v2/users/create_or_update",
+        template="/api/v2/users/create_or_update",
+        body={"user": user},
+        keys=[external_id],
+    )
+    return int(body["user"]["id"])
+
+
+def find_tickets(client: ZendeskClient, external_id: str) -> list[dict[str, Any]]:
+    body, _ = client.request(
+        "GET",
+        "/api/v2/tickets",
+        template="/api/v2/tickets",
+        params={"external_id": external_id},
+        keys=[external_id],
+    )
+    return [t for t in body.get("tickets") or [] if isinstance(t, dict)]
+
+
+def get_ticket(client: ZendeskClient, ticket_id: int) -> dict[str, Any]:
+    body, _ = client.request("GET", f"/api/v2/tickets/{ticket_id}", template="/api/v2/tickets/:id")
+    return dict(body["ticket"])
+
+
+def create_ticket(
+    client: ZendeskClient, ticket: dict[str, Any], *, idempotency_key: str, key: str
+) -> tuple[dict[str, Any], bool]:
+    """Create a ticket; returns it and whether Zendesk replayed an earlier create."""
+    body, headers = client.request(
+        "POST",
+        "/api/v2/tickets",
+        template="/api/v2/tickets",
+        body={"ticket": ticket},
+        headers={"Idempotency-Key": idempotency_key},
+        keys=[key],
+    )
+    return dict(body["ticket"]), headers.get("x-idempotency-lookup") == "hit"
+
+
+def add_comment(
+    client: ZendeskClient,
+    ticket_id: int,
+    comment: dict[str, Any],
+    *,
+    key: str,
+    status: str | None = None,
+) -> dict[str, Any]:
+    update: dict[str, Any] = {"comment": comment}
+    if status:
+        update["status"] = status
+    body, _ = client.request(
+        "PUT",
+        f"/api/v2/tickets/{ticket_id}",
+        template="/api/v2/tickets/:id",
+        body={"ticket": update},
+        keys=[key],
+    )
+    return dict(body.get("ticket") or {})
+
+
+def ticket_comments(client: ZendeskClient, ticket_id: int) -> list[dict[str, Any]]:
+    comments: list[dict[str, Any]] = []
+    path: str | None = f"/api/v2/tickets/{ticket_id}/comments"
+    params: dict[str, Any] | None = {"per_page": 100}
+    while path:
+        body, _ = client.request(
+            "GET", path, template="/api/v2/tickets/:id/comments", params=params
+        )
+        comments.extend(c for c in body.get("comments") or [] if isinstance(c, dict))
+        next_page = body.get("next_page")
+        if not next_page:
+            break
+        path = str(next_page).replace(client.settings.base_url.rstrip("/"), "")
+        params = None
+    return comments

@@ -1,0 +1,513 @@
+"""The tickets flow: direct messages become helpdesk tickets, one per conversation.
+
+Pull DM pages (each a task: messages, their routes and the cursor in one transaction),
+deliver pending conversations in batches (each a task), then give the senders of sales
+messages their lead through the leads flow's own delivery, and publish artifacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
+
+from connectors.helpdesk import zendesk
+from connectors.http import ApiError
+from connectors.social import x, x_dm
+from flows.leads import LeadsContext, _logger, deliver_pending_leads
+from flows.reporting import publish_tickets_artifacts
+from mappings import MappingSpec, apply_spec, load_spec
+from socialcrm import inbox
+from socialcrm.config import ConfigError, Settings, XAccount, load_settings
+from socialcrm.qualify import PLATFORM_NAMES
+from socialcrm.records import Engagement, EngagementKind, RecordProblem, SinkOutcome
+from socialcrm.routing import RoutingRules, load_rules, route
+from socialcrm.state import StateStore
+
+PIPELINE = "tickets"
+TICKET = "zendesk:ticket"
+COMMENT = "zendesk:comment"
+REQUESTER = "zendesk:user"
+REOPEN_FROM = {"solved", "pending", "hold"}
+
+
+class TicketsRun(BaseModel):
+    """Options for one run of the tickets pipeline."""
+
+    config: str = Field(
+        "socialcrm.yaml",
+        title="Config file",
+        description="Path of the socialcrm YAML config, as seen by the worker",
+    )
+    account: str | None = Field(
+        None, title="Account", description="Account name from the config; empty means the first"
+    )
+    dry_run: bool = Field(
+        False,
+        title="Dry run",
+        description="Route the messages and show the would-be tickets; write nothing",
+    )
+    limit: int | None = Field(
+        None,
+        ge=1,
+        title="Conversation limit",
+        description="Deliver at most this many conversations",
+    )
+
+
+@dataclass
+class TicketsContext:
+    settings: Settings
+    account: XAccount
+    store: StateStore
+    dm_client: x.XClient
+    rules: RoutingRules
+    dry_run: bool
+    helpdesk: zendesk.ZendeskClient | None = None
+    fetched: int = 0
+    new_messages: int = 0
+    by_route: dict[str, int] = field(default_factory=dict)
+    sales_people: set[str] = field(default_factory=set)
+    problems: list[RecordProblem] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    _spec: MappingSpec | None = None
+
+    def zendesk(self) -> zendesk.ZendeskClient:
+        if self.helpdesk is None:
+            if self.settings.helpdesk is None:
+                raise ConfigError("helpdesk: the tickets flow needs a helpdesk section")
+            self.helpdesk = zendesk.connect(self.settings.helpdesk)
+        return self.helpdesk
+
+    def ticket_spec(self) -> MappingSpec:
+        if self._spec is None:
+            assert self.settings.helpdesk is not None
+            self._spec = load_spec(
+                self.settings.mapping_path(self.settings.helpdesk.ticket_mapping)
+            )
+        return self._spec
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+
+@task(
+    name="pull-dm-page",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=1,
+    retry_delay_seconds=5,
+)
+def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest | None:
+    """Fetch a page of DMs, route each, and record them with the cursor."""
+    page, next_request = x_dm.fetch_dm_page(ctx.dm_client, request)
+    routed = [(message, route(ctx.rules, message.text, "dm")) for message in page.records]
+    sales = [
+        Engagement(
+            platform=message.platform,
+            id=message.message_id,
+            kind=EngagementKind.MESSAGE,
+            author=message.sender,
+            occurred_at=message.sent_at,
+            text=message.text,
+        )
+        for message, decision in routed
+        if decision.route == "sales" and not message.from_brand
+    ]
+    # Engagements first: they are idempotent, and the cursor moves with the messages.
+    if sales:
+        ctx.store.ingest(ctx.account.name, sales, ctx.settings.qualification)
+        ctx.sales_people.update(e.author.key for e in sales)
+    cursors = {x_dm.STREAM: page.cursor} if page.cursor else None
+    result = inbox.ingest_messages(ctx.store, ctx.account.name, routed, cursors=cursors)
+    if page.problems:
+        ctx.store.add_dead_letters(PIPELINE, page.problems)
+        ctx.problems.extend(page.problems)
+    ctx.fetched += len(page.records)
+    ctx.new_messages += result.new
+    for name, n in (result.by_route or {}).items():
+        ctx.by_route[name] = ctx.by_route.get(name, 0) + n
+    _logger().info(
+        "dms: %d messages (%d new: %s), %d rejected%s",
+        len(page.records),
+        result.new,
+        ", ".join(f"{n} {r}" for r, n in sorted((result.by_route or {}).items())) or "none",
+        len(page.problems),
+        "; more pages follow" if next_request else "",
+    )
+    return next_request
+
+
+def comment_body(message: inbox.StoredMessage) -> str:
+    """The customer's words, then a footer whose reference finds the comment again."""
+    platform = PLATFORM_NAMES.get(message.sender.get("platform", ""), "Social")
+    handle = message.sender.get("handle") or "?"
+    text = (message.text or "").strip() or "(no text)"
+    if message.attachments:
+        text += f"\n\n[{len(message.attachments)} attachment(s) on {platform}]"
+    when = message.sent_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+    return f"{text}\n\n— {platform} DM from @{handle}, {when} UTC [ref {message.message_key}]"
+
+
+def idempotency_key(conversation_key: str, first_message: str) -> str:
+    """Stable per conversation and first message: a retried create is the same create."""
+    digest = hashlib.sha256(f"{conversation_key}|{first_message}".encode()).hexdigest()
+    return f"socialcrm-{digest[:40]}"
+
+
+def _ticket_frame(batch: dict[str, list[inbox.StoredMessage]]) -> pd.DataFrame:
+    rows = []
+    for key, messages in batch.items():
+        first = messages[0]
+        line = " ".join((first.text or "").split())
+        rows.append(
+            {
+                "conversation_key": key,
+                "person_key": first.person_key,
+                "platform": first.sender.get("platform"),
+                "platform_name": PLATFORM_NAMES.get(first.sender.get("platform", ""), "Social"),
+                "handle": first.sender.get("handle"),
+                "display_name": first.sender.get("display_name"),
+                "first_line": line if len(line) <= 80 else line[:79] + "…",
+                "route": first.route,
+                "rule": first.rule,
+                "priority": max((m.priority for m in messages), key=_urgency),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _urgency(priority: str) -> int:
+    return zendesk.PRIORITIES.index(priority) if priority in zendesk.PRIORITIES else 1
+
+
+@task(
+    name="deliver-conversations",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    task_run_name="deliver conversations {number}",
+)
+def deliver_conversations(
+    ctx: TicketsContext, batch: dict[str, list[inbox.StoredMessage]], number: int
+) -> None:
+    """Tickets and comments for a batch of conversations; one bad one spoils nothing."""
+    spec = ctx.ticket_spec()
+    mapped = apply_spec(
+        spec,
+        _ticket_frame(batch),
+        zendesk.TICKET_FIELDS,
+        key_column="conversation_key",
+        system="zendesk",
+    )
+    for problem in mapped.rejected:
+        _fail(ctx, batch[problem.record_key], problem)
+    tickets = dict(zip(mapped.keys, mapped.records, strict=True))
+    if ctx.dry_run:
+        for key, fields in tickets.items():
+            known = ctx.store.deliveries([key], TICKET).get(key)
+            ctx.rows.append(
+                {
+                    "conversation": key,
+                    "status": "would comment" if known else "would create",
+                    "messages": len(batch[key]),
+                    **fields,
+                }
+            )
+        return
+    client = ctx.zendesk()
+    for key, fields in tickets.items():
+        try:
+            _deliver_conversation(ctx, client, key, batch[key], fields)
+        except ApiError as error:
+            if error.status in (401, 403) or error.action.value == "quota":
+                raise  # systemic: the next conversation would fail the same way
+            _fail(ctx, batch[key], RecordProblem(key, "delivery", "zendesk", str(error)))
+    _logger().info(
+        "conversations batch %d: %d conversations, %s",
+        number,
+        len(batch),
+        ", ".join(f"{n} {k}" for k, n in sorted(ctx.counts.items())),
+    )
+
+
+def _fail(ctx: TicketsContext, messages: list[inbox.StoredMessage], problem: RecordProblem) -> None:
+    problems = [
+        RecordProblem(
+            m.message_key,
+            problem.stage,
+            problem.system,
+            problem.reason,
+            field=problem.field,
+            payload={"conversation": m.conversation_key},
+        )
+        for m in messages
+    ]
+    ctx.store.add_dead_letters(PIPELINE, problems)
+    inbox.set_message_status(ctx.store, [m.message_key for m in messages], "failed")
+    ctx.problems.extend(problems)
+    ctx.count("failed messages", len(messages))
+
+
+def _requester(
+    ctx: TicketsContext, client: zendesk.ZendeskClient, message: inbox.StoredMessage, name: str
+) -> int:
+    known = ctx.store.deliveries([message.person_key], REQUESTER).get(message.person_key)
+    if known and known.destination_id:
+        return int(known.destination_id)
+    user_id = zendesk.upsert_requester(
+        client, message.person_key, name, message.sender.get("email")
+    )
+    ctx.store.record_deliveries(
+        REQUESTER, [SinkOutcome(message.person_key, "created", str(user_id))]
+    )
+    return user_id
+
+
+def _deliver_conversation(
+    ctx: TicketsContext,
+    client: zendesk.ZendeskClient,
+    key: str,
+    messages: list[inbox.StoredMessage],
+    fields: dict[str, Any],
+) -> None:
+    store = ctx.store
+    requester_id = _requester(ctx, client, messages[0], str(fields.pop("requester_name", "")))
+    known = store.deliveries([key], TICKET).get(key)
+    ticket: dict[str, Any] | None = None
+    pending = list(messages)
+    if known is None and key in inbox.open_intents(store, [key], TICKET):
+        # A create may have happened before a crash: look before creating again.
+        marker = f"[ref {pending[0].message_key}]"
+        found = [
+            t
+            for t in zendesk.find_tickets(client, key)
+            if marker in str(t.get("description") or "")
+        ]
+        if found:
+            ticket = found[0]
+            _record_ticket(ctx, key, ticket)
+            first = pending.pop(0)
+            _comment_done(ctx, first, int(ticket["id"]))
+    elif known is not None:
+        ticket = zendesk.get_ticket(client, int(known.destination_id or 0))
+        if ticket.get("status") == "closed":
+            ticket = None  # a closed ticket takes no comment: open a follow-up
+    status = "updated"
+    if ticket is None:
+        first = pending.pop(0)
+        ticket = _create_ticket(
+            ctx,
+            client,
+            key,
+            first,
+            fields,
+            requester_id,
+            follow_up=known.destination_id if known else None,
+        )
+        status = "created"
+    ticket_id = int(ticket["id"])
+    reopened = False
+    for message in pending:
+        reopen = ticket.get("status") in REOPEN_FROM
+        _add_comment(ctx, client, ticket_id, message, requester_id, reopen)
+        if reopen:
+            ticket["status"] = "open"
+            reopened = True
+    ctx.count("tickets " + status)
+    if reopened:
+        ctx.count("tickets reopened")
+    ctx.rows.append(
+        {
+            "conversation": key,
+            "status": status + (" (reopened)" if reopened else ""),
+            "messages": len(messages),
+            "subject": fields.get("subject"),
+            "url": client.ticket_url(ticket_id),
+        }
+    )
+
+
+def _record_ticket(ctx: TicketsContext, key: str, ticket: dict[str, Any]) -> None:
+    ctx.store.record_deliveries(TICKET, [SinkOutcome(key, "created", str(ticket["id"]))])
+    inbox.close_intent(ctx.store, key, TICKET)
+
+
+def _create_ticket(
+    ctx: TicketsContext,
+    client: zendesk.ZendeskClient,
+    key: str,
+    first: inbox.StoredMessage,
+    fields: dict[str, Any],
+    requester_id: int,
+    follow_up: str | None,
+) -> dict[str, Any]:
+    idem = idempotency_key(key, first.message_key)
+    ticket_body: dict[str, Any] = {
+        **fields,
+        "comment": {"body": comment_body(first), "public": True, "author_id": requester_id},
+        "requester_id": requester_id,
+        "external_id": key,
+        "tags": sorted({"socialcrm", first.sender.get("platform") or "social", "dm", first.route}),
+    }
+    if follow_up:
+        ticket_body["via_followup_source_id"] = int(follow_up)
+    inbox.open_intent(ctx.store, key, TICKET, "create", idem)
+    ticket, replayed = zendesk.create_ticket(client, ticket_body, idempotency_key=idem, key=key)
+    _record_ticket(ctx, key, ticket)
+    store = ctx.store
+    store.record_deliveries(COMMENT, [SinkOutcome(first.message_key, "created", str(ticket["id"]))])
+    inbox.set_message_status(store, [first.message_key], "delivered")
+    if replayed:
+        ctx.count("creates replayed by Zendesk")
+    return ticket
+
+
+def _add_comment(
+    ctx: TicketsContext,
+    client: zendesk.ZendeskClient,
+    ticket_id: int,
+    message: inbox.StoredMessage,
+    requester_id: int,
+    reopen: bool,
+) -> None:
+    store = ctx.store
+    body = comment_body(message)
+    if message.message_key in inbox.open_intents(store, [message.message_key], COMMENT):
+        marker = f"[ref {message.message_key}]"
+        existing = zendesk.ticket_comments(client, ticket_id)
+        if any(marker in str(c.get("body") or c.get("plain_body") or "") for c in existing):
+            _comment_done(ctx, message, ticket_id)
+            return
+    inbox.open_intent(store, message.message_key, COMMENT, "comment", message.message_key)
+    zendesk.add_comment(
+        client,
+        ticket_id,
+        {"body": body, "public": True, "author_id": requester_id},
+        key=message.message_key,
+        status="open" if reopen else None,
+    )
+    _comment_done(ctx, message, ticket_id)
+    ctx.count("comments added")
+
+
+def _comment_done(ctx: TicketsContext, message: inbox.StoredMessage, ticket_id: int) -> None:
+    ctx.store.record_deliveries(
+        COMMENT, [SinkOutcome(message.message_key, "created", str(ticket_id))]
+    )
+    inbox.set_message_status(ctx.store, [message.message_key], "delivered")
+    inbox.close_intent(ctx.store, message.message_key, COMMENT)
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters.get("params") or {}
+    if isinstance(params, BaseModel):
+        params = params.model_dump()
+    account = params.get("account") or "default"
+    mode = " (dry run)" if params.get("dry_run") else ""
+    return f"tickets {account} {datetime.now(UTC):%Y-%m-%d %H:%M}Z{mode}"
+
+
+@flow(name="tickets", flow_run_name=_run_name, log_prints=False)
+def tickets(params: TicketsRun = TicketsRun()) -> dict[str, Any]:  # noqa: B008
+    """Pull direct messages and keep one helpdesk ticket per conversation.
+
+    Args:
+        params: what to run: config file, account, dry run, conversation limit.
+    """
+    settings = load_settings(params.config)
+    account = settings.account(params.account)
+    if settings.helpdesk is None:
+        raise ConfigError(f"{params.config}: helpdesk: the tickets flow needs a helpdesk section")
+    rules = load_rules(settings.mapping_path(settings.routing.rules))
+    store = StateStore.open(settings.state_url(), dry_run=params.dry_run)
+    ctx = TicketsContext(
+        settings=settings,
+        account=account,
+        store=store,
+        dm_client=x_dm.connect_dm(account),
+        rules=rules,
+        dry_run=params.dry_run,
+    )
+    leads_ctx = LeadsContext(
+        settings=settings,
+        account=account,
+        store=store,
+        x_client=ctx.dm_client,
+        dry_run=params.dry_run,
+    )
+    lead_outcomes: list[SinkOutcome] = []
+    status = "completed"
+    try:
+        request: x_dm.DmRequest | None = x_dm.DmRequest(
+            since_id=store.get_cursor(account.name, x_dm.STREAM)
+        )
+        while request is not None:
+            request = pull_dm_page(ctx, request)
+        remaining = params.limit
+        batches = inbox.pending_conversations(store, batch_size=50)
+        for number, batch in enumerate(batches, 1):
+            if remaining is not None:
+                batch = dict(list(batch.items())[:remaining])
+                remaining -= len(batch)
+            deliver_conversations(ctx, batch, number)
+            if remaining is not None and remaining <= 0:
+                break
+        if ctx.sales_people:
+            lead_outcomes = deliver_pending_leads(leads_ctx, only=sorted(ctx.sales_people))
+    except ApiError as error:
+        status = f"stopped: {error}"
+        _logger().error("run stopped: %s", error)
+        raise
+    finally:
+        summary = tickets_summary(ctx, leads_ctx, lead_outcomes, status)
+        try:
+            publish_tickets_artifacts(account.name, summary, ctx.rows, ctx.problems)
+        finally:
+            store.close()
+    _logger().info("tickets %s: %s", account.name, summary)
+    return summary
+
+
+def tickets_summary(
+    ctx: TicketsContext, leads_ctx: LeadsContext, lead_outcomes: list[SinkOutcome], status: str
+) -> dict[str, Any]:
+    lead_counts: dict[str, int] = {}
+    for outcome in lead_outcomes:
+        lead_counts[outcome.status] = lead_counts.get(outcome.status, 0) + 1
+    helpdesk = ctx.helpdesk
+    crm = leads_ctx.crm
+    return {
+        "flow": PIPELINE,
+        "account": ctx.account.name,
+        "status": status,
+        "dry_run": ctx.dry_run,
+        "fetched": ctx.fetched,
+        "new_messages": ctx.new_messages,
+        "by_route": dict(sorted(ctx.by_route.items())),
+        "tickets_created": ctx.counts.get("tickets created", 0),
+        "tickets_updated": ctx.counts.get("tickets updated", 0),
+        "comments_added": ctx.counts.get("comments added", 0),
+        "reopened": ctx.counts.get("tickets reopened", 0),
+        "failed": ctx.counts.get("failed messages", 0)
+        + len([p for p in ctx.problems if p.stage == "source"]),
+        "would_create": sum(1 for r in ctx.rows if r["status"] == "would create"),
+        "leads_created": lead_counts.get("created", 0),
+        "leads_updated": lead_counts.get("updated", 0),
+        "api_calls": {
+            "x": {"reads": ctx.dm_client.calls, "writes": 0},
+            "zendesk": {
+                "reads": helpdesk.reads if helpdesk else 0,
+                "writes": helpdesk.writes if helpdesk else 0,
+            },
+            "salesforce": {"reads": crm.reads if crm else 0, "writes": crm.writes if crm else 0},
+        },
+    }

@@ -1,0 +1,221 @@
+"""The direct-message side of the state store: messages, conversations, write intents.
+
+A message is stored once (its key), with the routing decision taken when it arrived.
+Delivery works per conversation: one ticket each, each customer message one comment.
+Ticket creation and comment adding are not idempotent, so each is preceded by an intent
+row; an intent still open on the next run means the write may have happened, and the
+helpdesk is searched before writing again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from socialcrm import schema
+from socialcrm.records import DirectMessage
+from socialcrm.routing import Decision
+from socialcrm.state import StateStore, _aware, _chunks, profile_to_json, utcnow
+
+
+@dataclass(slots=True)
+class StoredMessage:
+    message_key: str
+    conversation_key: str
+    person_key: str
+    sender: dict[str, Any]
+    text: str | None
+    attachments: list[str]
+    sent_at: datetime
+    route: str
+    rule: str | None
+    priority: str
+
+
+@dataclass(slots=True)
+class MessageIngest:
+    new: int = 0
+    already_seen: int = 0
+    from_brand: int = 0
+    by_route: dict[str, int] | None = None
+
+
+def ingest_messages(
+    store: StateStore,
+    account: str,
+    routed: Sequence[tuple[DirectMessage, Decision]],
+    *,
+    cursors: dict[str, str] | None = None,
+) -> MessageIngest:
+    """Record a page of messages with their routes, and the cursor, in one transaction."""
+    result = MessageIngest(by_route={})
+    table = schema.messages
+    unique = {message.key: (message, decision) for message, decision in routed}
+    with store.transaction() as connection:
+        seen: set[str] = set()
+        for chunk in _chunks(list(unique)):
+            seen.update(
+                connection.execute(
+                    sa.select(table.c.message_key).where(table.c.message_key.in_(chunk))
+                ).scalars()
+            )
+        rows = []
+        for key, (message, decision) in unique.items():
+            if key in seen:
+                continue
+            skipped = message.from_brand or decision.route == "spam"
+            rows.append(
+                {
+                    "message_key": key,
+                    "account": account,
+                    "conversation_key": message.conversation_key,
+                    "person_key": message.sender.key,
+                    "sender": profile_to_json(message.sender),
+                    "text": message.text,
+                    "attachments": list(message.attachments),
+                    "sent_at": message.sent_at or utcnow(),
+                    "from_brand": message.from_brand,
+                    "route": "brand" if message.from_brand else decision.route,
+                    "rule": decision.rule,
+                    "priority": decision.priority,
+                    "status": "skipped" if skipped else "pending",
+                }
+            )
+        if rows:
+            connection.execute(table.insert(), rows)
+        by_route: dict[str, int] = {}
+        for row in rows:
+            name = str(row["route"])
+            by_route[name] = by_route.get(name, 0) + 1
+        result.by_route = by_route
+        result.new = len(rows)
+        result.from_brand = sum(1 for row in rows if row["from_brand"])
+        result.already_seen = len(routed) - len(rows)
+        for stream, value in (cursors or {}).items():
+            store._set_cursor(connection, account, stream, value)
+    return result
+
+
+def _stored(row: Any) -> StoredMessage:
+    return StoredMessage(
+        message_key=row.message_key,
+        conversation_key=row.conversation_key,
+        person_key=row.person_key,
+        sender=dict(row.sender),
+        text=row.text,
+        attachments=list(row.attachments or []),
+        sent_at=_aware(row.sent_at) or utcnow(),
+        route=row.route,
+        rule=row.rule,
+        priority=row.priority,
+    )
+
+
+def pending_conversations(
+    store: StateStore, *, batch_size: int
+) -> Iterator[dict[str, list[StoredMessage]]]:
+    """Conversations with undelivered customer messages, a batch at a time.
+
+    Messages come oldest first within a conversation, so comments keep their order.
+    """
+    table = schema.messages
+    after = ""
+    while True:
+        with store.transaction() as connection:
+            keys = list(
+                connection.execute(
+                    sa.select(table.c.conversation_key)
+                    .where(table.c.status == "pending", table.c.conversation_key > after)
+                    .group_by(table.c.conversation_key)
+                    .order_by(table.c.conversation_key)
+                    .limit(batch_size)
+                ).scalars()
+            )
+            if not keys:
+                return
+            rows = connection.execute(
+                sa.select(table)
+                .where(table.c.status == "pending", table.c.conversation_key.in_(keys))
+                .order_by(table.c.conversation_key, table.c.sent_at, table.c.message_key)
+            )
+            batch: dict[str, list[StoredMessage]] = {key: [] for key in keys}
+            for row in rows:
+                batch[row.conversation_key].append(_stored(row))
+        yield batch
+        after = keys[-1]
+
+
+def set_message_status(store: StateStore, message_keys: Iterable[str], status: str) -> None:
+    keys = list(message_keys)
+    with store.transaction() as connection:
+        for chunk in _chunks(keys):
+            connection.execute(
+                schema.messages.update()
+                .where(schema.messages.c.message_key.in_(chunk))
+                .values(status=status)
+            )
+
+
+def message_counts(store: StateStore) -> dict[str, int]:
+    """Messages by status, for run summaries."""
+    table = schema.messages
+    with store.transaction() as connection:
+        rows = connection.execute(
+            sa.select(table.c.status, sa.func.count()).group_by(table.c.status)
+        )
+        return {row[0]: int(row[1]) for row in rows}
+
+
+# intents ---------------------------------------------------------------------------------
+
+
+def open_intent(
+    store: StateStore, record_key: str, destination: str, action: str, idempotency_key: str
+) -> None:
+    """Say, durably, that a non-idempotent write is about to happen."""
+    table = schema.intents
+    with store.transaction() as connection:
+        connection.execute(
+            table.delete().where(
+                table.c.record_key == record_key, table.c.destination == destination
+            )
+        )
+        connection.execute(
+            table.insert().values(
+                record_key=record_key,
+                destination=destination,
+                action=action,
+                idempotency_key=idempotency_key,
+                created_at=utcnow(),
+            )
+        )
+
+
+def close_intent(store: StateStore, record_key: str, destination: str) -> None:
+    table = schema.intents
+    with store.transaction() as connection:
+        connection.execute(
+            table.delete().where(
+                table.c.record_key == record_key, table.c.destination == destination
+            )
+        )
+
+
+def open_intents(store: StateStore, record_keys: Sequence[str], destination: str) -> set[str]:
+    """Which of these records had a write started and never confirmed."""
+    table = schema.intents
+    found: set[str] = set()
+    with store.transaction() as connection:
+        for chunk in _chunks(list(record_keys)):
+            found.update(
+                connection.execute(
+                    sa.select(table.c.record_key).where(
+                        table.c.destination == destination, table.c.record_key.in_(chunk)
+                    )
+                ).scalars()
+            )
+    return found
