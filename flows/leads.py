@@ -22,6 +22,7 @@ from connectors.http import ApiError
 from connectors.social import x
 from flows.reporting import publish_leads_artifacts
 from mappings import MappingSpec, apply_spec, load_spec
+from socialcrm import progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
 from socialcrm.qualify import lead_candidates
 from socialcrm.records import RecordProblem, SinkOutcome
@@ -131,6 +132,8 @@ def pull_page(ctx: LeadsContext, request: x.StreamRequest) -> PageResult:
     ctx.fetched += len(page.records)
     ctx.new_engagements += result.new
     ctx.authors.update(record.author.key for record in page.records)
+    progress.report("pages")
+    progress.report("engagements", len(page.records))
     logger.info(
         "%s: %d engagements (%d new, %d people), %d rejected, %d warnings%s",
         request.cursor_name,
@@ -225,6 +228,7 @@ def deliver_batch(
                 "error": "; ".join(p.describe() for p in outcome.problems) or None,
             }
         )
+    progress.report("leads", len(outcomes))
     counts = _count(outcomes)
     logger.info(
         "batch %d: %d people -> %s",

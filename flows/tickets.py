@@ -23,7 +23,7 @@ from connectors.social import x, x_dm
 from flows.leads import LeadsContext, _logger, deliver_pending_leads
 from flows.reporting import publish_tickets_artifacts
 from mappings import MappingSpec, apply_spec, load_spec
-from socialcrm import inbox
+from socialcrm import inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
 from socialcrm.qualify import PLATFORM_NAMES
 from socialcrm.records import Engagement, EngagementKind, RecordProblem, SinkOutcome
@@ -132,6 +132,8 @@ def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest
         ctx.problems.extend(page.problems)
     ctx.fetched += len(page.records)
     ctx.new_messages += result.new
+    progress.report("pages")
+    progress.report("messages", len(page.records))
     for name, n in (result.by_route or {}).items():
         ctx.by_route[name] = ctx.by_route.get(name, 0) + n
     _logger().info(

@@ -46,9 +46,10 @@ class XSimulator:
         self.options = options
         self.windows: dict[str, tuple[float, int]] = {}
         self.epoch = options.rate_epoch
-        self.dms = None
+        self.dms: DMEndpoints | None = None
         if inbox is not None:
-            self.dms = DMEndpoints(inbox, self._spend, lambda t, f: self._tweet(t, f, {}))
+            render = lambda t, f: self._tweet(t, f, self._metrics())  # noqa: E731
+            self.dms = DMEndpoints(inbox, self._spend, render)
         self.routes: list[tuple[re.Pattern[str], str, Callable[[Request, str], Response]]] = [
             (
                 re.compile(r"^/2/users/([^/]+)/mentions$"),

@@ -11,10 +11,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from socialcrm import progress
 from socialcrm.config import ConfigError, load_settings
 
 
@@ -42,8 +43,42 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar() -> Callable[[], None]:
+    """A live tally on a terminal; logs alone when the output goes to a file or CI."""
+    if not sys.stderr.isatty():
+        return lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(unit=" pages", file=sys.stderr, dynamic_ncols=True)
+    totals: dict[str, int] = {}
+
+    def on_progress(what: str, count: int) -> None:
+        totals[what] = totals.get(what, 0) + count
+        if what == "pages":
+            bar.update(count)
+        bar.set_postfix({k: v for k, v in totals.items() if k != "pages"}, refresh=True)
+
+    stop = progress.listen(on_progress)
+
+    def close() -> None:
+        stop()
+        bar.close()
+
+    return close
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    if sys.stderr.isatty():
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the bar shows progress
     _quiet_prefect()
+    close_bar = _progress_bar()
+    try:
+        return _run_flow(args)
+    finally:
+        close_bar()
+
+
+def _run_flow(args: argparse.Namespace) -> int:
     from connectors.http import ApiError
 
     if args.flow == "leads":

@@ -1,0 +1,144 @@
+"""Unit tests for the DM parser, the Zendesk error reader and the ticket helpers."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import requests
+
+from connectors.helpdesk.zendesk import _classify, _HttpFailure, error_text
+from connectors.http import Action
+from connectors.social.x_dm import parse_dm_events
+from flows.tickets import comment_body, idempotency_key
+from socialcrm.inbox import StoredMessage
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+BRAND = "906948460078698496"
+
+
+def response(status: int, body: object, headers: dict[str, str] | None = None) -> requests.Response:
+    r = requests.Response()
+    r.status_code = status
+    r._content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    r.headers.update(headers or {})
+    return r
+
+
+def event(id_: str, sender: str, text: str = "hi", **extra: object) -> dict[str, object]:
+    return {
+        "id": id_,
+        "event_type": "MessageCreate",
+        "text": text,
+        "sender_id": sender,
+        "dm_conversation_id": f"{min(sender, BRAND)}-{max(sender, BRAND)}",
+        "created_at": "2026-11-20T10:00:00.000Z",
+        **extra,
+    }
+
+
+def test_brand_messages_are_marked_and_customers_keep_their_profile() -> None:
+    body = {
+        "data": [
+            event("3", BRAND, "Happy to help!"),
+            event("2", "42", "my invoice is wrong", attachments={"media_keys": ["3_1"]}),
+        ],
+        "includes": {
+            "users": [
+                {"id": "42", "name": "Ann", "username": "ann"},
+                {"id": BRAND, "name": "Brand", "username": "brand"},
+            ]
+        },
+        "meta": {"result_count": 2},
+    }
+    page = parse_dm_events(body, brand_id=BRAND)
+    assert [(m.message_id, m.from_brand) for m in page.records] == [("3", True), ("2", False)]
+    customer = page.records[1]
+    assert customer.sender.handle == "ann" and customer.attachments == ("3_1",)
+    assert customer.conversation_key == f"x:conversation:42-{BRAND}"
+
+
+def test_joins_are_skipped_and_broken_events_are_problems_naming_the_field() -> None:
+    body = {
+        "data": [
+            {
+                "id": "9",
+                "event_type": "ParticipantsJoin",
+                "dm_conversation_id": "1",
+                "sender_id": "5",
+            },
+            {"id": "8", "event_type": "MessageCreate", "text": "x", "sender_id": "5"},
+            {"id": "oops", "event_type": "MessageCreate"},
+            event("7", "not-a-user"),
+        ]
+    }
+    page = parse_dm_events(body, brand_id=BRAND)
+    assert page.records == []
+    assert [(p.record_key, p.field) for p in page.problems] == [
+        ("x:dm:8", "dm_conversation_id"),
+        ("x:dm:#2", "id"),
+        ("x:dm:7", "sender_id"),
+    ]
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="shared samples not present")
+def test_real_dm_sample_with_fields_parses() -> None:
+    sample = json.loads((SHARED / "api-samples" / "x_dm_events_with_fields.json").read_text())
+    page = parse_dm_events(sample["body"], brand_id="1")
+    assert len(page.records) == len(sample["body"]["data"])
+    assert all(m.conversation_id for m in page.records)
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="shared recordings not present")
+def test_zendesk_errors_read_json_details_and_plain_text() -> None:
+    invalid = json.loads((SHARED / "recordings/zendesk/user_create_or_update_422.json").read_text())
+    text = error_text(response(422, invalid["body"]))
+    assert "RecordInvalid" in text and "email: Email: badmail is not properly formatted" in text
+    limited = json.loads(
+        (SHARED / "recordings/zendesk/user_update_rate_limited_429.json").read_text()
+    )
+    error = _classify(
+        "PUT /api/v2/users/:id", _HttpFailure(response(429, limited["body"], limited["headers"]))
+    )
+    assert error is not None and error.action is Action.RETRY and error.retry_after == 27
+    assert "exceeded the rate limit" in str(error)
+
+
+def test_zendesk_auth_failure_is_final_and_says_what_to_fix() -> None:
+    error = _classify(
+        "POST /api/v2/tickets", _HttpFailure(response(401, {"error": "Couldn't authenticate you"}))
+    )
+    assert error is not None and error.action is Action.FAIL
+    assert "helpdesk.api_token" in str(error)
+
+
+def message(key: str, text: str) -> StoredMessage:
+    return StoredMessage(
+        key,
+        "x:conversation:1-2",
+        "x:2",
+        {"platform": "x", "handle": "ann"},
+        text,
+        [],
+        datetime(2026, 11, 20, 10, 0, tzinfo=UTC),
+        "support",
+        "support",
+        "normal",
+    )
+
+
+def test_comment_body_keeps_the_words_and_a_findable_reference() -> None:
+    body = comment_body(message("x:dm:77", "  Bonjour, ma facture est fausse  "))
+    assert body.startswith("Bonjour, ma facture est fausse")
+    assert "[ref x:dm:77]" in body and "@ann" in body
+
+
+def test_idempotency_key_is_stable_and_per_conversation() -> None:
+    assert idempotency_key("x:conversation:1-2", "x:dm:1") == idempotency_key(
+        "x:conversation:1-2", "x:dm:1"
+    )
+    assert idempotency_key("x:conversation:1-2", "x:dm:1") != idempotency_key(
+        "x:conversation:1-3", "x:dm:1"
+    )
