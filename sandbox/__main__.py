@@ -12,7 +12,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument(
-        "--port", type=int, default=0, help="X on PORT, Salesforce on PORT+1; 0 picks free ports"
+        "--port",
+        type=int,
+        default=0,
+        help="X on PORT, Salesforce on PORT+1, Zendesk on PORT+2; 0 picks free ports",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(

@@ -219,3 +219,29 @@ GROUP_MESSAGES = [
     "And can you send the quote to {email}?",
     "Also: do you have a DPA we can sign?",
 ]
+
+# Templates whose topic only shows in the thread around them ("any update?", an email
+# address, a screenshot): a router that looks at one message at a time cannot place them.
+# The ground truth flags them (``standalone: false``) so routing can be scored fairly.
+NEEDS_CONTEXT: set[str] = {
+    "Any update on this?",
+    "My account email is {email} if that helps",
+    "It's been 2 days and nobody answered...",
+    "same problem again today",
+    "We're paying customers, this is really urgent",
+    "Des nouvelles ?",
+    "Mon e-mail de compte est {email}",
+    "Toujours pas de réponse… c'est urgent",
+    "¿Alguna novedad?",
+    "Mi correo es {email}",
+    "Gibt es schon Neuigkeiten?",
+    "Meine E-Mail ist {email}",
+    "We'd like to start next month if possible",
+    "Vous pouvez me joindre à {email}",
+    "On aimerait démarrer le mois prochain",
+    "Mi correo de trabajo es {email}",
+    "Sie erreichen mich unter {email}",
+    "Hi Acme, adding my colleagues from finance and IT here",
+    "Also: do you have a DPA we can sign?",
+    *SCREENSHOT.values(),
+}

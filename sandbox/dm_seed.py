@@ -36,6 +36,7 @@ class DMEvent:
     from_brand: bool = False
     topic: str = "other"
     lang: str = "en"
+    standalone: bool = True  # the text alone shows the topic (see dm_data.NEEDS_CONTEXT)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class DMInbox:
                 "from_brand": e.from_brand,
                 "topic": e.topic,
                 "lang": e.lang,
+                "standalone": e.standalone,
             }
             for e in self.events
         ]
@@ -122,6 +124,7 @@ class DMInbox:
     ) -> DMEvent:
         """Append one MessageCreate; media and shared posts show up as t.co links, as on X."""
         event_id = self._new_id(ms, above_all=above_all)
+        standalone = text not in T.NEEDS_CONTEXT
         text = self._fill(text, sender)
         media_keys = None
         if media:
@@ -140,6 +143,7 @@ class DMInbox:
             from_brand=sender.id == self.world.brand.id,
             topic=topic,
             lang=conv.lang,
+            standalone=standalone,
         )
         self.events.append(event)
         return event

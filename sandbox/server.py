@@ -9,8 +9,10 @@ Call keys in ``calls`` are ``"METHOD /path/template"``: X paths with ids replace
 ``:id`` / ``:username`` (``GET /2/users/:id/mentions``); Salesforce paths keep the API
 version the client used and template the rest (``PATCH
 /services/data/v60.0/composite/sobjects/:sobject/:field``, ``GET
-/services/data/v60.0/query``, ``POST /services/oauth2/token``). ``reads`` counts GET
-calls per system; ``writes`` counts every other method except the OAuth token call.
+/services/data/v60.0/query``, ``POST /services/oauth2/token``); Zendesk paths without
+the optional ``.json`` (``PUT /api/v2/tickets/:id``), DM lookups under X
+(``GET /2/dm_conversations/:id/dm_events``). ``reads`` counts GET calls per system;
+``writes`` counts every other method except the OAuth token call.
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sandbox import dm_seed
 from sandbox import seed as seeding
-from sandbox.salesforce_api import CLIENT_ID, CLIENT_SECRET, SalesforceSimulator
+from sandbox.config_file import config_text
+from sandbox.salesforce_api import SalesforceSimulator
 from sandbox.tls import server_context
 from sandbox.wire import Options, Request, Response, json_response
-from sandbox.x_api import BEARER, XSimulator, problem
+from sandbox.x_api import XSimulator, problem
+from sandbox.zendesk_api import ZendeskSimulator, error_response
 
-SYSTEMS = ("x", "salesforce")
+SYSTEMS = ("x", "salesforce", "zendesk")
 TOKEN_KEY = "POST /services/oauth2/token"
 
 
@@ -50,8 +55,10 @@ class _World:
         self.lock = threading.Lock()
         self.options = Options(latency_ms=latency_ms)
         self.x_world = seeding.build_world(seed)
-        self.x = XSimulator(self.x_world, self.options)
+        self.inbox = dm_seed.seed_dms(self.x_world, seed)
+        self.x = XSimulator(self.x_world, self.options, self.inbox)
         self.salesforce = SalesforceSimulator(self.options, seed)
+        self.zendesk = ZendeskSimulator(self.options, seed)
         self.calls: dict[str, Counter[str]] = {name: Counter() for name in SYSTEMS}
         self.faults = random.Random(seed ^ 0x5EED)
         self.urls: dict[str, str] = {}
@@ -76,8 +83,10 @@ class _World:
                     "suspended_users": suspended,
                     "posts": self.x.post_payloads(),
                     "engagements": world.engagements(),
+                    "dm_events": self.inbox.truth(),
                 },
                 "salesforce": self.salesforce.state(),
+                "zendesk": self.zendesk.state(),
                 "calls": calls,
                 "reads": reads,
                 "writes": writes,
@@ -85,9 +94,15 @@ class _World:
                 "urls": dict(self.urls),
             }
 
-    def generate(self, engagements: int) -> dict[str, Any]:
+    def generate(self, engagements: int, dms: int = 0) -> dict[str, Any]:
         with self.lock:
-            return {"added": seeding.generate(self.x_world, int(engagements))}
+            added: dict[str, int] = seeding.generate(self.x_world, int(engagements))
+            added["dms"] = dm_seed.generate_dms(self.inbox, int(dms))
+            return {"added": added}
+
+    def close_solved(self) -> int:
+        with self.lock:
+            return self.zendesk.store.close_solved(time.time())
 
     def set_options(self, **opts: Any) -> None:
         with self.lock:
@@ -103,7 +118,12 @@ class _World:
             return self._inspect(req)
         if self.options.latency_ms > 0:
             time.sleep(self.options.latency_ms / 1000)
-        sim: XSimulator | SalesforceSimulator = self.x if system == "x" else self.salesforce
+        sims: dict[str, XSimulator | SalesforceSimulator | ZendeskSimulator] = {
+            "x": self.x,
+            "salesforce": self.salesforce,
+            "zendesk": self.zendesk,
+        }
+        sim = sims[system]
         with self.lock:
             routed = sim.route(req)
             if routed is None:
@@ -121,7 +141,10 @@ class _World:
             if route == ("GET", "/_sandbox/state"):
                 return json_response(200, self.state())
             if route == ("POST", "/_sandbox/generate"):
-                return json_response(200, self.generate(int(body.get("engagements", 0))))
+                engagements, dms = int(body.get("engagements", 0)), int(body.get("dms", 0))
+                return json_response(200, self.generate(engagements, dms))
+            if route == ("POST", "/_sandbox/zendesk/close-solved"):
+                return json_response(200, {"closed": self.close_solved()})
             if route == ("POST", "/_sandbox/options"):
                 self.set_options(**body)
                 return json_response(200, self.options.as_dict())
@@ -136,6 +159,8 @@ class _World:
 def _not_found(system: str) -> Response:
     if system == "x":
         return problem(404, "Not Found")
+    if system == "zendesk":  # wording unverified
+        return error_response(404, {"error": "InvalidEndpoint", "description": "Not found"})
     body = [{"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}]
     return json_response(404, body, content_type="application/json;charset=UTF-8")
 
@@ -143,6 +168,11 @@ def _not_found(system: str) -> Response:
 def _unavailable(system: str) -> Response:
     if system == "x":
         return problem(503, "Service Unavailable")
+    if system == "zendesk":  # maintenance answers: Retry-After, body wording unverified
+        busy = {"error": "ServiceUnavailable", "description": "Service temporarily unavailable"}
+        response = error_response(503, busy)
+        response.headers["Retry-After"] = "1"
+        return response
     body = [{"errorCode": "SERVER_UNAVAILABLE", "message": "Server temporarily unavailable"}]
     return json_response(503, body, content_type="application/json;charset=UTF-8")
 
@@ -226,12 +256,19 @@ class Sandbox:
         """Same JSON as ``GET /_sandbox/state``, without HTTP."""
         return self._world.state()
 
-    def generate(self, engagements: int = 0) -> dict[str, Any]:
-        return self._world.generate(engagements)
+    def generate(self, engagements: int = 0, dms: int = 0) -> dict[str, Any]:
+        """New engagements and/or new customer DMs, "just now", with ids above all others."""
+        return self._world.generate(engagements, dms)
+
+    def close_solved_tickets(self) -> int:
+        """Age the helpdesk: every solved ticket becomes closed, as Zendesk does after days."""
+        return self._world.close_solved()
 
     def set_options(self, **opts: Any) -> None:
         """``latency_ms``, ``fault_rate``, ``rate_limits`` ({call key: n}; None = realistic),
-        ``rate_window_seconds``, ``sf_daily_limit``, ``sf_batch_size``."""
+        ``rate_window_seconds``, ``sf_daily_limit``, ``sf_batch_size``, ``zendesk_rate_limit``
+        (per window, None = 700), ``zendesk_window_seconds``, ``zendesk_429_every`` (0 = off).
+        """
         self._world.set_options(**opts)
 
     def reset_calls(self) -> None:
@@ -285,6 +322,7 @@ def start_sandbox(
             server.server_close()
         raise
     world.salesforce.base_url = world.urls["salesforce"]
+    world.zendesk.base_url = world.urls["zendesk"]
     for server, system in zip(servers, SYSTEMS, strict=True):
         thread = threading.Thread(
             target=server.serve_forever,
@@ -300,39 +338,6 @@ def start_sandbox(
         text = config_text(world.urls, ca_path, world.x_world.brand, state_url)
         config_path.write_text(text, encoding="utf-8")
     return Sandbox(dict(world.urls), ca_path, config_path, world, servers, cleanup)
-
-
-def _yaml_str(value: str) -> str:
-    plain = all(c.isalnum() or c in "_./:@-" for c in value) and value[:1] not in "@-:"
-    return value if plain and value else json.dumps(value)
-
-
-def config_text(
-    urls: dict[str, str], ca_path: Path, brand: seeding.XUser, state_url: str | None
-) -> str:
-    ca = _yaml_str(str(ca_path))
-    return f"""\
-# socialcrm config written by the sandbox; points every system at the simulators
-accounts:
-  - name: brand
-    platform: x
-    user_id: "{brand.id}"
-    handle: "{brand.username}"
-    api_base_url: {urls["x"]}
-    bearer_token: ${{X_BEARER_TOKEN:-{BEARER}}}
-    ca_bundle: {ca}
-crm:
-  kind: salesforce
-  login_url: {urls["salesforce"]}
-  api_version: "60.0"
-  auth:
-    method: client_credentials
-    client_id: ${{SF_CLIENT_ID:-{CLIENT_ID}}}
-    client_secret: ${{SF_CLIENT_SECRET:-{CLIENT_SECRET}}}
-  ca_bundle: {ca}
-state:
-  url: {_yaml_str(state_url or "sqlite:///state.db")}
-"""
 
 
 def serve_forever(

@@ -45,8 +45,11 @@ def test_shipped_rules_route_real_looking_messages(text: str, expected: str) -> 
 
 def test_urgent_outage_gets_urgent_priority() -> None:
     decision = route(RULES, "Production down, urgent!")
-    assert (decision.route, decision.priority, decision.rule) == ("support", "urgent",
-                                                                  "support-urgent")
+    assert (decision.route, decision.priority, decision.rule) == (
+        "support",
+        "urgent",
+        "support-urgent",
+    )
 
 
 def test_keywords_match_whole_words_only() -> None:
@@ -61,9 +64,7 @@ def test_folding_ignores_case_accents_and_curly_apostrophes() -> None:
 
 def test_rules_can_be_limited_to_a_channel(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
-    path.write_text(
-        "rules:\n  - {name: dm-only, route: sales, keywords: [demo], channels: [dm]}\n"
-    )
+    path.write_text("rules:\n  - {name: dm-only, route: sales, keywords: [demo], channels: [dm]}\n")
     rules = load_rules(path)
     assert route(rules, "demo please", "dm").route == "sales"
     assert route(rules, "demo please", "mention").route == "other"
@@ -71,8 +72,10 @@ def test_rules_can_be_limited_to_a_channel(tmp_path: Path) -> None:
 
 def test_a_broken_rules_file_names_the_rule(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
-    path.write_text("rules:\n  - {name: typo, route: sails, keywords: [x]}\n"
-                    "  - {name: bad-re, route: spam, regex: ['(']}\n")
+    path.write_text(
+        "rules:\n  - {name: typo, route: sails, keywords: [x]}\n"
+        "  - {name: bad-re, route: spam, regex: ['(']}\n"
+    )
     with pytest.raises(RoutingError) as error:
         load_rules(path)
     assert "typo" in str(error.value) and "bad-re" in str(error.value)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 
+from sandbox.dm_seed import seed_dms
 from sandbox.seed import DAY_MS, build_world
 from sandbox.server import Sandbox, start_sandbox
 from socialcrm.config import load_settings
@@ -325,8 +326,8 @@ def test_state_counts_calls_per_endpoint_template(
     get(x, sandbox, f"/2/users/{brand_id}/mentions", max_results=5)
     state = x.get(sandbox.urls["salesforce"] + "/_sandbox/state", timeout=10).json()
     assert state["calls"]["x"] == {"GET /2/users/:id/mentions": 2}
-    assert state["reads"] == {"x": 2, "salesforce": 0}
-    assert state["writes"] == {"x": 0, "salesforce": 0}
+    assert state["reads"] == {"x": 2, "salesforce": 0, "zendesk": 0}
+    assert state["writes"] == {"x": 0, "salesforce": 0, "zendesk": 0}
 
 
 def test_written_config_validates(sandbox: Sandbox) -> None:
@@ -370,7 +371,7 @@ def test_cli_prints_one_ready_line_and_stops_on_sigterm(tmp_path: Path) -> None:
         ready = json.loads(proc.stdout.readline())
         assert ready["ready"] is True
         assert ready["config"] == str(config.resolve())
-        assert set(ready["urls"]) == {"x", "salesforce"}
+        assert set(ready["urls"]) == {"x", "salesforce", "zendesk"}
         session = requests.Session()
         session.verify = str(config.parent / "ca.pem")
         session.trust_env = False
@@ -379,3 +380,210 @@ def test_cli_prints_one_ready_line_and_stops_on_sigterm(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+# --- direct messages ------------------------------------------------------------------------
+
+DM_FIELDS = "id,text,event_type,created_at,dm_conversation_id,sender_id,participant_ids"
+
+
+@pytest.fixture(scope="module")
+def dm(sandbox: Sandbox) -> requests.Session:
+    session = requests.Session()
+    session.verify = str(sandbox.ca_path)
+    session.trust_env = False
+    session.headers["Authorization"] = "Bearer sandbox-x-user-token"
+    return session
+
+
+def dm_truth(sandbox: Sandbox) -> list[dict[str, Any]]:
+    return list(sandbox.state()["x"]["dm_events"])
+
+
+def walk_dms(dm: requests.Session, sandbox: Sandbox, path: str, **params: Any) -> list[Any]:
+    """Follow next_token until a page comes back empty, as DM clients must."""
+    pages = []
+    token = None
+    while True:
+        query = dict(params, **({"pagination_token": token} if token else {}))
+        response = get(dm, sandbox, path, **query)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        pages.append(body)
+        token = body["meta"].get("next_token")
+        if token is None:
+            return pages
+
+
+def test_dm_pagination_walks_every_event_exactly_once(
+    sandbox: Sandbox, dm: requests.Session
+) -> None:
+    pages = walk_dms(
+        dm,
+        sandbox,
+        "/2/dm_events",
+        max_results=37,
+        expansions="sender_id,participant_ids",
+        **{"dm_event.fields": DM_FIELDS, "user.fields": "created_at,description"},
+    )
+    events = [e for page in pages for e in page.get("data", [])]
+    ids = [e["id"] for e in events]
+    assert len(ids) == len(set(ids))
+    assert [int(i) for i in ids] == sorted((int(i) for i in ids), reverse=True)
+    truth = dm_truth(sandbox)
+    assert set(ids) == {e["id"] for e in truth}
+    by_id = {e["id"]: e for e in truth}
+    for event in events:
+        expected = by_id[event["id"]]
+        assert event["sender_id"] == expected["sender_id"]
+        assert event["dm_conversation_id"] == expected["dm_conversation_id"]
+        assert event.get("text") == expected["text"]
+    for page in pages[:-1]:
+        assert page["meta"]["result_count"] == len(page["data"])
+        assert "previous_token" in page["meta"]
+        users = {u["id"] for u in page["includes"]["users"]}
+        wanted = {e["sender_id"] for e in page["data"]}
+        wanted |= {p for e in page["data"] for p in e.get("participant_ids", [])}
+        assert users == wanted
+        assert all({"created_at", "description"} <= set(u) for u in page["includes"]["users"])
+    assert pages[-1] == {"meta": {"result_count": 0}}  # the token on the last page leads here
+
+
+def test_dm_pages_match_the_recorded_shapes(sandbox: Sandbox, dm: requests.Session) -> None:
+    if not RECORDINGS.exists():
+        pytest.skip("shared recordings not available")
+    recorded = json.loads((RECORDINGS / "dm_conversation_events.json").read_text())
+    conversation = next(
+        e["dm_conversation_id"]
+        for e in dm_truth(sandbox)
+        if "-" in e["dm_conversation_id"] and e["event_type"] == "MessageCreate"
+    )
+    response = get(dm, sandbox, f"/2/dm_conversations/{conversation}/dm_events", max_results=2)
+    body = response.json()
+    assert set(body) == set(recorded["body"])
+    assert set(body["data"][0]) == set(recorded["body"]["data"][0])  # defaults: id, type, text
+    assert set(body["meta"]) == set(recorded["body"]["meta"])
+    assert response.headers["content-type"] == recorded["headers"]["content-type"]
+    assert response.headers["x-rate-limit-limit"] == recorded["headers"]["x-rate-limit-limit"]
+
+
+def test_dm_conversation_endpoints_agree(sandbox: Sandbox, dm: requests.Session) -> None:
+    truth = [e for e in dm_truth(sandbox) if e["event_type"] == "MessageCreate"]
+    customer = next(e["sender_id"] for e in truth if not e["from_brand"])
+    conversation = next(e["dm_conversation_id"] for e in truth if e["sender_id"] == customer)
+    low, high = conversation.split("-")
+    assert int(low) < int(high) and customer in (low, high)
+    fields = {"dm_event.fields": DM_FIELDS}
+    by_id = walk_dms(dm, sandbox, f"/2/dm_conversations/{conversation}/dm_events", **fields)
+    with_user = walk_dms(dm, sandbox, f"/2/dm_conversations/with/{customer}/dm_events", **fields)
+    events = [e for page in by_id for e in page.get("data", [])]
+    assert events == [e for page in with_user for e in page.get("data", [])]
+    expected = [e["id"] for e in dm_truth(sandbox) if e["dm_conversation_id"] == conversation]
+    assert [e["id"] for e in events] == expected[::-1]
+
+
+def test_group_conversation_has_join_events_without_text(
+    sandbox: Sandbox, dm: requests.Session
+) -> None:
+    joins = [e for e in dm_truth(sandbox) if e["event_type"] == "ParticipantsJoin"]
+    assert joins and all(e["text"] is None for e in joins)
+    group = joins[0]["dm_conversation_id"]
+    assert group.isdigit()  # group conversations are a single snowflake
+    body = get(
+        dm,
+        sandbox,
+        f"/2/dm_conversations/{group}/dm_events",
+        event_types="ParticipantsJoin",
+        expansions="participant_ids",
+        **{"dm_event.fields": DM_FIELDS},
+    ).json()
+    assert {e["id"] for e in body["data"]} == {e["id"] for e in joins}
+    assert all("text" not in e and e["participant_ids"] for e in body["data"])
+    joined = {p for e in body["data"] for p in e["participant_ids"]}
+    assert {u["id"] for u in body["includes"]["users"]} == joined
+
+
+def test_dms_need_user_context(sandbox: Sandbox, x: requests.Session, brand_id: str) -> None:
+    response = get(x, sandbox, "/2/dm_events")
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {
+        "title": "Unsupported Authentication",
+        "detail": "Authenticating with OAuth 2.0 Application-Only is forbidden for this "
+        "endpoint.  Supported authentication types are [OAuth 1.0a User Context, "
+        "OAuth 2.0 User Context].",
+        "type": "https://api.twitter.com/2/problems/unsupported-authentication",
+        "status": 403,
+    }
+    anonymous = requests.get(
+        sandbox.urls["x"] + "/2/dm_events", verify=str(sandbox.ca_path), timeout=10
+    )
+    assert anonymous.status_code == 401
+
+
+def test_dm_empty_page_and_invalid_parameters(sandbox: Sandbox, dm: requests.Session) -> None:
+    talked = {e["dm_conversation_id"] for e in dm_truth(sandbox)}
+    brand = sandbox.state()["x"]["brand"]["id"]
+    silent = next(
+        u["id"]
+        for u in sandbox.state()["x"]["users"]
+        if not any(u["id"] in c.split("-") for c in talked)
+    )
+    assert silent != brand
+    empty = get(dm, sandbox, f"/2/dm_conversations/with/{silent}/dm_events")
+    assert empty.status_code == 200
+    assert empty.json() == {"meta": {"result_count": 0}}
+    assert empty.headers["x-rate-limit-limit"] == "300"
+    for params in ({"max_results": 0}, {"since_id": "1"}, {"event_types": "Tweet"}):
+        bad = get(dm, sandbox, "/2/dm_events", **params)
+        assert bad.status_code == 400
+        assert bad.json()["type"] == "https://api.twitter.com/2/problems/invalid-request"
+
+
+def test_generate_dms_adds_messages_old_and_new_conversations(
+    sandbox: Sandbox, dm: requests.Session
+) -> None:
+    state = sandbox.state()["x"]
+    before = dm_truth(sandbox)
+    highest = max(
+        [int(e["id"]) for e in before] + [int(e["id"]) for e in state["engagements"] if e["text"]]
+    )
+    conversations = {e["dm_conversation_id"] for e in before}
+    added = sandbox.generate(dms=40)["added"]
+    assert added["dms"] == 40 and sum(v for k, v in added.items() if k != "dms") == 0
+    new = [e for e in dm_truth(sandbox) if int(e["id"]) > highest]
+    assert len(new) == 40
+    assert all(not e["from_brand"] and e["event_type"] == "MessageCreate" for e in new)
+    assert {e["topic"] for e in new} <= {"support", "sales", "spam", "other"}
+    old = [e for e in new if e["dm_conversation_id"] in conversations]
+    assert 5 <= len(old) <= 35  # about half continue an existing thread
+    first = get(dm, sandbox, "/2/dm_events", max_results=40).json()
+    assert {e["id"] for e in first["data"]} == {e["id"] for e in new}
+    users = {u["id"] for u in sandbox.state()["x"]["users"]}
+    assert {e["sender_id"] for e in new} <= users
+    response = dm.post(sandbox.urls["x"] + "/_sandbox/generate", json={"dms": 2, "engagements": 3})
+    assert response.json()["added"]["dms"] == 2
+
+
+def test_dm_seed_is_deterministic_and_mixed() -> None:
+    anchor = 1_795_824_000_000 // DAY_MS * DAY_MS
+    first = seed_dms(build_world(7, anchor_ms=anchor), 7, anchor_ms=anchor)
+    second = seed_dms(build_world(7, anchor_ms=anchor), 7, anchor_ms=anchor)
+    assert first.truth() == second.truth()
+    events = first.truth()
+    customer = [e for e in events if e["event_type"] == "MessageCreate" and not e["from_brand"]]
+    assert len(customer) == 200
+    assert sum(e["from_brand"] for e in events) == 60
+    assert {e["topic"] for e in customer} == {"support", "sales", "spam", "other"}
+    assert {e["lang"] for e in customer} == {"en", "fr", "es", "de"}
+    one_to_one = {e["dm_conversation_id"] for e in events if "-" in e["dm_conversation_id"]}
+    assert len(one_to_one) == 60
+    per_conversation = Counter(e["dm_conversation_id"] for e in customer)
+    assert sum(1 for n in per_conversation.values() if n >= 3) >= 20  # real threads
+    assert any(e.media_keys for e in first.events)
+    assert all(anchor - 21 * DAY_MS < e.created_ms < anchor for e in first.events)
+    texts = " ".join(e["text"] for e in customer)
+    assert "é" in texts and "bit.ly" in texts
+    # Follow-ups such as "any update?" only make sense in their thread, and say so.
+    assert {e["standalone"] for e in customer} == {True, False}
+    assert all(e["standalone"] for e in customer if e["text"].startswith("how much is"))

@@ -1,0 +1,182 @@
+"""End to end: direct messages become Zendesk tickets, against the sandbox, in Prefect.
+
+Ground truth is the sandbox's own DM events; tickets and comments are read back from
+its Zendesk simulator. Every comment carries ``[ref x:dm:<id>]``, which is how a
+message is found in the helpdesk.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from flows.tickets import TicketsRun, tickets
+from sandbox.server import Sandbox, start_sandbox
+from socialcrm.routing import load_rules, route
+
+pytestmark = pytest.mark.slow
+RULES = load_rules(Path(__file__).resolve().parents[1] / "mappings" / "routing.yaml")
+REF = re.compile(r"\[ref x:dm:(\d+)\]")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    box = start_sandbox(seed=5, write_config=tmp_path / "socialcrm.yaml", workdir=tmp_path)
+    yield box
+    box.stop()
+
+
+def run(sandbox: Sandbox, **params: Any) -> dict[str, Any]:
+    return tickets(TicketsRun(config=str(sandbox.config_path), **params))
+
+
+def customer_messages(sandbox: Sandbox) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in sandbox.state()["x"]["dm_events"]
+        if e["event_type"] == "MessageCreate" and not e["from_brand"]
+    ]
+
+
+def expected(sandbox: Sandbox) -> tuple[dict[str, set[str]], set[str], set[str]]:
+    """Conversation -> message ids that must be comments; spam ids; brand ids."""
+    by_conversation: dict[str, set[str]] = defaultdict(set)
+    spam: set[str] = set()
+    for event in customer_messages(sandbox):
+        if route(RULES, event["text"]).route == "spam":
+            spam.add(event["id"])
+        else:
+            by_conversation[event["dm_conversation_id"]].add(event["id"])
+    brand = {e["id"] for e in sandbox.state()["x"]["dm_events"] if e["from_brand"]}
+    return dict(by_conversation), spam, brand
+
+
+def helpdesk(sandbox: Sandbox) -> dict[str, list[dict[str, Any]]]:
+    """external_id -> tickets holding it (must be exactly one each)."""
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for ticket in sandbox.state()["zendesk"]["tickets"]:
+        found[ticket["external_id"]].append(ticket)
+    return dict(found)
+
+
+def refs(ticket: dict[str, Any]) -> list[str]:
+    return [m for c in ticket["comments"] for m in REF.findall(c.get("body") or "")]
+
+
+def zendesk_writes(sandbox: Sandbox) -> int:
+    return int(sandbox.state()["writes"].get("zendesk", 0))
+
+
+def test_one_ticket_per_conversation_and_every_customer_message_exactly_once(
+    sandbox: Sandbox,
+) -> None:
+    summary = run(sandbox)
+    conversations, spam, brand = expected(sandbox)
+    held = helpdesk(sandbox)
+    assert {key.split(":", 2)[2] for key in held} == set(conversations)
+    assert all(len(found) == 1 for found in held.values()), "two tickets for one conversation"
+    everything: Counter[str] = Counter()
+    for key, (ticket,) in held.items():
+        ids = refs(ticket)
+        everything.update(ids)
+        assert set(ids) == conversations[key.split(":", 2)[2]]
+    assert all(n == 1 for n in everything.values()), "a message was added twice"
+    assert not (set(everything) & brand), "a brand message became a customer comment"
+    assert not (set(everything) & spam)
+    assert summary["tickets_created"] == len(conversations)
+
+
+def test_second_run_makes_no_zendesk_write(sandbox: Sandbox) -> None:
+    run(sandbox)
+    sandbox.reset_calls()
+    again = run(sandbox)
+    assert again["new_messages"] == 0
+    assert zendesk_writes(sandbox) == 0
+    assert again["api_calls"]["zendesk"]["writes"] == 0
+
+
+def test_a_new_message_reopens_a_solved_ticket_with_one_comment(sandbox: Sandbox) -> None:
+    run(sandbox)
+    urls = sandbox.urls["zendesk"]
+    session = requests.Session()
+    session.verify = str(sandbox.ca_path)
+    session.trust_env = False
+    session.auth = ("agent@sandbox.example/token", "sandbox-zendesk-token")
+    before = helpdesk(sandbox)
+    for (ticket,) in before.values():
+        answer = session.put(
+            f"{urls}/api/v2/tickets/{ticket['id']}",
+            json={"ticket": {"status": "solved"}},
+            timeout=10,
+        )
+        assert answer.status_code == 200
+    known = {e["id"] for e in customer_messages(sandbox)}
+    sandbox.generate(dms=12)
+    fresh = [e for e in customer_messages(sandbox) if e["id"] not in known]
+    fresh = [e for e in fresh if route(RULES, e["text"]).route != "spam"]
+    reopened_conversations = {e["dm_conversation_id"] for e in fresh} & {
+        key.split(":", 2)[2] for key in before
+    }
+    assert reopened_conversations, "the generator should write into existing conversations"
+
+    summary = run(sandbox)
+
+    after = helpdesk(sandbox)
+    for key, (ticket,) in after.items():
+        conversation = key.split(":", 2)[2]
+        new_ids = {e["id"] for e in fresh if e["dm_conversation_id"] == conversation}
+        if key in before:
+            old_refs = refs(before[key][0])
+            assert refs(ticket)[: len(old_refs)] == old_refs
+            assert set(refs(ticket)[len(old_refs) :]) == new_ids
+            assert ticket["status"] == ("open" if new_ids else "solved")
+    assert summary["reopened"] == len(reopened_conversations)
+
+
+def test_sales_dm_gives_a_lead_and_spam_gives_nothing(sandbox: Sandbox) -> None:
+    summary = run(sandbox)
+    messages = customer_messages(sandbox)
+    sales_senders = {
+        f"x:{e['sender_id']}" for e in messages if route(RULES, e["text"]).route == "sales"
+    }
+    spam_only = {
+        f"x:{e['sender_id']}" for e in messages if route(RULES, e["text"]).route == "spam"
+    } - {f"x:{e['sender_id']}" for e in messages if route(RULES, e["text"]).route != "spam"}
+    assert sales_senders and spam_only
+    leads = {lead["Social_Profile_Id__c"]: lead for lead in sandbox.state()["salesforce"]["Lead"]}
+    assert sales_senders <= set(leads)
+    assert not (spam_only & set(leads))
+    for key in sales_senders:
+        assert "message" in leads[key]["Description"]
+    requesters = {u.get("external_id") for u in sandbox.state()["zendesk"]["users"]}
+    assert not (spam_only & requesters)
+    assert summary["by_route"].get("spam", 0) >= len(spam_only)
+    assert summary["leads_created"] == len(sales_senders)
+
+
+def test_routing_agrees_with_what_the_senders_meant(sandbox: Sandbox) -> None:
+    # Only messages that make sense on their own: "Any update?" is support only in its
+    # thread, and its thread already has a ticket.
+    by_topic: dict[str, list[str]] = defaultdict(list)
+    for event in customer_messages(sandbox):
+        if event["standalone"]:
+            by_topic[event["topic"]].append(route(RULES, event["text"]).route)
+    for topic in ("support", "sales", "spam"):
+        routes = by_topic[topic]
+        agreed = sum(1 for r in routes if r == topic) / len(routes)
+        assert agreed >= 0.9, f"{topic}: only {agreed:.0%} routed as meant: {Counter(routes)}"
+    assert "spam" not in by_topic["other"], "a harmless message was thrown away as spam"
