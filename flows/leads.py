@@ -22,10 +22,11 @@ from connectors.http import ApiError
 from connectors.social import x
 from flows.reporting import publish_leads_artifacts
 from mappings import MappingSpec, apply_spec, load_spec
-from socialcrm import progress
+from socialcrm import inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
 from socialcrm.qualify import lead_candidates
-from socialcrm.records import RecordProblem, SinkOutcome
+from socialcrm.records import DirectMessage, Engagement, RecordProblem, SinkOutcome
+from socialcrm.routing import RoutingRules, load_rules, route
 from socialcrm.state import PersonRow, StateStore, payload_hash
 
 PIPELINE = "leads"
@@ -83,6 +84,7 @@ class LeadsContext:
     problems: list[RecordProblem] = field(default_factory=list)
     would_write: list[dict[str, Any]] = field(default_factory=list)
     _spec: MappingSpec | None = None
+    _rules: RoutingRules | None = None
 
     def lead_spec(self) -> MappingSpec:
         """The lead mapping, read once per run."""
@@ -120,6 +122,8 @@ def pull_page(ctx: LeadsContext, request: x.StreamRequest) -> PageResult:
     """Fetch one page and record it with its cursor in one transaction."""
     logger = _logger()
     page, next_request = x.fetch_page(ctx.x_client, request)
+    if request.stream == "mentions" and ctx.settings.routing.tickets_from_mentions:
+        queue_help_requests(ctx, page.records)
     cursors = {request.cursor_name: page.cursor} if page.cursor else None
     result = ctx.store.ingest(
         ctx.account.name, page.records, ctx.settings.qualification, cursors=cursors
@@ -237,6 +241,32 @@ def deliver_batch(
         ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to do",
     )
     return outcomes
+
+
+def queue_help_requests(ctx: LeadsContext, records: list[Engagement]) -> None:
+    """Public mentions asking for help wait in the inbox for the tickets flow.
+
+    Written before the page's cursor moves, and keyed, so a crash re-queues nothing twice.
+    """
+    if ctx._rules is None:
+        ctx._rules = load_rules(ctx.settings.mapping_path(ctx.settings.routing.rules))
+    routed = []
+    for record in records:
+        decision = route(ctx._rules, record.text, "mention")
+        if decision.route == "support":
+            message = DirectMessage(
+                platform=record.platform,
+                message_id=record.id,
+                conversation_id=f"mention-{record.id}",
+                sender=record.author,
+                text=record.text or "",
+                sent_at=record.occurred_at,
+                channel="mention",
+            )
+            routed.append((message, decision))
+    if routed:
+        inbox.ingest_messages(ctx.store, ctx.account.name, routed)
+        _logger().info("mentions: %d asking for help queued for the helpdesk", len(routed))
 
 
 def _count(outcomes: list[SinkOutcome]) -> dict[str, int]:

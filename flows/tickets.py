@@ -155,7 +155,8 @@ def comment_body(message: inbox.StoredMessage) -> str:
     if message.attachments:
         text += f"\n\n[{len(message.attachments)} attachment(s) on {platform}]"
     when = message.sent_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
-    return f"{text}\n\n— {platform} DM from @{handle}, {when} UTC [ref {message.message_key}]"
+    what = "DM" if message.channel == "dm" else "public mention"
+    return f"{text}\n\n— {platform} {what} from @{handle}, {when} UTC [ref {message.message_key}]"
 
 
 def idempotency_key(conversation_key: str, first_message: str) -> str:
@@ -175,6 +176,7 @@ def _ticket_frame(batch: dict[str, list[inbox.StoredMessage]]) -> pd.DataFrame:
                 "person_key": first.person_key,
                 "platform": first.sender.get("platform"),
                 "platform_name": PLATFORM_NAMES.get(first.sender.get("platform", ""), "Social"),
+                "channel_name": "DM" if first.channel == "dm" else "mention",
                 "handle": first.sender.get("handle"),
                 "display_name": first.sender.get("display_name"),
                 "first_line": line if len(line) <= 80 else line[:79] + "…",

@@ -20,7 +20,7 @@ def _line(text: str = "") -> None:
     print(text, flush=True)
 
 
-def _summary(title: str, summary: dict[str, Any], seconds: float) -> None:
+def _summary(title: str, summary: dict[str, Any], seconds: float) -> None:  # leads runs
     calls = summary["api_calls"]
     _line(
         f"{title} ({seconds:.1f}s): {summary['fetched']} engagements fetched "
@@ -90,6 +90,24 @@ def main() -> int:
 
         leads_held = len(sandbox.state()["salesforce"]["Lead"])
         _line(f"Salesforce sandbox now holds {leads_held} leads, one per qualified person.")
+
+        from flows.tickets import TicketsRun, tickets
+
+        started = time.perf_counter()
+        inbox = tickets(TicketsRun(config=str(config)))
+        routes = ", ".join(f"{n} {r}" for r, n in inbox["by_route"].items())
+        _line(
+            f"Run 4, DMs to tickets ({time.perf_counter() - started:.1f}s): "
+            f"{inbox['fetched']} direct messages ({routes}) -> "
+            f"{inbox['tickets_created']} Zendesk tickets, {inbox['comments_added']} follow-up "
+            f"comments; {inbox['leads_created']} leads created and {inbox['leads_updated']} "
+            "updated from sales questions"
+        )
+        for ticket in sandbox.state()["zendesk"]["tickets"][:4]:
+            _line(
+                f"      #{ticket['id']} {ticket['subject'][:60]:<60} "
+                f"{len(ticket['comments'])} comment(s)"
+            )
         _line(
             "Try it yourself: `.venv/bin/socialcrm sandbox --write-config my.yaml` in one "
             "terminal, `.venv/bin/socialcrm run leads --config my.yaml` in another."

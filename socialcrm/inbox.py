@@ -34,6 +34,7 @@ class StoredMessage:
     route: str
     rule: str | None
     priority: str
+    channel: str = "dm"
 
 
 @dataclass(slots=True)
@@ -79,6 +80,7 @@ def ingest_messages(
                     "attachments": list(message.attachments),
                     "sent_at": message.sent_at or utcnow(),
                     "from_brand": message.from_brand,
+                    "channel": message.channel,
                     "route": "brand" if message.from_brand else decision.route,
                     "rule": decision.rule,
                     "priority": decision.priority,
@@ -112,6 +114,7 @@ def _stored(row: Any) -> StoredMessage:
         route=row.route,
         rule=row.rule,
         priority=row.priority,
+        channel=row.channel,
     )
 
 

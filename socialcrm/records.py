@@ -83,10 +83,11 @@ class DirectMessage:
     sent_at: datetime | None = None
     from_brand: bool = False
     attachments: tuple[str, ...] = ()
+    channel: str = "dm"  # or "mention": a public post routed to the helpdesk
 
     @property
     def key(self) -> str:
-        return f"{self.platform}:dm:{self.message_id}"
+        return f"{self.platform}:{self.channel}:{self.message_id}"
 
     @property
     def conversation_key(self) -> str:

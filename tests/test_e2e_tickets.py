@@ -180,3 +180,44 @@ def test_routing_agrees_with_what_the_senders_meant(sandbox: Sandbox) -> None:
         agreed = sum(1 for r in routes if r == topic) / len(routes)
         assert agreed >= 0.9, f"{topic}: only {agreed:.0%} routed as meant: {Counter(routes)}"
     assert "spam" not in by_topic["other"], "a harmless message was thrown away as spam"
+
+
+def test_zendesk_429s_are_waited_out_and_change_nothing(sandbox: Sandbox) -> None:
+    sandbox.set_options(zendesk_429_every=25)
+    summary = run(sandbox)
+    conversations, _, _ = expected(sandbox)
+    held = helpdesk(sandbox)
+    assert len(held) == len(conversations) == summary["tickets_created"]
+    assert all(len(found) == 1 for found in held.values())
+    total = Counter(ref for (ticket,) in held.values() for ref in refs(ticket))
+    assert set(total) == set().union(*conversations.values())
+    assert all(n == 1 for n in total.values())
+
+
+def test_mentions_asking_for_help_become_tickets_only_when_switched_on(
+    sandbox: Sandbox,
+) -> None:
+    import yaml
+
+    from flows.leads import LeadsRun, leads
+
+    config = str(sandbox.config_path)
+    leads(LeadsRun(config=config))
+    run(sandbox)
+    assert not [k for k in helpdesk(sandbox) if ":mention-" in k], "off by default"
+
+    assert sandbox.config_path is not None
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["routing"] = {"tickets_from_mentions": True}
+    sandbox.config_path.write_text(yaml.safe_dump(data))
+    known = {e["id"] for e in sandbox.state()["x"]["engagements"]}
+    sandbox.generate(engagements=400)
+    leads(LeadsRun(config=config))
+    run(sandbox)
+
+    mentions = [e for e in sandbox.state()["x"]["engagements"] if e["kind"] in ("mention", "reply")]
+    asking = {e["id"] for e in mentions if route(RULES, e["text"], "mention").route == "support"}
+    held = {k.split("mention-", 1)[1] for k in helpdesk(sandbox) if ":mention-" in k}
+    new_asking = {i for i in asking if i not in known}
+    assert new_asking, "the generator should write some mentions asking for help"
+    assert held == new_asking

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("attachments", sa.JSON, nullable=False),
         sa.Column("sent_at", TZ, nullable=False),
         sa.Column("from_brand", sa.Boolean, nullable=False),
+        sa.Column("channel", sa.String(20), nullable=False),
         sa.Column("route", sa.String(20), nullable=False),
         sa.Column("rule", sa.String(100), nullable=True),
         sa.Column("priority", sa.String(20), nullable=False),
