@@ -111,22 +111,36 @@ def _cmd_mapping_check(args: argparse.Namespace) -> int:
     from connectors.crm import salesforce
     from connectors.http import ApiError
     from mappings import MappingError, check_spec, load_spec
+    from socialcrm.routing import RoutingError, load_rules
 
     settings = load_settings(args.config)
-    path = settings.mapping_path(settings.crm.lead_mapping)
+    problems: list[str] = []
+    checked: list[str] = []
     try:
+        path = settings.mapping_path(settings.crm.lead_mapping)
         spec = load_spec(path)
         conn = salesforce.connect(settings.crm)
-        problems = check_spec(spec, salesforce.describe(conn, spec.object_name))
-    except (MappingError, ApiError) as error:
+        problems += check_spec(spec, salesforce.describe(conn, spec.object_name))
+        checked.append(f"{path.name} against {spec.object_name} in {conn.instance_url}")
+        if settings.helpdesk is not None:
+            from connectors.helpdesk.zendesk import TICKET_FIELDS
+
+            path = settings.mapping_path(settings.helpdesk.ticket_mapping)
+            problems += check_spec(load_spec(path), TICKET_FIELDS)
+            checked.append(f"{path.name} against Zendesk tickets")
+        path = settings.mapping_path(settings.routing.rules)
+        load_rules(path)
+        checked.append(path.name)
+    except (MappingError, ApiError, RoutingError) as error:
         print(str(error))
         return 1
     for problem in problems:
         print(problem)
     if problems:
-        print(f"{path.name}: {len(problems)} problem(s)", file=sys.stderr)
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print(f"{path.name}: sound against {spec.object_name} in {conn.instance_url}")
+    for line in checked:
+        print(f"sound: {line}")
     return 0
 
 

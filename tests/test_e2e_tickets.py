@@ -95,6 +95,26 @@ def test_one_ticket_per_conversation_and_every_customer_message_exactly_once(
         everything.update(ids)
         assert set(ids) == conversations[key.split(":", 2)[2]]
     assert all(n == 1 for n in everything.values()), "a message was added twice"
+    # Threading: comments in the order the customer wrote them.
+    sent = {e["id"]: (e["created_at"], int(e["id"])) for e in customer_messages(sandbox)}
+    for (ticket,) in held.values():
+        ids = refs(ticket)
+        assert ids == sorted(ids, key=lambda i: sent[i])
+    # Identity: one requester per person, found by the social id, on every ticket.
+    users = {u["id"]: u for u in sandbox.state()["zendesk"]["users"]}
+    senders: dict[str, str] = {}  # the first customer to write opens the ticket
+    for event in sorted(customer_messages(sandbox), key=lambda e: sent[e["id"]]):
+        if route(RULES, event["text"]).route != "spam":
+            senders.setdefault(event["dm_conversation_id"], event["sender_id"])
+    requester_of: dict[str, set[int]] = defaultdict(set)
+    for key, (ticket,) in held.items():
+        sender = senders[key.split(":", 2)[2]]
+        requester = users[ticket["requester_id"]]
+        assert requester["external_id"] == f"x:{sender}"
+        requester_of[sender].add(ticket["requester_id"])
+    assert all(len(ids) == 1 for ids in requester_of.values())
+    external_ids = [u["external_id"] for u in users.values() if u.get("external_id")]
+    assert len(external_ids) == len(set(external_ids))
     assert not (set(everything) & brand), "a brand message became a customer comment"
     assert not (set(everything) & spam)
     assert summary["tickets_created"] == len(conversations)

@@ -76,7 +76,7 @@ class SalesforceConnection:
         )
         usage = self.sf.api_usage.get("api-usage")
         if usage is not None:
-            log.debug("salesforce API usage %s/%s", usage.used, usage.total)
+            log.info("salesforce %s: org API usage %s/%s today", call, usage.used, usage.total)
         return result
 
     def api_usage(self) -> tuple[int, int] | None:
