@@ -18,7 +18,7 @@ from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, Field
 
 from connectors.crm import salesforce
-from connectors.http import ApiError
+from connectors.http import Action, ApiError
 from connectors.social import x
 from flows.reporting import publish_leads_artifacts
 from mappings import MappingSpec, apply_spec, load_spec
@@ -72,7 +72,7 @@ class LeadsContext:
     settings: Settings
     account: XAccount
     store: StateStore
-    x_client: x.XClient
+    x_client: x.XClient | None
     dry_run: bool
     crm: salesforce.SalesforceConnection | None = None
     fetched: int = 0
@@ -83,6 +83,7 @@ class LeadsContext:
     delivered: list[dict[str, Any]] = field(default_factory=list)
     problems: list[RecordProblem] = field(default_factory=list)
     would_write: list[dict[str, Any]] = field(default_factory=list)
+    gaps: list[str] = field(default_factory=list)
     _spec: MappingSpec | None = None
     _rules: RoutingRules | None = None
 
@@ -121,6 +122,7 @@ class PageResult:
 def pull_page(ctx: LeadsContext, request: x.StreamRequest) -> PageResult:
     """Fetch one page and record it with its cursor in one transaction."""
     logger = _logger()
+    assert ctx.x_client is not None, "pulling needs a source client"
     page, next_request = x.fetch_page(ctx.x_client, request)
     if request.stream == "mentions" and ctx.settings.routing.tickets_from_mentions:
         queue_help_requests(ctx, page.records)
@@ -201,7 +203,20 @@ def deliver_batch(
             ctx.would_write.append({"record_key": key, "status": status, **record})
             outcomes.append(SinkOutcome(key, status, payload_hash=hashes[key]))
     elif to_send:
-        sent = salesforce.upsert(conn, spec.object_name, spec.external_id, to_send, send_keys)
+        try:
+            sent = salesforce.upsert(conn, spec.object_name, spec.external_id, to_send, send_keys)
+        except ApiError as error:
+            if is_systemic(error):
+                raise
+            # Retries exhausted or refused whole: every record keeps its reason, replayable.
+            sent = [
+                SinkOutcome(
+                    key,
+                    "failed",
+                    problems=[RecordProblem(key, "delivery", "salesforce", str(error))],
+                )
+                for key in send_keys
+            ]
         for outcome in sent:
             outcome.payload_hash = hashes.get(outcome.record_key)
         outcomes.extend(sent)
@@ -241,6 +256,16 @@ def deliver_batch(
         ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to do",
     )
     return outcomes
+
+
+def is_systemic(error: ApiError) -> bool:
+    """Failures the next record would meet too: stop the run rather than spoil a batch."""
+    return error.action is Action.QUOTA or error.status in (401, 403)
+
+
+def stop_status(error: ApiError) -> str:
+    """The run's status line: a spent quota is a clean stop, anything else a failure."""
+    return f"quota: {error}" if error.action is Action.QUOTA else f"failed: {error}"
 
 
 def queue_help_requests(ctx: LeadsContext, records: list[Engagement]) -> None:
@@ -316,6 +341,7 @@ def first_requests(ctx: LeadsContext, since: datetime | None) -> list[x.StreamRe
         )
     wants_posts = {"quotes", "reposts", "likes"} & set(account.streams)
     if wants_posts:
+        assert ctx.x_client is not None, "pulling needs a source client"
         posts = x.recent_posts(ctx.x_client, since=since)
         for post in posts:
             post_id = str(post["id"])
@@ -349,13 +375,14 @@ def run_summary(ctx: LeadsContext, outcomes: list[SinkOutcome], status: str) -> 
         "dead_lettered": ctx.dead_lettered,
         "source_warnings": len(ctx.warnings),
         "api_calls": {
-            "x": {"reads": ctx.x_client.calls, "writes": 0},
+            "x": {"reads": ctx.x_client.calls if ctx.x_client else 0, "writes": 0},
             "salesforce": {
                 "reads": crm.reads if crm else 0,
                 "writes": crm.writes if crm else 0,
             },
         },
         "salesforce_api_usage": f"{usage[0]}/{usage[1]}" if usage else None,
+        "gaps": list(ctx.gaps),
     }
 
 
@@ -393,13 +420,25 @@ def leads(params: LeadsRun = LeadsRun()) -> dict[str, Any]:  # noqa: B008
     try:
         for first in first_requests(ctx, params.since):
             request: x.StreamRequest | None = first
+            walked = 0
             while request is not None:
-                request = pull_page(ctx, request).next_request
+                result = pull_page(ctx, request)
+                walked += result.records
+                request = result.next_request
+            if first.stream == "mentions" and first.since_id and walked >= x.MENTIONS_REACH:
+                gap = (
+                    f"possible gap: {walked} mentions since the last run reach the "
+                    f"{x.MENTIONS_REACH} the X timeline can return; older ones may be missed. "
+                    "Run more often."
+                )
+                logger.warning("mentions: %s", gap)
+                ctx.gaps.append(gap)
         outcomes = deliver_pending_leads(ctx, limit=params.limit)
     except ApiError as error:
-        status = f"stopped: {error}"
+        status = stop_status(error)
         logger.error("run stopped: %s", error)
-        raise
+        if error.action is not Action.QUOTA:
+            raise
     finally:
         summary = run_summary(ctx, outcomes, status)
         try:

@@ -70,6 +70,8 @@ def publish_leads_artifacts(
             else ""
         ),
     ]
+    for gap in summary.get("gaps") or []:
+        lines += ["", f"**Warning**: {gap}"]
     if summary["dry_run"]:
         lines += [
             "",
@@ -148,6 +150,8 @@ def publish_tickets_artifacts(
         f"API calls: X {calls['x']['reads']} reads; Zendesk {calls['zendesk']['reads']} reads, "
         f"{calls['zendesk']['writes']} writes; Salesforce {calls['salesforce']['writes']} writes",
     ]
+    for gap in summary.get("gaps") or []:
+        lines += ["", f"**Warning**: {gap}"]
     if summary["dry_run"]:
         lines += [
             "",

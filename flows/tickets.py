@@ -18,9 +18,9 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from connectors.helpdesk import zendesk
-from connectors.http import ApiError
+from connectors.http import Action, ApiError
 from connectors.social import x, x_dm
-from flows.leads import LeadsContext, _logger, deliver_pending_leads
+from flows.leads import LeadsContext, _logger, deliver_pending_leads, is_systemic, stop_status
 from flows.reporting import publish_tickets_artifacts
 from mappings import MappingSpec, apply_spec, load_spec
 from socialcrm import inbox, progress
@@ -66,7 +66,7 @@ class TicketsContext:
     settings: Settings
     account: XAccount
     store: StateStore
-    dm_client: x.XClient
+    dm_client: x.XClient | None
     rules: RoutingRules
     dry_run: bool
     helpdesk: zendesk.ZendeskClient | None = None
@@ -107,6 +107,7 @@ class TicketsContext:
 )
 def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest | None:
     """Fetch a page of DMs, route each, and record them with the cursor."""
+    assert ctx.dm_client is not None, "pulling needs a source client"
     page, next_request = x_dm.fetch_dm_page(ctx.dm_client, request)
     routed = [(message, route(ctx.rules, message.text, "dm")) for message in page.records]
     sales = [
@@ -230,8 +231,8 @@ def deliver_conversations(
         try:
             _deliver_conversation(ctx, client, key, batch[key], fields)
         except ApiError as error:
-            if error.status in (401, 403) or error.action.value == "quota":
-                raise  # systemic: the next conversation would fail the same way
+            if is_systemic(error):
+                raise  # the next conversation would fail the same way
             _fail(ctx, batch[key], RecordProblem(key, "delivery", "zendesk", str(error)))
     _logger().info(
         "conversations batch %d: %d conversations, %s",
@@ -368,6 +369,7 @@ def _create_ticket(
     store = ctx.store
     store.record_deliveries(COMMENT, [SinkOutcome(first.message_key, "created", str(ticket["id"]))])
     inbox.set_message_status(store, [first.message_key], "delivered")
+    store.resolve_dead_letters([first.message_key], PIPELINE)
     if replayed:
         ctx.count("creates replayed by Zendesk")
     return ticket
@@ -407,6 +409,7 @@ def _comment_done(ctx: TicketsContext, message: inbox.StoredMessage, ticket_id: 
     )
     inbox.set_message_status(ctx.store, [message.message_key], "delivered")
     inbox.close_intent(ctx.store, message.message_key, COMMENT)
+    ctx.store.resolve_dead_letters([message.message_key], PIPELINE)
 
 
 def _run_name() -> str:
@@ -468,9 +471,10 @@ def tickets(params: TicketsRun = TicketsRun()) -> dict[str, Any]:  # noqa: B008
         if ctx.sales_people:
             lead_outcomes = deliver_pending_leads(leads_ctx, only=sorted(ctx.sales_people))
     except ApiError as error:
-        status = f"stopped: {error}"
+        status = stop_status(error)
         _logger().error("run stopped: %s", error)
-        raise
+        if error.action is not Action.QUOTA:
+            raise
     finally:
         summary = tickets_summary(ctx, leads_ctx, lead_outcomes, status)
         try:
@@ -507,7 +511,7 @@ def tickets_summary(
         "leads_created": lead_counts.get("created", 0),
         "leads_updated": lead_counts.get("updated", 0),
         "api_calls": {
-            "x": {"reads": ctx.dm_client.calls, "writes": 0},
+            "x": {"reads": ctx.dm_client.calls if ctx.dm_client else 0, "writes": 0},
             "zendesk": {
                 "reads": helpdesk.reads if helpdesk else 0,
                 "writes": helpdesk.writes if helpdesk else 0,

@@ -171,6 +171,25 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    if not args.all and not args.id:
+        print("socialcrm: say which dead letters: --id N [--id M ...] or --all", file=sys.stderr)
+        return 2
+    _quiet_prefect()
+    from connectors.http import ApiError
+    from flows.replay import ReplayRun, replay
+
+    try:
+        summary = replay(
+            ReplayRun(config=args.config, account=args.account, ids=None if args.all else args.id)
+        )
+    except ApiError as error:
+        print(f"socialcrm: replay stopped: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, ensure_ascii=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="socialcrm", description="Social engagement in, CRM leads and helpdesk tickets out."
@@ -205,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--config", required=True)
     listing.add_argument("--pipeline", choices=["leads", "tickets"])
     listing.set_defaults(handler=_cmd_dead_letters)
+    again = dead_commands.add_parser("replay", help="deliver dead letters again")
+    again.add_argument("--config", required=True)
+    again.add_argument("--account")
+    again.add_argument("--id", type=int, action="append", help="a dead-letter id (repeatable)")
+    again.add_argument("--all", action="store_true", help="every replayable dead letter")
+    again.set_defaults(handler=_cmd_replay)
     return parser
 
 

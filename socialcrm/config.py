@@ -153,6 +153,12 @@ class SalesforceSettings(_Model):
     lead_mapping: Path = Path("lead.salesforce.yaml")
     batch_size: int = Field(200, ge=1, le=200, description="Records per sObject Collections call")
     auto_assign: bool = Field(False, description="Run lead assignment rules on create")
+    quota_headroom: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="Stop writing once this share of the org's daily API requests is used",
+    )
     ca_bundle: Path | None = None
     timeout_seconds: float = Field(30, gt=0)
 

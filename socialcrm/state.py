@@ -379,6 +379,20 @@ class StateStore:
                     .values(pending=False)
                 )
 
+    def mark_pending(self, person_keys: Iterable[str]) -> int:
+        """Deliver these people's leads again (a dead-letter replay)."""
+        keys = list(person_keys)
+        changed = 0
+        with self.transaction() as connection:
+            for chunk in _chunks(keys):
+                result = connection.execute(
+                    schema.people.update()
+                    .where(schema.people.c.person_key.in_(chunk))
+                    .values(pending=True)
+                )
+                changed += int(result.rowcount or 0)
+        return changed
+
     def clear_unqualified_pending(self, min_score: float) -> int:
         """People below the threshold need no delivery until they engage again."""
         table = schema.people

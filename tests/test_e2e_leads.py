@@ -205,6 +205,42 @@ def test_too_long_value_for_a_reject_field_is_dead_lettered_and_the_rest_deliver
     assert all("40" in letter.reason for letter in letters)
 
 
+def test_replaying_dead_letters_after_the_mapping_is_fixed_delivers_them(
+    sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = yaml.safe_load(Path("mappings/lead.salesforce.yaml").read_text())
+    spec["fields"]["FirstName"] = {"template": "{handle} {bio}", "on_too_long": "reject"}
+    (tmp_path / "strict.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    config = configure(sandbox, crm={"lead_mapping": "strict.yaml"})
+    first = leads(LeadsRun(config=config))
+    assert first["dead_lettered"] > 0
+    # The cause is fixed: back to the shipped mapping.
+    config = configure(sandbox, crm={"lead_mapping": "lead.salesforce.yaml"})
+    (tmp_path / "strict.yaml").unlink()
+    capsys.readouterr()
+    assert cli.main(["dead-letters", "replay", "--config", config, "--all"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["leads"] == first["dead_lettered"] and summary["remaining"] == 0
+    assert set(sf_leads(sandbox)) == set(expected_leads(sandbox))
+    with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        assert store.dead_letters() == []
+
+
+def test_a_spent_api_quota_stops_writing_cleanly_and_the_next_run_resumes(
+    sandbox: Sandbox,
+) -> None:
+    config = configure(sandbox, crm={"quota_headroom": 0.5, "batch_size": 50})
+    sandbox.set_options(sf_daily_limit=8)  # the token, describe and ~2 writes fit under 4
+    stopped = leads(LeadsRun(config=config))
+    assert stopped["status"].startswith("quota:")
+    partial = len(sf_leads(sandbox))
+    assert 0 < partial < len(expected_leads(sandbox))
+    sandbox.set_options(sf_daily_limit=15000)
+    resumed = leads(LeadsRun(config=config))
+    assert resumed["status"] == "completed"
+    assert set(sf_leads(sandbox)) == set(expected_leads(sandbox))
+
+
 def test_mapping_check_names_a_field_lead_does_not_have(
     sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

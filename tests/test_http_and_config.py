@@ -106,6 +106,7 @@ def test_secrets_are_redacted_from_messages() -> None:
     assert "s3cr3t" not in text and "abc.def" not in text and "zzz" not in text
 
 
+@pytest.mark.skipif(not SAMPLES.exists(), reason="shared samples not present")
 def test_collection_results_map_back_to_records_in_order() -> None:
     sample = json.loads((SAMPLES / "sf_collections_partial_error.json").read_text())
     outcomes = parse_collection_results(sample["body"], ["x:1", "x:2"], "Lead")

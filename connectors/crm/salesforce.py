@@ -60,6 +60,7 @@ class SalesforceConnection:
     ) -> T:
         def once() -> T:
             if write:
+                self._check_quota(call, keys)
                 self.writes += 1
             else:
                 self.reads += 1
@@ -78,6 +79,22 @@ class SalesforceConnection:
         if usage is not None:
             log.info("salesforce %s: org API usage %s/%s today", call, usage.used, usage.total)
         return result
+
+    def _check_quota(self, call: str, keys: Sequence[str]) -> None:
+        """Leave the org's daily allowance to the people who work in it."""
+        usage = self.api_usage()
+        if usage is None or usage[1] <= 0:
+            return
+        used, total = usage
+        if used >= total * self.settings.quota_headroom:
+            raise ApiError(
+                SYSTEM,
+                call,
+                f"quota: org API usage {used}/{total} is at or above the configured headroom "
+                f"({self.settings.quota_headroom:.0%}); writing resumes on the next run",
+                action=Action.QUOTA,
+                record_keys=list(keys),
+            )
 
     def api_usage(self) -> tuple[int, int] | None:
         usage = self.sf.api_usage.get("api-usage")

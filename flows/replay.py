@@ -1,0 +1,102 @@
+"""The replay flow: give dead-lettered records another chance once the cause is fixed.
+
+Leads go back through the leads flow's delivery (the person is marked pending); DMs go
+back to pending and through the tickets flow's delivery. A record that now succeeds
+leaves the dead-letter store; one that fails again stays, its attempts counted.
+Source records that never parsed cannot be replayed and stay for inspection.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from connectors.http import Action, ApiError
+from flows.leads import LeadsContext, _logger, deliver_pending_leads, stop_status
+from flows.tickets import TicketsContext, deliver_conversations
+from socialcrm import inbox
+from socialcrm.config import load_settings
+from socialcrm.routing import load_rules
+from socialcrm.state import StateStore
+
+REPLAYABLE_STAGES = {"mapping", "delivery"}
+
+
+class ReplayRun(BaseModel):
+    """Which dead letters to replay."""
+
+    config: str = Field(
+        "socialcrm.yaml",
+        title="Config file",
+        description="Path of the socialcrm YAML config, as seen by the worker",
+    )
+    account: str | None = Field(
+        None, title="Account", description="Account name from the config; empty means the first"
+    )
+    ids: list[int] | None = Field(
+        None, title="Dead-letter ids", description="Replay only these; empty means all"
+    )
+
+
+@flow(
+    name="replay",
+    flow_run_name=lambda: f"replay {datetime.now(UTC):%Y-%m-%d %H:%M}Z",
+    log_prints=False,
+)
+def replay(params: ReplayRun = ReplayRun()) -> dict[str, Any]:  # noqa: B008
+    """Replay dead-lettered leads and messages after their cause was fixed.
+
+    Args:
+        params: config file, account, and which dead letters (all by default).
+    """
+    logger = _logger()
+    settings = load_settings(params.config)
+    account = settings.account(params.account)
+    store = StateStore.open(settings.state_url())
+    letters = store.dead_letters(ids=params.ids)
+    replayable = [d for d in letters if d.stage in REPLAYABLE_STAGES]
+    people = sorted({d.record_key for d in replayable if d.pipeline == "leads"})
+    messages = sorted({d.record_key for d in replayable if d.pipeline == "tickets"})
+    summary: dict[str, Any] = {
+        "flow": "replay",
+        "selected": len(letters),
+        "not_replayable": len(letters) - len(replayable),
+        "leads": 0,
+        "messages": 0,
+        "status": "completed",
+    }
+    try:
+        if people:
+            store.mark_pending(people)
+            ctx = LeadsContext(
+                settings=settings, account=account, store=store, x_client=None, dry_run=False
+            )
+            outcomes = deliver_pending_leads(ctx, only=people)
+            summary["leads"] = sum(1 for o in outcomes if o.status != "failed")
+        if messages:
+            inbox.set_message_status(store, messages, "pending")
+            tickets_ctx = TicketsContext(
+                settings=settings,
+                account=account,
+                store=store,
+                dm_client=None,
+                rules=load_rules(settings.mapping_path(settings.routing.rules)),
+                dry_run=False,
+            )
+            for number, batch in enumerate(inbox.pending_conversations(store, batch_size=50), 1):
+                deliver_conversations(tickets_ctx, batch, number)
+            summary["messages"] = len(messages) - sum(
+                1 for d in store.dead_letters(pipeline="tickets") if d.record_key in messages
+            )
+    except ApiError as error:
+        summary["status"] = stop_status(error)
+        if error.action is not Action.QUOTA:
+            raise
+    finally:
+        summary["remaining"] = len(store.dead_letters())
+        store.close()
+    logger.info("replay: %s", summary)
+    return summary
