@@ -16,7 +16,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox import dm_data as T
-from sandbox.seed import DAY_MS, World, XUser, _make_user, _Names, _token, now_ms, snowflake, x_time
+from sandbox.seed import (
+    DAY_MS,
+    World,
+    XUser,
+    _make_user,
+    _Names,
+    _token,
+    marked,
+    now_ms,
+    snowflake,
+    x_time,
+)
 
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
@@ -37,6 +48,10 @@ class DMEvent:
     topic: str = "other"
     lang: str = "en"
     standalone: bool = True  # the text alone shows the topic (see dm_data.NEEDS_CONTEXT)
+    hostile: str | None = None
+    deliverable: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)  # applied to the rendered event
+    twice: bool = False  # served twice in the same page
 
 
 @dataclass
@@ -60,18 +75,22 @@ class DMInbox:
     def truth(self) -> list[dict[str, Any]]:
         """Ground truth for ``/_sandbox/state``: every event, oldest first."""
         return [
-            {
-                "id": e.id,
-                "event_type": e.event_type,
-                "text": e.text,
-                "dm_conversation_id": e.conversation_id,
-                "sender_id": e.sender_id,
-                "created_at": x_time(e.created_ms),
-                "from_brand": e.from_brand,
-                "topic": e.topic,
-                "lang": e.lang,
-                "standalone": e.standalone,
-            }
+            marked(
+                {
+                    "id": e.id,
+                    "event_type": e.event_type,
+                    "text": e.text,
+                    "dm_conversation_id": e.conversation_id,
+                    "sender_id": e.sender_id,
+                    "created_at": x_time(e.created_ms),
+                    "from_brand": e.from_brand,
+                    "topic": e.topic,
+                    "lang": e.lang,
+                    "standalone": e.standalone,
+                },
+                e.hostile,
+                e.deliverable,
+            )
             for e in self.events
         ]
 
@@ -155,7 +174,7 @@ class DMInbox:
             pool = [
                 u
                 for u in self.world.users.values()
-                if not u.suspended and u.lang == lang and u.id not in taken
+                if not u.suspended and u.hostile is None and u.lang == lang and u.id not in taken
             ]
             if pool:
                 return self.rng.choice(sorted(pool, key=lambda u: int(u.id)))

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from sandbox import soql
+from sandbox.faults import unable_to_lock
 from sandbox.sf_query import QueryEngine
 from sandbox.sf_schema import OBJECTS, SObject, record_error
 from sandbox.sf_store import Planned, RecordStore, SfError
@@ -51,6 +52,9 @@ class SalesforceSimulator:
         self.api_usage = 0
         self.store = RecordStore(seed)
         self.queries = QueryEngine(self.store, options)
+        # Set by the fault injector for one collections call: given the record count, the
+        # positions that fail with UNABLE_TO_LOCK_ROW (and are not stored).
+        self.locked_rows: Callable[[int], set[int]] | None = None
 
     # --- routing ------------------------------------------------------------------------
 
@@ -103,9 +107,7 @@ class SalesforceSimulator:
             error = SfError(401, "INVALID_SESSION_ID", "Session expired or invalid")
             return self._plain(error.body, 401)
         self.api_usage += 1
-        limit_header = {
-            "Sforce-Limit-Info": f"api-usage={self.api_usage}/{self.options.sf_daily_limit}"
-        }
+        limit_header = {"Sforce-Limit-Info": self.limit_info()}
         try:
             if self.api_usage > self.options.sf_daily_limit:
                 raise SfError(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
@@ -315,7 +317,7 @@ class SalesforceSimulator:
             obj = self._type_of(record, None)
             self.store.unknown_fields(obj, record, set())
             plan.append((obj, record, None, set(), None))
-        return self.store.run_batch(req, all_or_none, plan, upsert=False)
+        return self.store.run_batch(req, all_or_none, self._lock(plan), upsert=False)
 
     def collection_update(self, req: Request, version: str) -> list[dict[str, Any]]:
         all_or_none, records = self._records(req)
@@ -333,7 +335,7 @@ class SalesforceSimulator:
                     "INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", []
                 )
             plan.append((obj, record, existing, {"id"}, error))
-        return self.store.run_batch(req, all_or_none, plan, upsert=False)
+        return self.store.run_batch(req, all_or_none, self._lock(plan), upsert=False)
 
     def collection_upsert(
         self, req: Request, version: str, sobject: str, field_name: str
@@ -368,7 +370,23 @@ class SalesforceSimulator:
                     )
                 existing = found[0] if len(found) == 1 else None
             plan.append((obj, record, existing, {"id"}, error))
-        return self.store.run_batch(req, all_or_none, plan, upsert=True)
+        return self.store.run_batch(req, all_or_none, self._lock(plan), upsert=True)
+
+    def _lock(self, plan: list[Planned]) -> list[Planned]:
+        """Injected row-lock contention: the chosen records fail before anything is stored."""
+        if self.locked_rows is None:
+            return plan
+        locked = self.locked_rows(len(plan))
+        planned: list[Planned] = []
+        for i, (obj, body, existing, skip, error) in enumerate(plan):
+            if i in locked and error is None:
+                held = existing["Id"] if existing else self.store.default_owner
+                error = unable_to_lock(held)
+            planned.append((obj, body, existing, skip, error))
+        return planned
+
+    def limit_info(self) -> str:
+        return f"api-usage={self.api_usage}/{self.options.sf_daily_limit}"
 
     def state(self) -> dict[str, list[dict[str, Any]]]:
         return self.store.state()

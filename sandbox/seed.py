@@ -36,6 +36,32 @@ def now_ms() -> int:
     return int(datetime.now(tz=UTC).timestamp() * 1000)
 
 
+class _Absent:
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()  # an override value that removes the key from the wire payload
+
+
+def overridden(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Hostile records: what the API sends instead of the well-formed payload."""
+    for key, value in overrides.items():
+        if value is ABSENT:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return data
+
+
+def marked(row: dict[str, Any], hostile: str | None, deliverable: bool) -> dict[str, Any]:
+    """Ground-truth rows of hostile items say what is hostile and if it can be delivered."""
+    if hostile is not None:
+        row["hostile"] = hostile
+        row["deliverable"] = deliverable
+    return row
+
+
 @dataclass
 class XUser:
     id: str
@@ -50,6 +76,12 @@ class XUser:
     public_metrics: dict[str, int]
     lang: str
     suspended: bool = False
+    hostile: str | None = None  # what is hostile about this user (sandbox.hostile)
+    deliverable: bool = True  # whether a careful client can still make a lead of them
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def truth(self) -> dict[str, Any]:
+        return marked(self.payload(), self.hostile, self.deliverable)
 
     def payload(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -67,7 +99,7 @@ class XUser:
         }
         if self.location is not None:
             data["location"] = self.location
-        return data
+        return overridden(data, self.overrides) if self.overrides else data
 
 
 @dataclass
@@ -81,6 +113,11 @@ class XTweet:
     kind: str  # post | mention | reply | quote
     post_id: str | None = None  # the brand post replied to or quoted
     in_reply_to_user_id: str | None = None
+    hostile: str | None = None
+    deliverable: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)  # applied to the rendered tweet
+    twice: bool = False  # served twice in the same page
+    author_in_includes: bool = True  # False: the expansion leaves the author out
 
 
 @dataclass
@@ -91,6 +128,9 @@ class Reaction:
     post_id: str
     user_id: str
     created_ms: int
+    hostile: str | None = None
+    deliverable: bool = True
+    twice: bool = False  # the liker is listed twice in the same page
 
     @property
     def id(self) -> str:
@@ -118,29 +158,27 @@ class World:
         """Ground truth a pipeline should deliver: suspended users' likes are not visible."""
         rows: list[dict[str, Any]] = []
         for t in self.tweets:
-            rows.append(
-                {
-                    "id": t.id,
-                    "kind": t.kind,
-                    "user_id": t.author_id,
-                    "post_id": t.post_id,
-                    "text": t.text,
-                    "created_at": x_time(t.created_ms),
-                }
-            )
+            row = {
+                "id": t.id,
+                "kind": t.kind,
+                "user_id": t.author_id,
+                "post_id": t.post_id,
+                "text": t.text,
+                "created_at": x_time(t.created_ms),
+            }
+            rows.append(marked(row, t.hostile, t.deliverable))
         for r in self.reactions:
             if self.users[r.user_id].suspended:
                 continue
-            rows.append(
-                {
-                    "id": r.id,
-                    "kind": r.kind,
-                    "user_id": r.user_id,
-                    "post_id": r.post_id,
-                    "text": None,
-                    "created_at": x_time(r.created_ms),
-                }
-            )
+            row = {
+                "id": r.id,
+                "kind": r.kind,
+                "user_id": r.user_id,
+                "post_id": r.post_id,
+                "text": None,
+                "created_at": x_time(r.created_ms),
+            }
+            rows.append(marked(row, r.hostile, r.deliverable))
         rows.sort(key=lambda row: row["created_at"])
         return rows
 
@@ -395,7 +433,7 @@ def generate(world: World, engagements: int, at_ms: int | None = None) -> dict[s
     names = _Names(rng)
     names.taken.update(u.username for u in world.users.values())
     names.taken.add(world.brand.username)
-    known = [u for u in world.users.values() if not u.suspended]
+    known = [u for u in world.users.values() if not u.suspended and u.hostile is None]
     reacted = {(r.kind, r.post_id, r.user_id) for r in world.reactions}
     added = {"mention": 0, "reply": 0, "quote": 0, "repost": 0, "like": 0}
     recent = world.posts[-5:]

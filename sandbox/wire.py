@@ -47,7 +47,11 @@ def json_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     # ensure_ascii=False: real APIs send UTF-8 names as-is, and connectors must cope with that.
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (hostile data) has no UTF-8 form; as a JSON escape it is legal.
+        body = json.dumps(payload, ensure_ascii=True, separators=(",", ":")).encode("ascii")
     all_headers = {"Content-Type": content_type}
     all_headers.update(headers or {})
     return Response(status, body, all_headers)
@@ -73,8 +77,7 @@ X_RATE_LIMITS: dict[str, int] = {
 class Options:
     """Knobs a test or benchmark turns at runtime (``Sandbox.set_options``)."""
 
-    latency_ms: float = 0.0
-    fault_rate: float = 0.0  # share of API requests answered 503 before doing anything
+    latency_ms: float = 0.0  # faults (sandbox.faults) are set through the world, not here
     rate_limits: dict[str, int] = field(default_factory=lambda: dict(X_RATE_LIMITS))
     rate_window_seconds: float = 900.0
     sf_daily_limit: int = 15000  # Sforce-Limit-Info total; beyond it: 403 REQUEST_LIMIT_EXCEEDED
@@ -100,7 +103,6 @@ class Options:
                 self.rate_limits = {**base, **overrides}
             elif name in (
                 "latency_ms",
-                "fault_rate",
                 "rate_window_seconds",
                 "zendesk_window_seconds",
             ):
@@ -115,7 +117,6 @@ class Options:
     def as_dict(self) -> dict[str, Any]:
         return {
             "latency_ms": self.latency_ms,
-            "fault_rate": self.fault_rate,
             "rate_limits": dict(self.rate_limits),
             "rate_window_seconds": self.rate_window_seconds,
             "sf_daily_limit": self.sf_daily_limit,

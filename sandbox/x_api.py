@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sandbox.dm_seed import DMInbox
-from sandbox.seed import Reaction, World, XTweet, XUser, x_time
+from sandbox.seed import Reaction, World, XTweet, XUser, overridden, x_time
 from sandbox.wire import Options, Request, Response, json_response
 from sandbox.x_dm import USER_TOKEN, DMEndpoints
 from sandbox.x_params import (
@@ -195,6 +195,8 @@ class XSimulator:
         if t.post_id:
             kind = "replied_to" if t.kind == "reply" else "quoted"
             full["referenced_tweets"] = [{"type": kind, "id": t.post_id}]
+        if t.overrides:
+            full = overridden(full, t.overrides)
         wanted = set(TWEET_DEFAULTS) | set(fields)
         return {k: v for k, v in full.items() if k in wanted}
 
@@ -223,11 +225,13 @@ class XSimulator:
         user_fields = list_param(req, "user.fields", USER_FIELDS)
         expansions = list_param(req, "expansions", TWEET_EXPANSIONS)
         metrics = self._metrics()
-        body: dict[str, Any] = {"data": [self._tweet(t, fields, metrics) for t in page]}
+        # Hostile worlds: a tweet can be served twice in one page (``twice``).
+        served = [t for item in page for t in ([item, item] if item.twice else [item])]
+        body: dict[str, Any] = {"data": [self._tweet(t, fields, metrics) for t in served]}
         includes = self._includes(page, expansions, fields, user_fields, metrics)
         if includes:
             body["includes"] = includes
-        meta: dict[str, Any] = {"result_count": len(page)}
+        meta: dict[str, Any] = {"result_count": len(served)}
         if ids_in_meta:
             meta["newest_id"], meta["oldest_id"] = page[0].id, page[-1].id
         if more:
@@ -246,7 +250,7 @@ class XSimulator:
         user_ids: list[str] = []
         tweet_ids: list[str] = []
         for t in page:
-            if "author_id" in expansions:
+            if "author_id" in expansions and t.author_in_includes:
                 user_ids.append(t.author_id)
             if "in_reply_to_user_id" in expansions and t.in_reply_to_user_id:
                 user_ids.append(t.in_reply_to_user_id)
@@ -260,13 +264,16 @@ class XSimulator:
                     user_ids.append(self.world.brand.id)
         includes: dict[str, Any] = {}
         users = {u.id: u for u in [self.world.brand, *self.world.users.values()]}
-        unique_users = list(dict.fromkeys(user_ids))
-        if unique_users:
-            includes["users"] = [self._user(users[i], user_fields) for i in unique_users]
+        # Ids nobody can resolve (hostile worlds) are simply left out, as X does.
+        found = [users[i] for i in dict.fromkeys(user_ids) if i in users]
+        if found:
+            includes["users"] = [self._user(u, user_fields) for u in found]
         posts = {p.id: p for p in self.world.posts}
         unique_tweets = list(dict.fromkeys(tweet_ids))
         if unique_tweets:
-            includes["tweets"] = [self._tweet(posts[i], fields, metrics) for i in unique_tweets]
+            includes["tweets"] = [
+                self._tweet(posts[i], fields, metrics) for i in unique_tweets if i in posts
+            ]
         return includes
 
     # --- endpoints -----------------------------------------------------------------------
@@ -407,7 +414,7 @@ class XSimulator:
             if user.suspended:
                 errors.append(not_found("user", user.id))
             else:
-                data.append(self._user(user, user_fields))
+                data.extend([self._user(user, user_fields)] * (2 if r.twice else 1))
         body: dict[str, Any] = {}
         if data:
             body["data"] = data

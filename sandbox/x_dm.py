@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sandbox.dm_seed import DMEvent, DMInbox
-from sandbox.seed import DAY_MS, XTweet, XUser, now_ms, x_time
+from sandbox.seed import DAY_MS, XTweet, XUser, now_ms, overridden, x_time
 from sandbox.wire import Request, Response, json_response
 from sandbox.x_params import (
     BEARER,
@@ -178,12 +178,13 @@ class DMEndpoints:
         page = items[:size]
         if not page:
             return json_response(200, {"meta": {"result_count": 0}})
-        body: dict[str, Any] = {"data": [self._event(e, fields) for e in page]}
+        served = [e for item in page for e in ([item, item] if item.twice else [item])]
+        body: dict[str, Any] = {"data": [self._event(e, fields) for e in served]}
         includes = self._includes(page, expansions, user_fields, tweet_fields, media_fields)
         if includes:
             body["includes"] = includes
         body["meta"] = {
-            "result_count": len(page),
+            "result_count": len(served),
             "next_token": encode_token(0, int(page[-1].id)),
             "previous_token": encode_token(1, int(page[0].id)),
         }
@@ -205,6 +206,8 @@ class DMEndpoints:
             full["referenced_tweets"] = [{"id": e.referenced_tweet_id}]
         if e.media_keys:
             full["attachments"] = {"media_keys": list(e.media_keys)}
+        if e.overrides:
+            full = overridden(full, e.overrides)
         wanted = set(DM_DEFAULTS) | set(fields)
         return {k: v for k, v in full.items() if k in wanted}
 
