@@ -8,6 +8,7 @@ task, committed with its cursor), then deliver the people whose lead changed in 
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -417,6 +418,12 @@ def leads(params: LeadsRun = LeadsRun()) -> dict[str, Any]:  # noqa: B008
     )
     outcomes: list[SinkOutcome] = []
     status = "completed"
+    guard = ExitStack()
+    if not guard.enter_context(store.lock(f"{PIPELINE}:{account.name}")):
+        status = f"skipped: another {PIPELINE} run for account {account.name} is in progress"
+        _logger().warning(status)
+        store.close()
+        return run_summary(ctx, [], status)
     try:
         for first in first_requests(ctx, params.since):
             request: x.StreamRequest | None = first
@@ -446,6 +453,7 @@ def leads(params: LeadsRun = LeadsRun()) -> dict[str, Any]:  # noqa: B008
                 ctx.account.name, summary, ctx.delivered, ctx.problems, ctx.would_write
             )
         finally:
+            guard.close()
             store.close()
     logger.info(
         "leads %s: %d fetched, %d engaged users, %d qualified, %d created, %d updated, "

@@ -8,6 +8,7 @@ messages their lead through the leads flow's own delivery, and publish artifacts
 from __future__ import annotations
 
 import hashlib
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -453,6 +454,12 @@ def tickets(params: TicketsRun = TicketsRun()) -> dict[str, Any]:  # noqa: B008
     )
     lead_outcomes: list[SinkOutcome] = []
     status = "completed"
+    guard = ExitStack()
+    if not guard.enter_context(store.lock(f"{PIPELINE}:{account.name}")):
+        status = f"skipped: another {PIPELINE} run for account {account.name} is in progress"
+        _logger().warning(status)
+        store.close()
+        return tickets_summary(ctx, leads_ctx, [], status)
     try:
         request: x_dm.DmRequest | None = x_dm.DmRequest(
             since_id=store.get_cursor(account.name, x_dm.STREAM)
@@ -480,6 +487,7 @@ def tickets(params: TicketsRun = TicketsRun()) -> dict[str, Any]:  # noqa: B008
         try:
             publish_tickets_artifacts(account.name, summary, ctx.rows, ctx.problems)
         finally:
+            guard.close()
             store.close()
     _logger().info("tickets %s: %s", account.name, summary)
     return summary

@@ -7,6 +7,7 @@ make a page be read again, never lost; engagement keys make the second read harm
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
@@ -187,6 +188,46 @@ class StateStore:
             return
         with self.engine.begin() as connection:
             yield connection
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[bool]:
+        """Hold the lock ``name`` (e.g. ``leads:brand``) if no one else does; yields whether.
+
+        PostgreSQL: a session advisory lock. SQLite: an exclusive ``flock`` on a file next to
+        the database. Both vanish with the process that held them, so a run killed with -9
+        never blocks the next one.
+        """
+        if self.dry_run or ":memory:" in str(self.engine.url):
+            yield True
+            return
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as connection:
+                key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+                held = bool(
+                    connection.execute(
+                        sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}
+                    ).scalar()
+                )
+                connection.commit()
+                try:
+                    yield held
+                finally:
+                    if held:
+                        connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        connection.commit()
+            return
+        database = Path(str(self.engine.url.database))
+        safe = "".join(ch if ch.isalnum() else "_" for ch in name)
+        with open(database.with_name(f"{database.name}.{safe}.lock"), "a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # cursors -------------------------------------------------------------------------
 

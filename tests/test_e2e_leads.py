@@ -274,3 +274,24 @@ def test_cli_run_prints_the_json_summary_last(
     ):
         assert key in summary
     assert summary["api_calls"]["salesforce"]["writes"] >= 1
+
+
+@pytest.mark.postgres
+def test_leads_and_tickets_on_a_postgresql_store(tmp_path: Path, postgres_url: str) -> None:
+    from flows.tickets import TicketsRun, tickets
+
+    box = start_sandbox(
+        seed=11, write_config=tmp_path / "socialcrm.yaml", workdir=tmp_path, state_url=postgres_url
+    )
+    try:
+        config = configure(box)
+        first = leads(LeadsRun(config=config))
+        assert first["created"] == len(expected_leads(box)) > 0
+        again = leads(LeadsRun(config=config))
+        assert again["created"] == again["updated"] == 0
+        assert again["api_calls"]["salesforce"]["writes"] == 0
+        inbox = tickets(TicketsRun(config=config))
+        assert inbox["tickets_created"] > 0
+        assert tickets(TicketsRun(config=config))["api_calls"]["zendesk"]["writes"] == 0
+    finally:
+        box.stop()

@@ -131,3 +131,65 @@ def test_dry_run_store_leaves_no_trace(state_url: str) -> None:
     with StateStore.open(state_url) as store:
         assert store.get_cursor("brand", "mentions") is None
         assert store.count_people() == (0, 0)
+
+
+def test_a_stream_lock_is_held_by_one_run_at_a_time(state_url: str) -> None:
+    with StateStore.open(state_url) as first, StateStore.open(state_url) as second:
+        with first.lock("leads:brand") as held:
+            assert held
+            with second.lock("leads:brand") as also:
+                assert not also
+            with second.lock("tickets:brand") as other:
+                assert other
+        with second.lock("leads:brand") as after:
+            assert after
+
+
+def test_a_killed_holder_does_not_keep_the_lock(state_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; from socialcrm.state import StateStore\n"
+            f"s=StateStore.open({state_url!r})\n"
+            "with s.lock('leads:brand') as held:\n"
+            "    print(held, flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
+        with StateStore.open(state_url) as store, store.lock("leads:brand") as held:
+            assert not held
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.2)
+    with StateStore.open(state_url) as store, store.lock("leads:brand") as held:
+        assert held
+
+
+def test_upgrade_from_the_previous_revision_keeps_the_data(state_url: str) -> None:
+    from socialcrm.state import create_engine, migrate
+
+    engine = create_engine(state_url)
+    with engine.begin() as connection:
+        migrate(connection, "0001")
+        tables = set(sa.inspect(connection).get_table_names())
+        assert "people" in tables and "messages" not in tables
+        connection.execute(
+            sa.text(
+                "insert into cursors (account, stream, value, updated_at) "
+                "values ('brand', 'mentions', '42', :now)"
+            ),
+            {"now": NOW},
+        )
+    engine.dispose()
+    with StateStore.open(state_url) as store:  # upgrades to head
+        assert store.get_cursor("brand", "mentions") == "42"
+        assert {"messages", "intents"} <= set(sa.inspect(store.engine).get_table_names())
