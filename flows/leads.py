@@ -215,6 +215,7 @@ def deliver_batch(
                     key,
                     "failed",
                     problems=[RecordProblem(key, "delivery", "salesforce", str(error))],
+                    retryable=error.action is Action.RETRY,
                 )
                 for key in send_keys
             ]
@@ -230,7 +231,9 @@ def deliver_batch(
         ctx.problems.extend(failed)
     delivered = [o.record_key for o in outcomes if o.status in ("created", "updated", "unchanged")]
     ctx.store.resolve_dead_letters(delivered, PIPELINE)
-    ctx.store.clear_pending(keys)
+    # Transient failures stay pending: the next run tries them again by itself.
+    retry = {o.record_key for o in outcomes if o.retryable}
+    ctx.store.clear_pending(key for key in keys if key not in retry)
 
     by_key = {person.person_key: person for person in people}
     for outcome in outcomes:

@@ -78,6 +78,7 @@ class TicketsContext:
     problems: list[RecordProblem] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    delivered: set[str] = field(default_factory=set)
     _spec: MappingSpec | None = None
 
     def zendesk(self) -> zendesk.ZendeskClient:
@@ -234,7 +235,12 @@ def deliver_conversations(
         except ApiError as error:
             if is_systemic(error):
                 raise  # the next conversation would fail the same way
-            _fail(ctx, batch[key], RecordProblem(key, "delivery", "zendesk", str(error)))
+            _fail(
+                ctx,
+                batch[key],
+                RecordProblem(key, "delivery", "zendesk", str(error)),
+                retryable=error.action is Action.RETRY,
+            )
     _logger().info(
         "conversations batch %d: %d conversations, %s",
         number,
@@ -243,7 +249,15 @@ def deliver_conversations(
     )
 
 
-def _fail(ctx: TicketsContext, messages: list[inbox.StoredMessage], problem: RecordProblem) -> None:
+def _fail(
+    ctx: TicketsContext,
+    messages: list[inbox.StoredMessage],
+    problem: RecordProblem,
+    *,
+    retryable: bool = False,
+) -> None:
+    """Dead-letter what is left of a conversation; transient failures stay pending too."""
+    messages = [m for m in messages if m.message_key not in ctx.delivered]
     problems = [
         RecordProblem(
             m.message_key,
@@ -256,7 +270,8 @@ def _fail(ctx: TicketsContext, messages: list[inbox.StoredMessage], problem: Rec
         for m in messages
     ]
     ctx.store.add_dead_letters(PIPELINE, problems)
-    inbox.set_message_status(ctx.store, [m.message_key for m in messages], "failed")
+    if not retryable:
+        inbox.set_message_status(ctx.store, [m.message_key for m in messages], "failed")
     ctx.problems.extend(problems)
     ctx.count("failed messages", len(messages))
 
@@ -370,6 +385,7 @@ def _create_ticket(
     store = ctx.store
     store.record_deliveries(COMMENT, [SinkOutcome(first.message_key, "created", str(ticket["id"]))])
     inbox.set_message_status(store, [first.message_key], "delivered")
+    ctx.delivered.add(first.message_key)
     store.resolve_dead_letters([first.message_key], PIPELINE)
     if replayed:
         ctx.count("creates replayed by Zendesk")
@@ -409,6 +425,7 @@ def _comment_done(ctx: TicketsContext, message: inbox.StoredMessage, ticket_id: 
         COMMENT, [SinkOutcome(message.message_key, "created", str(ticket_id))]
     )
     inbox.set_message_status(ctx.store, [message.message_key], "delivered")
+    ctx.delivered.add(message.message_key)
     inbox.close_intent(ctx.store, message.message_key, COMMENT)
     ctx.store.resolve_dead_letters([message.message_key], PIPELINE)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 from sandbox.server import serve_forever
 
@@ -27,6 +29,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-url", default=None, help='default "sqlite:///state.db"')
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--workdir", type=Path, default=None, help="where ca.pem is written")
+    parser.add_argument(
+        "--fault-rate",
+        type=float,
+        default=None,
+        help="share of API calls that fail, on every system, with the default mix of kinds",
+    )
+    parser.add_argument(
+        "--faults",
+        type=_json_object,
+        default=None,
+        help='per-system faults as JSON, e.g. \'{"x": {"rate": 0.2, "kinds": {"429": 1}}}\'',
+    )
+    parser.add_argument(
+        "--hostile", action="store_true", help="add hostile users, mentions, likes and DMs"
+    )
     args = parser.parse_args(argv)
     serve_forever(
         host=args.host,
@@ -36,7 +53,20 @@ def main(argv: list[str] | None = None) -> None:
         state_url=args.state_url,
         latency_ms=args.latency_ms,
         workdir=args.workdir,
+        faults=args.faults,
+        fault_rate=args.fault_rate,
+        hostile=args.hostile,
     )
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 if __name__ == "__main__":

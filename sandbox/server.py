@@ -13,16 +13,21 @@ version the client used and template the rest (``PATCH
 the optional ``.json`` (``PUT /api/v2/tickets/:id``), DM lookups under X
 (``GET /2/dm_conversations/:id/dm_events``). ``reads`` counts GET calls per system;
 ``writes`` counts every other method except the OAuth token call.
+
+Faults (``sandbox.faults``) are drawn per API call after it is counted, never on
+``/_sandbox/*`` nor on the OAuth token endpoint; ``faults`` in the state counts them per
+kind, ``fault_phases`` says how many resets and slow answers came before or after the
+request was applied. Hostile records (``sandbox.hostile``) are added at start only.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import signal
 import socket
 import ssl
+import struct
 import sys
 import tempfile
 import threading
@@ -35,9 +40,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sandbox import dm_seed
+from sandbox import dm_seed, faults
 from sandbox import seed as seeding
 from sandbox.config_file import config_text
+from sandbox.faults import DropConnection, Fault, FaultInjector
+from sandbox.hostile import add_hostile
 from sandbox.salesforce_api import SalesforceSimulator
 from sandbox.tls import server_context
 from sandbox.wire import Options, Request, Response, json_response
@@ -51,23 +58,32 @@ TOKEN_KEY = "POST /services/oauth2/token"
 class _World:
     """Everything the listeners share, behind one lock (requests are short; keep it simple)."""
 
-    def __init__(self, seed: int, latency_ms: float) -> None:
+    def __init__(
+        self,
+        seed: int,
+        latency_ms: float,
+        *,
+        hostile: bool = False,
+    ) -> None:
         self.lock = threading.Lock()
         self.options = Options(latency_ms=latency_ms)
         self.x_world = seeding.build_world(seed)
         self.inbox = dm_seed.seed_dms(self.x_world, seed)
+        self.hostile: dict[str, int] | None = None
+        if hostile:  # after the DMs: the seeded world stays exactly as without
+            self.hostile = add_hostile(self.x_world, self.inbox, seed)
         self.x = XSimulator(self.x_world, self.options, self.inbox)
         self.salesforce = SalesforceSimulator(self.options, seed)
         self.zendesk = ZendeskSimulator(self.options, seed)
         self.calls: dict[str, Counter[str]] = {name: Counter() for name in SYSTEMS}
-        self.faults = random.Random(seed ^ 0x5EED)
+        self.faults = FaultInjector(seed ^ 0x5EED)
         self.urls: dict[str, str] = {}
 
     def state(self) -> dict[str, Any]:
         with self.lock:
             world = self.x_world
-            users = [u.payload() for u in world.users.values() if not u.suspended]
-            suspended = [u.payload() for u in world.users.values() if u.suspended]
+            users = [u.truth() for u in world.users.values() if not u.suspended]
+            suspended = [u.truth() for u in world.users.values() if u.suspended]
             calls = {name: dict(sorted(c.items())) for name, c in self.calls.items()}
             reads = {
                 n: sum(v for k, v in c.items() if k.startswith("GET ")) for n, c in calls.items()
@@ -76,23 +92,35 @@ class _World:
                 n: sum(v for k, v in c.items() if not k.startswith("GET ") and k != TOKEN_KEY)
                 for n, c in calls.items()
             }
+            x_state: dict[str, Any] = {
+                "brand": world.brand.payload(),
+                "users": users,
+                "suspended_users": suspended,
+                "posts": self.x.post_payloads(),
+                "engagements": world.engagements(),
+                "dm_events": self.inbox.truth(),
+            }
+            if self.hostile is not None:
+                x_state["hostile"] = dict(self.hostile)
             return {
-                "x": {
-                    "brand": world.brand.payload(),
-                    "users": users,
-                    "suspended_users": suspended,
-                    "posts": self.x.post_payloads(),
-                    "engagements": world.engagements(),
-                    "dm_events": self.inbox.truth(),
-                },
+                "x": x_state,
                 "salesforce": self.salesforce.state(),
                 "zendesk": self.zendesk.state(),
                 "calls": calls,
                 "reads": reads,
                 "writes": writes,
-                "options": self.options.as_dict(),
+                "faults": self.faults.counted(),
+                "fault_phases": self.faults.counted_phases(),
+                "options": self.options_dict(),
                 "urls": dict(self.urls),
             }
+
+    def options_dict(self) -> dict[str, Any]:
+        return {
+            **self.options.as_dict(),
+            "faults": self.faults.as_dict(),
+            "sf_api_usage": self.salesforce.api_usage,
+        }
 
     def generate(self, engagements: int, dms: int = 0) -> dict[str, Any]:
         with self.lock:
@@ -106,12 +134,33 @@ class _World:
 
     def set_options(self, **opts: Any) -> None:
         with self.lock:
+            if "hostile" in opts:
+                raise ValueError("hostile is a start option (start_sandbox(hostile=True))")
+            # Checked before anything changes, so a bad value leaves every option as it was.
+            rate = opts.pop("fault_rate", None)
+            spec = opts.pop("faults", {})
+            usage = opts.pop("sf_api_usage", None)
+            probe = Options()
+            probe.update(**opts)
+            checked = FaultInjector()
+            checked.config = self.faults.as_dict()
+            if rate is not None:
+                checked.set_rate(rate)
+            checked.configure(spec)
+            if usage is not None and int(usage) < 0:
+                raise ValueError("sf_api_usage must be >= 0")
             self.options.update(**opts)
+            if rate is not None:
+                self.faults.set_rate(rate)
+            self.faults.configure(spec)
+            if usage is not None:  # jump to "near the daily limit" without 15,000 calls
+                self.salesforce.api_usage = int(usage)
 
     def reset_calls(self) -> None:
         with self.lock:
             for counter in self.calls.values():
                 counter.clear()
+            self.faults.reset_counts()
 
     def handle(self, system: str, req: Request) -> Response:
         if req.path.startswith("/_sandbox/"):
@@ -130,9 +179,48 @@ class _World:
                 return _not_found(system)
             key, respond = routed
             self.calls[system][key] += 1
-            if self.options.fault_rate and self.faults.random() < self.options.fault_rate:
-                return _unavailable(system)
+            fault = None
+            if key != TOKEN_KEY:  # token issuance stays reliable, so expiry can be recovered
+                fault = self.faults.draw(system, _applicable(system, key, req))
+            if fault is None:
+                return respond()
+            if fault.kind not in faults.PHASED:
+                return self._inject(fault, key, req, respond)
+            response = respond() if fault.after else None
+        # reset / slow, outside the lock: other clients keep being served meanwhile
+        if fault.kind == "reset":
+            raise DropConnection(f"{system} {key}: reset {'after' if fault.after else 'before'}")
+        time.sleep(self.faults.slow_seconds)
+        if response is None:
+            with self.lock:
+                response = respond()
+        return response
+
+    def _inject(
+        self, fault: Fault, key: str, req: Request, respond: Callable[[], Response]
+    ) -> Response:
+        """The faults that answer instead of (or, for ``partial``, inside) the request."""
+        if fault.kind == "429" and fault.system == "x":
+            limit = self.options.rate_limits.get(key, 900)
+            return faults.x_rate_limited(limit, self.faults.randint(1, 2))
+        if fault.kind == "429":
+            headers = self.zendesk._rate_headers(time.time(), spend=False)
+            return faults.zendesk_rate_limited(req.path, headers)
+        if fault.kind == "503":
+            text_body = fault.system == "zendesk" and self.faults.coin()
+            return faults.unavailable(fault.system, text_body=text_body)
+        if fault.kind == "expired_session":
+            token = (req.header("authorization") or "")[len("Bearer ") :]
+            self.salesforce.tokens.discard(token)  # stays invalid: a new token is needed
+            return faults.sf_expired_session()
+        if fault.kind == "request_limit":
+            return faults.sf_request_limit(self.salesforce.limit_info())
+        # partial: some records of this collections call fail to lock and are not stored
+        self.salesforce.locked_rows = self.faults.locked_rows
+        try:
             return respond()
+        finally:
+            self.salesforce.locked_rows = None
 
     def _inspect(self, req: Request) -> Response:
         route = (req.method, req.path.rstrip("/"))
@@ -147,7 +235,9 @@ class _World:
                 return json_response(200, {"closed": self.close_solved()})
             if route == ("POST", "/_sandbox/options"):
                 self.set_options(**body)
-                return json_response(200, self.options.as_dict())
+                return json_response(200, self.options_dict())
+            if route == ("GET", "/_sandbox/options"):
+                return json_response(200, self.options_dict())
             if route == ("POST", "/_sandbox/reset-calls"):
                 self.reset_calls()
                 return json_response(200, {"reset": True})
@@ -165,16 +255,15 @@ def _not_found(system: str) -> Response:
     return json_response(404, body, content_type="application/json;charset=UTF-8")
 
 
-def _unavailable(system: str) -> Response:
-    if system == "x":
-        return problem(503, "Service Unavailable")
-    if system == "zendesk":  # maintenance answers: Retry-After, body wording unverified
-        busy = {"error": "ServiceUnavailable", "description": "Service temporarily unavailable"}
-        response = error_response(503, busy)
-        response.headers["Retry-After"] = "1"
-        return response
-    body = [{"errorCode": "SERVER_UNAVAILABLE", "message": "Server temporarily unavailable"}]
-    return json_response(503, body, content_type="application/json;charset=UTF-8")
+def _applicable(system: str, key: str, req: Request) -> set[str]:
+    """The fault kinds this call can meet (session and limit faults need a data call)."""
+    kinds = set(faults.KINDS[system])
+    if system == "salesforce":
+        if not key.split(" ", 1)[1].startswith("/services/data/v"):
+            kinds -= {"expired_session", "request_limit"}
+        if "/composite/sobjects" not in key:
+            kinds.discard("partial")
+    return kinds
 
 
 def _handler_for(world: _World, system: str) -> type[BaseHTTPRequestHandler]:
@@ -202,6 +291,9 @@ def _handler_for(world: _World, system: str) -> type[BaseHTTPRequestHandler]:
             )
             try:
                 response = world.handle(system, req)
+            except DropConnection:
+                self._reset()
+                return
             except Exception as exc:  # a simulator bug must not look like a hung server
                 response = json_response(500, {"error": f"sandbox bug: {exc!r}"})
             self.send_response(response.status)
@@ -210,6 +302,18 @@ def _handler_for(world: _World, system: str) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(response.body)))
             self.end_headers()
             self.wfile.write(response.body)
+
+        def _reset(self) -> None:
+            """Abortive close: SO_LINGER 0 makes close() send RST, the client gets no answer."""
+            self.close_connection = True
+            try:
+                self.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                self.rfile.close()  # the buffered reader holds a reference that delays close()
+                self.connection.close()
+            except OSError:
+                pass
 
         do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 
@@ -242,6 +346,12 @@ class _TLSServer(ThreadingHTTPServer):
         finally:
             tls.close()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up (its timeout beat a slow answer) is not worth a traceback.
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
 
 @dataclass
 class Sandbox:
@@ -265,9 +375,12 @@ class Sandbox:
         return self._world.close_solved()
 
     def set_options(self, **opts: Any) -> None:
-        """``latency_ms``, ``fault_rate``, ``rate_limits`` ({call key: n}; None = realistic),
-        ``rate_window_seconds``, ``sf_daily_limit``, ``sf_batch_size``, ``zendesk_rate_limit``
-        (per window, None = 700), ``zendesk_window_seconds``, ``zendesk_429_every`` (0 = off).
+        """``latency_ms``, ``rate_limits`` ({call key: n}; None = realistic),
+        ``rate_window_seconds``, ``sf_daily_limit``, ``sf_api_usage`` (the usage counter
+        ``Sforce-Limit-Info`` reports), ``sf_batch_size``, ``zendesk_rate_limit`` (per
+        window, None = 700), ``zendesk_window_seconds``, ``zendesk_429_every`` (0 = off);
+        ``faults`` (merged into the fault configuration, see ``sandbox.faults``; None turns
+        every rate off) and ``fault_rate`` (that rate on every system, default mixes).
         """
         self._world.set_options(**opts)
 
@@ -299,15 +412,27 @@ def start_sandbox(
     state_url: str | None = None,
     latency_ms: float = 0,
     workdir: Path | None = None,
+    faults: dict[str, Any] | None = None,
+    fault_rate: float | None = None,
+    hostile: bool = False,
 ) -> Sandbox:
-    """Start the simulators; ``port=N`` puts X on N and Salesforce on N+1 (zendesk: N+2)."""
+    """Start the simulators; ``port=N`` puts X on N and Salesforce on N+1 (zendesk: N+2).
+
+    ``fault_rate`` sets one rate with the default mix on every system; ``faults`` (applied
+    after it) sets rates, mixes, ``slow_seconds`` and ``seed`` per system (``sandbox.faults``).
+    ``hostile`` adds the hostile X records of ``sandbox.hostile``.
+    """
     cleanup = None
     if workdir is None and write_config is not None:
         workdir = Path(write_config).resolve().parent
     if workdir is None:
         workdir = cleanup = Path(tempfile.mkdtemp(prefix="socialcrm-sandbox-"))
     context, ca_path = server_context(Path(workdir))
-    world = _World(seed, latency_ms)
+    world = _World(seed, latency_ms, hostile=hostile)
+    if fault_rate is not None:
+        world.faults.set_rate(fault_rate)
+    if faults:
+        world.faults.configure(faults)
     url_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     servers: list[_TLSServer] = []
     try:
@@ -350,6 +475,9 @@ def serve_forever(
     latency_ms: float = 0,
     workdir: Path | None = None,
     out: Callable[[str], Any] | None = None,
+    faults: dict[str, Any] | None = None,
+    fault_rate: float | None = None,
+    hostile: bool = False,
 ) -> None:
     """Start, print one JSON line when ready, block until SIGINT/SIGTERM, stop cleanly."""
     sandbox = start_sandbox(
@@ -360,6 +488,9 @@ def serve_forever(
         state_url=state_url,
         latency_ms=latency_ms,
         workdir=workdir,
+        faults=faults,
+        fault_rate=fault_rate,
+        hostile=hostile,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -165,3 +165,4 @@ class SinkOutcome:
     destination_id: str | None = None
     payload_hash: str | None = None
     problems: list[RecordProblem] = field(default_factory=list)
+    retryable: bool = False  # a transient failure: try again on the next run by itself

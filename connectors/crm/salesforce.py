@@ -310,7 +310,9 @@ def parse_collection_results(results: Any, keys: Sequence[str], sobject: str) ->
             for error in errors or [{}]
             if isinstance(error, dict)
         ]
-        outcomes.append(SinkOutcome(key, "failed", problems=problems))
+        codes = {str(e.get("statusCode")) for e in errors or [] if isinstance(e, dict)}
+        retryable = bool(codes) and codes <= TRANSIENT_RECORD_ERRORS
+        outcomes.append(SinkOutcome(key, "failed", problems=problems, retryable=retryable))
     return outcomes
 
 
