@@ -119,6 +119,31 @@ def redact(text: str) -> str:
     return text
 
 
+def _clean_text(text: str) -> str:
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: legal in JSON, not storable anywhere
+        text = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+    return text
+
+
+def sanitize_json(value: Any) -> Any:
+    """Make a parsed payload storable: no NUL, no lone surrogate, anywhere in it.
+
+    Both are legal in JSON and impossible in PostgreSQL text (and in UTF-8); everything
+    else a stranger wrote is kept and judged later, field by field.
+    """
+    if isinstance(value, str):
+        return _clean_text(value)
+    if isinstance(value, dict):
+        return {_clean_text(str(k)): sanitize_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [sanitize_json(item) for item in value]
+    return value
+
+
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """How long the server asks us to wait, from whichever header it uses.
 

@@ -131,6 +131,8 @@ def pull_page(ctx: LeadsContext, request: x.StreamRequest) -> PageResult:
     result = ctx.store.ingest(
         ctx.account.name, page.records, ctx.settings.qualification, cursors=cursors
     )
+    # A record that failed to parse once and now arrives whole leaves the dead letters.
+    ctx.store.resolve_dead_letters([record.key for record in page.records], PIPELINE)
     if page.problems:
         ctx.store.add_dead_letters(PIPELINE, page.problems)
         ctx.dead_lettered += len(page.problems)

@@ -26,6 +26,7 @@ from connectors.http import (
     call_with_retry,
     register_secret,
     retry_after_seconds,
+    sanitize_json,
     transport_error,
 )
 from socialcrm.config import XAccount, resolve_secret
@@ -73,7 +74,7 @@ class XClient:
             self._remember_window(template, response.headers)
             if response.status_code != 200:
                 raise _HttpFailure(response)
-            body = response.json()
+            body = sanitize_json(response.json())
             if not isinstance(body, dict):
                 raise ApiError(SYSTEM, call, "response body is not a JSON object", status=200)
             return body
@@ -285,6 +286,15 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _id(value: Any) -> str | None:
+    """X ids are numeric strings; a bare JSON number is read as the same id."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    if isinstance(value, str) and value.isdigit():
+        return value
+    return None
+
+
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -305,12 +315,12 @@ def parse_time(value: Any) -> datetime | None:
 
 def parse_profile(user: dict[str, Any]) -> SocialProfile:
     """An X user object as a profile; raises ValueError naming the bad field."""
-    user_id = user.get("id")
-    if not isinstance(user_id, str) or not user_id.isdigit():
-        raise ValueError(f"id: expected a numeric string, got {user_id!r:.40}")
-    username = user.get("username")
-    if not isinstance(username, str) or not username:
-        raise ValueError("username: missing")
+    user_id = _id(user.get("id"))
+    if user_id is None:
+        raise ValueError(f"id: expected a numeric string, got {user.get('id')!r:.40}")
+    # The id is the identity; a missing handle costs only the readable profile link.
+    raw_username = user.get("username")
+    username = raw_username if isinstance(raw_username, str) else ""
     metrics = _dict(user.get("public_metrics"))
     return SocialProfile(
         platform="x",
@@ -319,7 +329,7 @@ def parse_profile(user: dict[str, Any]) -> SocialProfile:
         display_name=_str_or_none(user.get("name")),
         bio=_str_or_none(user.get("description")),
         location=_str_or_none(user.get("location")),
-        profile_url=f"https://x.com/{username}",
+        profile_url=f"https://x.com/{username}" if username else f"https://x.com/i/user/{user_id}",
         followers=_int_or_none(metrics.get("followers_count")),
         following=_int_or_none(metrics.get("following_count")),
         posts=_int_or_none(metrics.get("tweet_count")),
@@ -379,22 +389,22 @@ def parse_tweets(
 ) -> Page[Engagement]:
     page: Page[Engagement] = Page(records=[], warnings=_partial_errors(body))
     includes = _dict(body.get("includes"))
-    users: dict[str, dict[str, Any]] = {
-        user["id"]: user
-        for user in includes.get("users") or []
-        if isinstance(user, dict) and isinstance(user.get("id"), str)
-    }
+    users: dict[str, dict[str, Any]] = {}
+    for user in includes.get("users") or []:
+        user_id = _id(user.get("id")) if isinstance(user, dict) else None
+        if user_id:
+            users[user_id] = user
     for index, tweet in enumerate(body.get("data") or []):
         if not isinstance(tweet, dict):
             page.problems.append(_bad(f"x:{stream}:#{index}", None, "not an object"))
             continue
-        tweet_id = tweet.get("id")
-        if not isinstance(tweet_id, str) or not tweet_id.isdigit():
+        tweet_id = _id(tweet.get("id"))
+        if tweet_id is None:
             page.problems.append(
                 _bad(
                     f"x:{stream}:#{index}",
                     "id",
-                    f"expected a numeric string, got {tweet_id!r:.40}",
+                    f"expected a numeric string, got {tweet.get('id')!r:.40}",
                     tweet,
                 )
             )
@@ -402,8 +412,8 @@ def parse_tweets(
         kind, touched = _tweet_kind(tweet, stream, brand_id)
         touched = touched or post_id
         key = f"x:{kind.value}:{tweet_id}"
-        author_id = tweet.get("author_id")
-        user = users.get(author_id) if isinstance(author_id, str) else None
+        author_id = _id(tweet.get("author_id"))
+        user = users.get(author_id) if author_id else None
         if user is None:
             page.problems.append(
                 _bad(key, "author_id", f"author {author_id!r:.40} not in includes.users", tweet)

@@ -17,6 +17,7 @@ from connectors.social.x import (
     XClient,
     _bad,
     _dict,
+    _id,
     _id_after,
     _partial_errors,
     _str_or_none,
@@ -84,21 +85,21 @@ def fetch_dm_page(
 def parse_dm_events(body: dict[str, Any], *, brand_id: str) -> Page[DirectMessage]:
     page: Page[DirectMessage] = Page(records=[], warnings=_partial_errors(body))
     users = {
-        user["id"]: user
+        str(_id(user.get("id"))): user
         for user in _dict(body.get("includes")).get("users") or []
-        if isinstance(user, dict) and isinstance(user.get("id"), str)
+        if isinstance(user, dict) and _id(user.get("id"))
     }
     for index, event in enumerate(body.get("data") or []):
         if not isinstance(event, dict):
             page.problems.append(_bad(f"x:dm:#{index}", None, "not an object"))
             continue
-        event_id = event.get("id")
-        if not isinstance(event_id, str) or not event_id.isdigit():
+        event_id = _id(event.get("id"))
+        if event_id is None:
             page.problems.append(
                 _bad(
                     f"x:dm:#{index}",
                     "id",
-                    f"expected a numeric string, got {event_id!r:.40}",
+                    f"expected a numeric string, got {event.get('id')!r:.40}",
                     event,
                 )
             )
@@ -107,12 +108,14 @@ def parse_dm_events(body: dict[str, Any], *, brand_id: str) -> Page[DirectMessag
         if event.get("event_type", "MessageCreate") != "MessageCreate":
             continue  # joins and leaves carry no message
         conversation = event.get("dm_conversation_id")
-        sender_id = event.get("sender_id")
+        sender_id = _id(event.get("sender_id"))
         if not isinstance(conversation, str) or not conversation:
             page.problems.append(_bad(key, "dm_conversation_id", "missing", event))
             continue
-        if not isinstance(sender_id, str) or not sender_id.isdigit():
-            page.problems.append(_bad(key, "sender_id", f"not a user id: {sender_id!r:.40}", event))
+        if sender_id is None:
+            page.problems.append(
+                _bad(key, "sender_id", f"not a user id: {event.get('sender_id')!r:.40}", event)
+            )
             continue
         user = users.get(sender_id)
         try:
