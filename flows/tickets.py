@@ -402,12 +402,19 @@ def _add_comment(
 ) -> None:
     store = ctx.store
     body = comment_body(message)
-    if message.message_key in inbox.open_intents(store, [message.message_key], COMMENT):
-        marker = f"[ref {message.message_key}]"
+    marker = f"[ref {message.message_key}]"
+
+    def landed() -> bool:
         existing = zendesk.ticket_comments(client, ticket_id)
-        if any(marker in str(c.get("body") or c.get("plain_body") or "") for c in existing):
-            _comment_done(ctx, message, ticket_id)
-            return
+        return any(marker in str(c.get("body") or c.get("plain_body") or "") for c in existing)
+
+    # An open intent: written before a crash, perhaps, and never recorded here.
+    if (
+        message.message_key in inbox.open_intents(store, [message.message_key], COMMENT)
+        and landed()
+    ):
+        _comment_done(ctx, message, ticket_id)
+        return
     inbox.open_intent(store, message.message_key, COMMENT, "comment", message.message_key)
     zendesk.add_comment(
         client,
@@ -415,6 +422,7 @@ def _add_comment(
         {"body": body, "public": True, "author_id": requester_id},
         key=message.message_key,
         status="open" if reopen else None,
+        already_applied=landed,
     )
     _comment_done(ctx, message, ticket_id)
     ctx.count("comments added")

@@ -39,6 +39,9 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         seed=args.seed,
         write_config=Path(args.write_config) if args.write_config else None,
         latency_ms=args.latency_ms,
+        fault_rate=args.fault_rate,
+        faults=json.loads(args.faults) if args.faults else None,
+        hostile=args.hostile,
     )
     return 0
 
@@ -202,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--seed", type=int, default=7)
     sandbox.add_argument("--write-config", metavar="PATH", help="write a ready socialcrm config")
     sandbox.add_argument("--latency-ms", type=float, default=0.0)
+    sandbox.add_argument("--fault-rate", type=float, help="share of calls that fail, everywhere")
+    sandbox.add_argument("--faults", help='per system, JSON: {"x": {"rate": 0.2}, ...}')
+    sandbox.add_argument("--hostile", action="store_true", help="add hostile records")
     sandbox.set_defaults(handler=_cmd_sandbox)
 
     run = commands.add_parser("run", help="run a flow once, here, and print its JSON summary")

@@ -9,6 +9,7 @@ the message id in their body, so a comment whose write went unconfirmed can be f
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,16 +71,40 @@ class ZendeskClient:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         keys: list[str] | None = None,
+        already_applied: Callable[[], bool] | None = None,
     ) -> tuple[dict[str, Any], requests.structures.CaseInsensitiveDict[str]]:
+        """One call under the retry policy.
+
+        ``already_applied`` guards writes that are not idempotent: after an answer that
+        leaves it unknown whether the write landed (a reset, a timeout, a 5xx), it is
+        asked before the write is sent again.
+        """
         url = self.settings.base_url.rstrip("/") + path
         call = f"{method} {template}"
+        unsure = False
 
         def once() -> tuple[dict[str, Any], requests.structures.CaseInsensitiveDict[str]]:
+            nonlocal unsure
+            if unsure and already_applied is not None:
+                # A timed-out write may still be in the server's hands: let it settle
+                # before looking (a real fix needs safe_update; see the README).
+                self.policy.sleep(self.settings.timeout_seconds)
+                if already_applied():
+                    log.info("zendesk %s: the earlier attempt had landed; not resent", call)
+                    return {}, requests.structures.CaseInsensitiveDict()
             if method == "GET":
                 self.reads += 1
             else:
                 self.writes += 1
-            response = self.session.request(method, url, json=body, params=params, headers=headers)
+            try:
+                response = self.session.request(
+                    method, url, json=body, params=params, headers=headers
+                )
+            except requests.RequestException:
+                unsure = True
+                raise
+            if response.status_code >= 500:
+                unsure = True
             if response.status_code >= 300:
                 raise _HttpFailure(response)
             data = response.json() if response.content else {}
@@ -207,6 +232,7 @@ def add_comment(
     *,
     key: str,
     status: str | None = None,
+    already_applied: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     update: dict[str, Any] = {"comment": comment}
     if status:
@@ -217,6 +243,7 @@ def add_comment(
         template="/api/v2/tickets/:id",
         body={"ticket": update},
         keys=[key],
+        already_applied=already_applied,
     )
     return dict(body.get("ticket") or {})
 
