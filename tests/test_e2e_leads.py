@@ -295,3 +295,16 @@ def test_leads_and_tickets_on_a_postgresql_store(tmp_path: Path, postgres_url: s
         assert tickets(TicketsRun(config=config))["api_calls"]["zendesk"]["writes"] == 0
     finally:
         box.stop()
+
+
+def test_more_new_mentions_than_the_timeline_reaches_is_reported_as_a_gap(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connectors.social import x
+
+    config = configure(sandbox)
+    assert leads(LeadsRun(config=config))["gaps"] == []  # a first run has nothing to miss
+    monkeypatch.setattr(x, "MENTIONS_REACH", 10)  # the real reach is 800
+    sandbox.generate(engagements=200)
+    summary = leads(LeadsRun(config=config))
+    assert summary["gaps"] and "possible gap" in summary["gaps"][0]

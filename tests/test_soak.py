@@ -128,10 +128,14 @@ def test_faults_and_kills_leave_exactly_one_of_everything(tmp_path: Path) -> Non
             summary = _run(flow, config, env, kill_after=rng.uniform(3, 12))
             figures["runs"] += 1
             figures["kills"] += summary is None
-        for flow in ["leads", "tickets", "leads", "tickets"]:  # final runs, faults still on
-            summary = _run(flow, config, env, None)
-            figures["runs"] += 1
-            assert summary is not None, f"final {flow} run failed"
+        # Final runs, faults still on, as the schedule would go on: until a pair of runs
+        # leaves nothing behind (a transient failure waits for the next run by design).
+        for _ in range(4):
+            summaries = [_run(flow, config, env, None) for flow in ("leads", "tickets")]
+            figures["runs"] += 2
+            assert all(summaries), "a final run failed"
+            if all(s and s["failed"] == 0 for s in summaries):
+                break
         state = http.get(f"{ready['urls']['x']}/_sandbox/state", timeout=30).json()
     finally:
         sandbox.send_signal(signal.SIGTERM)

@@ -34,6 +34,7 @@ log = logging.getLogger("socialcrm.salesforce")
 
 SYSTEM = "salesforce"
 COLLECTION_LIMIT = 200
+RECORD_ATTEMPTS = 3
 # Errors inside a 200 collection answer that a later attempt may fix on its own.
 TRANSIENT_RECORD_ERRORS = {"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "UNKNOWN_EXCEPTION"}
 T = TypeVar("T")
@@ -255,8 +256,30 @@ def upsert(
     """Upsert by external id through sObject Collections, 200 records a call.
 
     The upsert is idempotent (same external id, same record), so a retried call after a
-    timeout cannot create a duplicate. Results come back in request order.
+    timeout cannot create a duplicate. Results come back in request order. Records that
+    failed for a passing reason (a row lock) are sent again, alone, a few times.
     """
+    by_key: dict[str, SinkOutcome] = {}
+    pending = list(zip(keys, records, strict=True))
+    for attempt in range(RECORD_ATTEMPTS):
+        if attempt:
+            conn.policy.sleep(min(2.0**attempt, 10.0))  # row locks clear in moments
+        for outcome in _upsert_once(conn, sobject, external_id_field, pending):
+            by_key[outcome.record_key] = outcome
+        pending = [(k, r) for k, r in pending if by_key[k].retryable]
+        if not pending:
+            break
+    return [by_key[key] for key in keys]
+
+
+def _upsert_once(
+    conn: SalesforceConnection,
+    sobject: str,
+    external_id_field: str,
+    items: Sequence[tuple[str, dict[str, Any]]],
+) -> list[SinkOutcome]:
+    keys = [key for key, _ in items]
+    records = [record for _, record in items]
     outcomes: list[SinkOutcome] = []
     size = min(conn.settings.batch_size, COLLECTION_LIMIT)
     headers = {"Sforce-Auto-Assign": "TRUE" if conn.settings.auto_assign else "FALSE"}
