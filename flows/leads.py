@@ -8,6 +8,7 @@ task, committed with its cursor), then deliver the people whose lead changed in 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -392,18 +393,23 @@ def run_summary(ctx: LeadsContext, outcomes: list[SinkOutcome], status: str) -> 
     }
 
 
-def _run_name() -> str:
-    from prefect.runtime import flow_run
+def run_namer(flow_name: str) -> Callable[[], str]:
+    """Run names ops can read in the UI: flow, account, time, and whether it is a dry run."""
 
-    params = flow_run.parameters.get("params") or {}
-    if isinstance(params, BaseModel):
-        params = params.model_dump()
-    account = params.get("account") or "default"
-    mode = " (dry run)" if params.get("dry_run") else ""
-    return f"leads {account} {datetime.now(UTC):%Y-%m-%d %H:%M}Z{mode}"
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        params = flow_run.parameters.get("params") or {}
+        if isinstance(params, BaseModel):
+            params = params.model_dump()
+        account = params.get("account") or "default"
+        mode = " (dry run)" if params.get("dry_run") else ""
+        return f"{flow_name} {account} {datetime.now(UTC):%Y-%m-%d %H:%M}Z{mode}"
+
+    return name
 
 
-@flow(name="leads", flow_run_name=_run_name, log_prints=False)
+@flow(name="leads", flow_run_name=run_namer("leads"), log_prints=False)
 def leads(params: LeadsRun = LeadsRun()) -> dict[str, Any]:  # noqa: B008
     """Pull engaged users of a social account and upsert them as CRM leads.
 

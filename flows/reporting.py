@@ -102,23 +102,7 @@ def publish_leads_artifacts(
             table=preview,
             description=f"Would-be leads ({len(would_write)} in all)",
         )
-    if problems:
-        errors = [
-            {
-                "record_key": _cell(p.record_key),
-                "stage": p.stage,
-                "system": p.system,
-                "field": p.field,
-                "reason": _cell(p.reason, 300),
-            }
-            for p in problems[:MAX_ROWS]
-        ]
-        create_table_artifact(
-            key=f"{key}-errors",
-            table=errors,
-            description=f"Records not delivered ({len(problems)} in all); "
-            "see `socialcrm dead-letters list`",
-        )
+    _publish_errors(key, problems, "Records not delivered")
 
 
 def publish_tickets_artifacts(
@@ -167,19 +151,24 @@ def publish_tickets_artifacts(
             table=table,
             description=f"Tickets created or updated ({len(rows)} in all)",
         )
-    if problems:
-        errors = [
-            {
-                "record_key": _cell(p.record_key),
-                "stage": p.stage,
-                "system": p.system,
-                "field": p.field,
-                "reason": _cell(p.reason, 300),
-            }
-            for p in problems[:MAX_ROWS]
-        ]
-        create_table_artifact(
-            key=f"{key}-errors",
-            table=errors,
-            description=f"Messages not delivered ({len(problems)} in all)",
-        )
+    _publish_errors(key, problems, "Messages not delivered")
+
+
+def _publish_errors(key: str, problems: Sequence[RecordProblem], title: str) -> None:
+    if not problems:
+        return
+    errors = [
+        {
+            "record_key": _cell(p.record_key),
+            "stage": p.stage,
+            "system": p.system,
+            "field": p.field,
+            "reason": _cell(p.reason, 300),
+        }
+        for p in problems[:MAX_ROWS]
+    ]
+    create_table_artifact(
+        key=f"{key}-errors",
+        table=errors,
+        description=f"{title} ({len(problems)} in all); see `socialcrm dead-letters list`",
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import pandas as pd
@@ -21,7 +21,14 @@ from pydantic import BaseModel, Field
 from connectors.helpdesk import zendesk
 from connectors.http import Action, ApiError
 from connectors.social import x, x_dm
-from flows.leads import LeadsContext, _logger, deliver_pending_leads, is_systemic, stop_status
+from flows.leads import (
+    LeadsContext,
+    _logger,
+    deliver_pending_leads,
+    is_systemic,
+    run_namer,
+    stop_status,
+)
 from flows.reporting import publish_tickets_artifacts
 from mappings import MappingSpec, apply_spec, load_spec
 from socialcrm import inbox, progress
@@ -438,18 +445,7 @@ def _comment_done(ctx: TicketsContext, message: inbox.StoredMessage, ticket_id: 
     ctx.store.resolve_dead_letters([message.message_key], PIPELINE)
 
 
-def _run_name() -> str:
-    from prefect.runtime import flow_run
-
-    params = flow_run.parameters.get("params") or {}
-    if isinstance(params, BaseModel):
-        params = params.model_dump()
-    account = params.get("account") or "default"
-    mode = " (dry run)" if params.get("dry_run") else ""
-    return f"tickets {account} {datetime.now(UTC):%Y-%m-%d %H:%M}Z{mode}"
-
-
-@flow(name="tickets", flow_run_name=_run_name, log_prints=False)
+@flow(name="tickets", flow_run_name=run_namer("tickets"), log_prints=False)
 def tickets(params: TicketsRun = TicketsRun()) -> dict[str, Any]:  # noqa: B008
     """Pull direct messages and keep one helpdesk ticket per conversation.
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import yaml
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.leads import LeadsRun, leads
 from sandbox.server import Sandbox, start_sandbox
@@ -23,15 +22,9 @@ from socialcrm import cli
 from socialcrm.config import DEFAULT_WEIGHTS
 from socialcrm.state import StateStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 WEIGHTS = {kind.value: weight for kind, weight in DEFAULT_WEIGHTS.items()}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def prefect_harness() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 @pytest.fixture

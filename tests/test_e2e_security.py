@@ -15,21 +15,13 @@ from flows.leads import LeadsRun, leads
 from flows.tickets import TicketsRun, tickets
 from sandbox.server import Sandbox, start_sandbox
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 SECRETS = [
     "sandbox-x-bearer",
     "sandbox-x-user-token",
     "sandbox-client-secret",
     "sandbox-zendesk-token",
 ]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def prefect_harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 @pytest.fixture

@@ -20,17 +20,9 @@ from flows.tickets import TicketsRun, tickets
 from sandbox.server import Sandbox, start_sandbox
 from socialcrm.routing import load_rules, route
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 RULES = load_rules(Path(__file__).resolve().parents[1] / "mappings" / "routing.yaml")
 REF = re.compile(r"\[ref x:dm:(\d+)\]")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def prefect_harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 @pytest.fixture

@@ -154,14 +154,6 @@ def test_generated_hostile_pages_never_crash_the_pipeline(
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
-@pytest.fixture(scope="module")
-def prefect_harness() -> Iterator[None]:
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
-
-
 @pytest.mark.slow
 def test_hostile_sandbox_runs_clean_and_loses_nothing_good(
     tmp_path: Path, prefect_harness: None
