@@ -95,12 +95,14 @@ def _run(
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        start_new_session=True,  # its own process group: the run and its Prefect server
     )
     if kill_after is not None:
         try:
             process.wait(timeout=kill_after)
         except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
+            # A crash of the whole worker: the run and the ephemeral server it started.
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             return None
     out, _ = process.communicate(timeout=600)
