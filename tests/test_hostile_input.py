@@ -9,6 +9,7 @@ surrogates, formulas, SOQL injection, duplicate ids, dates in 2099, missing auth
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -110,6 +111,9 @@ page = st.fixed_dictionaries(
         "meta": st.dictionaries(text, anything, max_size=2),
     },
 )
+# CI sees the same payloads every run (a red build must mean a change broke something);
+# SOCIALCRM_EXPLORE=1 draws new ones, to go looking for trouble.
+DERANDOMIZE = os.environ.get("SOCIALCRM_EXPLORE") != "1"
 SPEC = load_spec(Path(__file__).resolve().parents[1] / "mappings" / "lead.salesforce.yaml")
 
 
@@ -121,6 +125,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StateStore]:
 
 @settings(
     max_examples=220,
+    derandomize=DERANDOMIZE,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

@@ -156,7 +156,7 @@ def _problem_detail(response: requests.Response) -> str:
         return response.text[:300] or response.reason or "no body"
     if isinstance(body, dict):
         parts = [str(body.get("title") or ""), str(body.get("detail") or "")]
-        for error in body.get("errors") or []:
+        for error in _list(body.get("errors")):
             if isinstance(error, dict) and error.get("message"):
                 parts.append(str(error["message"]))
         text = ": ".join(part for part in parts if part)
@@ -195,7 +195,7 @@ def recent_posts(client: XClient, *, since: datetime | None = None) -> list[dict
     if since is not None:
         params["start_time"] = _x_time(since)
     body = client.get(f"/2/users/{account.user_id}/tweets", params, template="/2/users/:id/tweets")
-    posts = [post for post in body.get("data") or [] if isinstance(post, dict) and post.get("id")]
+    posts = [post for post in _list(body.get("data")) if isinstance(post, dict) and post.get("id")]
     return posts[: account.recent_posts]
 
 
@@ -282,6 +282,11 @@ def _x_time(value: datetime) -> str:
 # Payload parsing: hostile input is expected; every bad item becomes a RecordProblem.
 
 
+def _list(value: Any) -> list[Any]:
+    """A JSON array, or nothing: a payload's shape is a claim, not a promise."""
+    return value if isinstance(value, list) else []
+
+
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
@@ -342,7 +347,7 @@ def parse_profile(user: dict[str, Any]) -> SocialProfile:
 def _partial_errors(body: dict[str, Any]) -> list[RecordProblem]:
     """X reports missing or suspended items in a 200's ``errors``: per item, not fatal."""
     problems = []
-    for error in body.get("errors") or []:
+    for error in _list(body.get("errors")):
         if not isinstance(error, dict):
             continue
         resource = error.get("resource_id") or error.get("value") or "?"
@@ -360,7 +365,7 @@ def _partial_errors(body: dict[str, Any]) -> list[RecordProblem]:
 
 def parse_users(body: dict[str, Any], *, kind: EngagementKind, post_id: str) -> Page[Engagement]:
     page: Page[Engagement] = Page(records=[], warnings=_partial_errors(body))
-    for index, user in enumerate(body.get("data") or []):
+    for index, user in enumerate(_list(body.get("data"))):
         if not isinstance(user, dict):
             page.problems.append(_bad(f"x:{kind.value}:{post_id}:#{index}", None, "not an object"))
             continue
@@ -390,11 +395,11 @@ def parse_tweets(
     page: Page[Engagement] = Page(records=[], warnings=_partial_errors(body))
     includes = _dict(body.get("includes"))
     users: dict[str, dict[str, Any]] = {}
-    for user in includes.get("users") or []:
+    for user in _list(includes.get("users")):
         user_id = _id(user.get("id")) if isinstance(user, dict) else None
         if user_id:
             users[user_id] = user
-    for index, tweet in enumerate(body.get("data") or []):
+    for index, tweet in enumerate(_list(body.get("data"))):
         if not isinstance(tweet, dict):
             page.problems.append(_bad(f"x:{stream}:#{index}", None, "not an object"))
             continue
@@ -445,7 +450,7 @@ def _tweet_kind(
     tweet: dict[str, Any], stream: str, brand_id: str
 ) -> tuple[EngagementKind, str | None]:
     """A quote stays a quote whichever stream it came from, so its key is the same."""
-    references = [r for r in tweet.get("referenced_tweets") or [] if isinstance(r, dict)]
+    references = [r for r in _list(tweet.get("referenced_tweets")) if isinstance(r, dict)]
     quoted = next((r.get("id") for r in references if r.get("type") == "quoted"), None)
     replied = next((r.get("id") for r in references if r.get("type") == "replied_to"), None)
     if stream == "quotes" or quoted:

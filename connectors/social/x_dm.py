@@ -19,6 +19,7 @@ from connectors.social.x import (
     _dict,
     _id,
     _id_after,
+    _list,
     _partial_errors,
     _str_or_none,
     parse_profile,
@@ -86,10 +87,10 @@ def parse_dm_events(body: dict[str, Any], *, brand_id: str) -> Page[DirectMessag
     page: Page[DirectMessage] = Page(records=[], warnings=_partial_errors(body))
     users = {
         str(_id(user.get("id"))): user
-        for user in _dict(body.get("includes")).get("users") or []
+        for user in _list(_dict(body.get("includes")).get("users"))
         if isinstance(user, dict) and _id(user.get("id"))
     }
-    for index, event in enumerate(body.get("data") or []):
+    for index, event in enumerate(_list(body.get("data"))):
         if not isinstance(event, dict):
             page.problems.append(_bad(f"x:dm:#{index}", None, "not an object"))
             continue
@@ -129,7 +130,7 @@ def parse_dm_events(body: dict[str, Any], *, brand_id: str) -> Page[DirectMessag
             page.problems.append(_bad(key, f"sender.{field_name}", reason, event))
             continue
         text = event.get("text")
-        attachments = _dict(event.get("attachments")).get("media_keys") or []
+        attachments = _list(_dict(event.get("attachments")).get("media_keys"))
         page.records.append(
             DirectMessage(
                 platform="x",
