@@ -151,7 +151,18 @@ class SalesforceSettings(_Model):
     api_version: str = Field("60.0", pattern=r"^[0-9]{2}\.0$")
     auth: SalesforceAuth
     lead_mapping: Path = Path("lead.salesforce.yaml")
-    batch_size: int = Field(200, ge=1, le=200, description="Records per sObject Collections call")
+    batch_size: int = Field(
+        2000,
+        ge=1,
+        le=100_000,
+        description="People mapped and delivered per batch (one task); memory grows with it",
+    )
+    bulk_threshold: int = Field(
+        2000,
+        ge=1,
+        description="Batches of this many records or more go through a Bulk API 2.0 job; "
+        "smaller ones through sObject Collections (200 a call)",
+    )
     auto_assign: bool = Field(False, description="Run lead assignment rules on create")
     quota_headroom: float = Field(
         0.9,

@@ -281,7 +281,7 @@ def _upsert_once(
     keys = [key for key, _ in items]
     records = [record for _, record in items]
     outcomes: list[SinkOutcome] = []
-    size = min(conn.settings.batch_size, COLLECTION_LIMIT)
+    size = COLLECTION_LIMIT
     headers = {"Sforce-Auto-Assign": "TRUE" if conn.settings.auto_assign else "FALSE"}
     path = f"composite/sobjects/{sobject}/{external_id_field}"
     for start in range(0, len(records), size):
