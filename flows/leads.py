@@ -8,7 +8,7 @@ task, committed with its cursor), then deliver the people whose lead changed in 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -16,13 +16,16 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import MissingContextError
+from prefect.exceptions import FlowPauseTimeout, MissingContextError
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
 from connectors.crm import salesforce
 from connectors.http import Action, ApiError
 from connectors.social import x
-from flows.reporting import publish_leads_artifacts
+from flows.params import RunTarget
+from flows.reporting import publish_leads_artifacts, publish_review_artifact
 from mappings import MappingSpec, apply_spec, load_spec
 from socialcrm import inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
@@ -32,19 +35,12 @@ from socialcrm.routing import RoutingRules, load_rules, route
 from socialcrm.state import PersonRow, StateStore, payload_hash
 
 PIPELINE = "leads"
+REVIEW_POLL_SECONDS = 5
 
 
-class LeadsRun(BaseModel):
+class LeadsRun(RunTarget):
     """Options for one run of the leads pipeline."""
 
-    config: str = Field(
-        "socialcrm.yaml",
-        title="Config file",
-        description="Path of the socialcrm YAML config, as seen by the worker",
-    )
-    account: str | None = Field(
-        None, title="Account", description="Account name from the config; empty means the first"
-    )
     dry_run: bool = Field(
         False,
         title="Dry run",
@@ -57,6 +53,19 @@ class LeadsRun(BaseModel):
         None,
         title="Since",
         description="On a first run (no cursor yet), ignore engagements before this moment",
+    )
+    review: bool = Field(
+        False,
+        title="Review before writing",
+        description="Show the would-be leads and pause until someone approves them in the "
+        "Prefect UI; only what was shown is written",
+    )
+    review_timeout_minutes: int = Field(
+        60,
+        ge=1,
+        le=7 * 24 * 60,
+        title="Review timeout (minutes)",
+        description="Without a decision by then, nothing is written",
     )
 
 
@@ -157,37 +166,49 @@ def pull_page(ctx: LeadsContext, request: x.StreamRequest) -> PageResult:
     return PageResult(next_request, len(page.records), result.new)
 
 
-@task(
-    name="deliver-batch",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-    task_run_name="deliver {batch_number}",
-)
-def deliver_batch(
-    ctx: LeadsContext, people: list[PersonRow], batch_number: int
-) -> list[SinkOutcome]:
-    """Map a batch of people to leads, skip unchanged ones, upsert the rest in one call."""
-    logger = _logger()
-    settings = ctx.settings
+@dataclass
+class BatchPlan:
+    """What one batch would write, decided before anything is written.
+
+    Dry runs show it, reviewed runs show it and wait, other runs write it at once; a
+    reviewed run writes these very records, not a fresh computation.
+    """
+
+    number: int
+    people: list[PersonRow]
+    decided: list[SinkOutcome]
+    send_keys: list[str] = field(default_factory=list)
+    to_send: list[dict[str, Any]] = field(default_factory=list)
+    hashes: dict[str, str] = field(default_factory=dict)
+    known: set[str] = field(default_factory=set)
+
+    def preview(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "record_key": key,
+                "status": "would update" if key in self.known else "would create",
+                **record,
+            }
+            for key, record in zip(self.send_keys, self.to_send, strict=True)
+        ]
+
+
+def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> BatchPlan:
+    """Map a batch of people to leads and keep only the ones whose lead changed."""
     conn = ctx.crm_connection()
     spec = ctx.lead_spec()
-    assert spec.external_id is not None
     fields = salesforce.describe(conn, spec.object_name)
     keys = [person.person_key for person in people]
-    frame = lead_candidates(people, ctx.store.engagements_of(keys), settings.qualification)
+    frame = lead_candidates(people, ctx.store.engagements_of(keys), ctx.settings.qualification)
     frame = frame.assign(record_key=frame["person_key"])
     mapped = apply_spec(spec, frame, fields, key_column="record_key", system="salesforce")
 
-    outcomes: list[SinkOutcome] = []
+    plan = BatchPlan(number, people, decided=[])
     rejected_keys = {problem.record_key for problem in mapped.rejected}
     for key in sorted(rejected_keys):
-        outcomes.append(
-            SinkOutcome(key, "failed", problems=[p for p in mapped.rejected if p.record_key == key])
-        )
+        problems = [p for p in mapped.rejected if p.record_key == key]
+        plan.decided.append(SinkOutcome(key, "failed", problems=problems))
     ledger = ctx.store.deliveries(mapped.keys, spec.object_name)
-    to_send: list[dict[str, Any]] = []
-    send_keys: list[str] = []
-    hashes: dict[str, str] = {}
     for key, full in zip(mapped.keys, mapped.records, strict=True):
         # An empty value is left out, not sent as null: an update must never wipe
         # what a salesperson typed into the lead (an email, a company).
@@ -195,20 +216,32 @@ def deliver_batch(
         digest = payload_hash(record)
         known = ledger.get(key)
         if known is not None and known.payload_hash == digest and known.status != "failed":
-            outcomes.append(SinkOutcome(key, "unchanged", known.destination_id, digest))
+            plan.decided.append(SinkOutcome(key, "unchanged", known.destination_id, digest))
             continue
-        hashes[key] = digest
-        to_send.append(record)
-        send_keys.append(key)
+        if known is not None:
+            plan.known.add(key)
+        plan.hashes[key] = digest
+        plan.to_send.append(record)
+        plan.send_keys.append(key)
+    return plan
 
+
+def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
+    """Send a planned batch in as few calls as the API allows, then settle the store."""
+    conn = ctx.crm_connection()
+    spec = ctx.lead_spec()
+    assert spec.external_id is not None
+    outcomes = list(plan.decided)
     if ctx.dry_run:
-        for key, record in zip(send_keys, to_send, strict=True):
-            status = "would update" if key in ledger else "would create"
-            ctx.would_write.append({"record_key": key, "status": status, **record})
-            outcomes.append(SinkOutcome(key, status, payload_hash=hashes[key]))
-    elif to_send:
+        for row in plan.preview():
+            ctx.would_write.append(row)
+            key = row["record_key"]
+            outcomes.append(SinkOutcome(key, row["status"], payload_hash=plan.hashes[key]))
+    elif plan.to_send:
         try:
-            sent = salesforce.upsert(conn, spec.object_name, spec.external_id, to_send, send_keys)
+            sent = salesforce.upsert(
+                conn, spec.object_name, spec.external_id, plan.to_send, plan.send_keys
+            )
         except ApiError as error:
             if is_systemic(error):
                 raise
@@ -220,10 +253,10 @@ def deliver_batch(
                     problems=[RecordProblem(key, "delivery", "salesforce", str(error))],
                     retryable=error.action is Action.RETRY,
                 )
-                for key in send_keys
+                for key in plan.send_keys
             ]
         for outcome in sent:
-            outcome.payload_hash = hashes.get(outcome.record_key)
+            outcome.payload_hash = plan.hashes.get(outcome.record_key)
         outcomes.extend(sent)
 
     failed = [p for outcome in outcomes for p in outcome.problems]
@@ -236,9 +269,9 @@ def deliver_batch(
     ctx.store.resolve_dead_letters(delivered, PIPELINE)
     # Transient failures stay pending: the next run tries them again by itself.
     retry = {o.record_key for o in outcomes if o.retryable}
-    ctx.store.clear_pending(key for key in keys if key not in retry)
+    ctx.store.clear_pending(p.person_key for p in plan.people if p.person_key not in retry)
 
-    by_key = {person.person_key: person for person in people}
+    by_key = {person.person_key: person for person in plan.people}
     for outcome in outcomes:
         person = by_key.get(outcome.record_key)
         ctx.delivered.append(
@@ -256,13 +289,48 @@ def deliver_batch(
         )
     progress.report("leads", len(outcomes))
     counts = _count(outcomes)
-    logger.info(
+    _logger().info(
         "batch %d: %d people -> %s",
-        batch_number,
-        len(people),
+        plan.number,
+        len(plan.people),
         ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to do",
     )
     return outcomes
+
+
+@task(
+    name="deliver-batch",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    task_run_name="deliver {batch_number}",
+)
+def deliver_batch(
+    ctx: LeadsContext, people: list[PersonRow], batch_number: int
+) -> list[SinkOutcome]:
+    """Map a batch of people to leads, skip unchanged ones, upsert the rest in one job."""
+    return write_plan(ctx, plan_batch(ctx, people, batch_number))
+
+
+@task(
+    name="plan-batch",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    task_run_name="plan {batch_number}",
+)
+def plan_batch_task(ctx: LeadsContext, people: list[PersonRow], batch_number: int) -> BatchPlan:
+    """The review gate's first half: what this batch would write."""
+    return plan_batch(ctx, people, batch_number)
+
+
+@task(
+    name="write-batch",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    task_run_name="write {plan.number}",
+)
+def write_batch(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
+    """The review gate's second half: write exactly what was approved."""
+    return write_plan(ctx, plan)
 
 
 def is_systemic(error: ApiError) -> bool:
@@ -308,6 +376,25 @@ def _count(outcomes: list[SinkOutcome]) -> dict[str, int]:
     return counts
 
 
+def pending_batches(
+    ctx: LeadsContext, *, limit: int | None = None, only: list[str] | None = None
+) -> Iterator[list[PersonRow]]:
+    """Qualified people whose lead changed, batch by batch, at most ``limit`` in all."""
+    settings = ctx.settings
+    remaining = limit
+    for batch in ctx.store.pending_people(
+        batch_size=settings.crm.batch_size,
+        min_score=settings.qualification.threshold,
+        only=only,
+    ):
+        if remaining is not None:
+            batch = batch[:remaining]
+            remaining -= len(batch)
+        yield batch
+        if remaining is not None and remaining <= 0:
+            return
+
+
 def deliver_pending_leads(
     ctx: LeadsContext, *, limit: int | None = None, only: list[str] | None = None
 ) -> list[SinkOutcome]:
@@ -316,24 +403,67 @@ def deliver_pending_leads(
     ``only`` narrows it to some people (the tickets flow passes the senders of sales
     DMs); ``limit`` caps the leads of this run, the rest stay pending for the next.
     """
-    settings = ctx.settings
-    threshold = settings.qualification.threshold
     outcomes: list[SinkOutcome] = []
-    remaining = limit
-    batches = ctx.store.pending_people(
-        batch_size=settings.crm.batch_size, min_score=threshold, only=only
-    )
-    for number, batch in enumerate(batches, 1):
-        if remaining is not None:
-            batch = batch[:remaining]
+    for number, batch in enumerate(pending_batches(ctx, limit=limit, only=only), 1):
         outcomes.extend(deliver_batch(ctx, batch, number))
-        if remaining is not None:
-            remaining -= len(batch)
-            if remaining <= 0:
-                return outcomes
     if only is None:
-        ctx.store.clear_unqualified_pending(threshold)
+        ctx.store.clear_unqualified_pending(ctx.settings.qualification.threshold)
     return outcomes
+
+
+class ReviewDecision(RunInput):
+    """The form ops fill in on a paused leads run."""
+
+    approve: bool = Field(
+        False, title="Approve", description="Write exactly the previewed leads to the CRM"
+    )
+    comment: str = Field("", title="Comment", description="Why; kept in the run's logs")
+
+
+def review_and_deliver(
+    ctx: LeadsContext, *, limit: int | None, timeout_minutes: int
+) -> tuple[list[SinkOutcome], str]:
+    """Plan every batch, show the plan, pause for a decision, then write that plan.
+
+    The run holds its lock while it waits, so no other run changes what was shown.
+    Returns the outcomes and the run's status line.
+    """
+    plans = [
+        plan_batch_task(ctx, batch, number)
+        for number, batch in enumerate(pending_batches(ctx, limit=limit), 1)
+    ]
+    preview = [row for plan in plans for row in plan.preview()]
+    rejected = [p for plan in plans for o in plan.decided for p in o.problems]
+    creates = sum(1 for row in preview if row["status"] == "would create")
+    headline = (
+        f"would create {creates}, update {len(preview) - creates}, reject "
+        f"{len({p.record_key for p in rejected})}"
+    )
+    publish_review_artifact(ctx.account.name, headline, preview, rejected)
+    logger = _logger()
+    if not preview and not rejected:
+        return [o for plan in plans for o in write_plan(ctx, plan)], "completed: nothing to review"
+    logger.info("review: %s; waiting up to %d minutes for a decision", headline, timeout_minutes)
+    timeout = timeout_minutes * 60
+    try:
+        decision = pause_flow_run(
+            wait_for_input=ReviewDecision,
+            timeout=timeout,
+            poll_interval=min(REVIEW_POLL_SECONDS, timeout),
+            key="review",
+        )
+    except FlowPauseTimeout:
+        status = f"not written: no review decision within {timeout_minutes} minutes ({headline})"
+        logger.warning(status)
+        return [], status
+    comment = f" ({decision.comment})" if decision and decision.comment else ""
+    if decision is None or not decision.approve:
+        status = f"not written: rejected in review{comment} ({headline})"
+        logger.warning(status)
+        return [], status
+    logger.info("review approved%s: writing the %d previewed leads", comment, len(preview))
+    outcomes = [o for plan in plans for o in write_batch(ctx, plan)]
+    return outcomes, f"completed: approved in review{comment}"
 
 
 def first_requests(ctx: LeadsContext, since: datetime | None) -> list[x.StreamRequest]:
@@ -451,7 +581,12 @@ def leads(params: LeadsRun = LeadsRun()) -> dict[str, Any]:  # noqa: B008
                 )
                 logger.warning("mentions: %s", gap)
                 ctx.gaps.append(gap)
-        outcomes = deliver_pending_leads(ctx, limit=params.limit)
+        if params.review and not params.dry_run:
+            outcomes, status = review_and_deliver(
+                ctx, limit=params.limit, timeout_minutes=params.review_timeout_minutes
+            )
+        else:
+            outcomes = deliver_pending_leads(ctx, limit=params.limit)
     except ApiError as error:
         status = stop_status(error)
         logger.error("run stopped: %s", error)

@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from connectors.http import Action, ApiError
 from flows.leads import LeadsContext, _logger, deliver_pending_leads, stop_status
+from flows.params import RunTarget
 from flows.tickets import TicketsContext, deliver_conversations
 from socialcrm import inbox
 from socialcrm.config import load_settings
@@ -25,17 +26,9 @@ from socialcrm.state import StateStore
 REPLAYABLE_STAGES = {"mapping", "delivery"}
 
 
-class ReplayRun(BaseModel):
+class ReplayRun(RunTarget):
     """Which dead letters to replay."""
 
-    config: str = Field(
-        "socialcrm.yaml",
-        title="Config file",
-        description="Path of the socialcrm YAML config, as seen by the worker",
-    )
-    account: str | None = Field(
-        None, title="Account", description="Account name from the config; empty means the first"
-    )
     ids: list[int] | None = Field(
         None, title="Dead-letter ids", description="Replay only these; empty means all"
     )

@@ -172,3 +172,46 @@ def _publish_errors(key: str, problems: Sequence[RecordProblem], title: str) -> 
         table=errors,
         description=f"{title} ({len(problems)} in all); see `socialcrm dead-letters list`",
     )
+
+
+def publish_review_artifact(
+    account: str,
+    headline: str,
+    preview: Sequence[dict[str, Any]],
+    rejected: Sequence[RecordProblem],
+) -> None:
+    """What a reviewer approves: every lead the run would write, and what it would not."""
+    if not _in_flow_run():
+        return
+    key = f"leads-{account}".lower().replace("_", "-")
+    lines = [
+        f"# Review: the leads run for `{account}` {headline}",
+        "",
+        "Nothing has been written yet. Approve or reject on this run's page "
+        "(**Resume** opens the form); approval writes exactly the records below "
+        "(the table leaves out the long description).",
+    ]
+    if rejected:
+        lines += ["", "## Rejected, and why", "", "| record | field | reason |", "|---|---|---|"]
+        lines += [
+            f"| {_md(p.record_key)} | {_md(p.field or '')} | {_md(p.reason)} |"
+            for p in rejected[:MAX_ROWS]
+        ]
+    create_markdown_artifact(
+        key=f"{key}-review", markdown="\n".join(lines), description=f"Review: {headline}"
+    )
+    if preview:
+        create_table_artifact(
+            key=f"{key}-review-records",
+            table=[
+                {k: _cell(v) for k, v in row.items() if k != "Description"}
+                for row in preview[:MAX_ROWS]
+            ],
+            description=f"Leads to approve ({len(preview)} in all)",
+        )
+
+
+def _md(value: str) -> str:
+    """A table cell that stays one cell whatever a stranger wrote."""
+    text = str(_cell(value, 300))
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from connectors.helpdesk import zendesk
 from connectors.http import Action, ApiError
@@ -29,6 +29,7 @@ from flows.leads import (
     run_namer,
     stop_status,
 )
+from flows.params import RunTarget
 from flows.reporting import publish_tickets_artifacts
 from mappings import MappingSpec, apply_spec, load_spec
 from socialcrm import inbox, progress
@@ -45,17 +46,9 @@ REQUESTER = "zendesk:user"
 REOPEN_FROM = {"solved", "pending", "hold"}
 
 
-class TicketsRun(BaseModel):
+class TicketsRun(RunTarget):
     """Options for one run of the tickets pipeline."""
 
-    config: str = Field(
-        "socialcrm.yaml",
-        title="Config file",
-        description="Path of the socialcrm YAML config, as seen by the worker",
-    )
-    account: str | None = Field(
-        None, title="Account", description="Account name from the config; empty means the first"
-    )
     dry_run: bool = Field(
         False,
         title="Dry run",

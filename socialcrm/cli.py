@@ -193,6 +193,30 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prefect_blocks(args: argparse.Namespace) -> int:
+    _quiet_prefect()
+    if not os.environ.get("PREFECT_API_URL"):
+        print(
+            "socialcrm: PREFECT_API_URL is not set; blocks saved now would live in a "
+            "temporary local database. Point it at your Prefect server first.",
+            file=sys.stderr,
+        )
+        if not args.local:
+            return 2
+    from socialcrm.blocks import check_no_missing, config_with_blocks, describe, save_secret_blocks
+
+    results = save_secret_blocks(args.config, overwrite=args.overwrite)
+    for line in describe(results):
+        print(line)
+    if args.write_config:
+        Path(args.write_config).write_text(
+            config_with_blocks(args.config, results), encoding="utf-8"
+        )
+        print(f"wrote {args.write_config}: its secrets now name the blocks")
+    check_no_missing(results)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="socialcrm", description="Social engagement in, CRM leads and helpdesk tickets out."
@@ -236,6 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--id", type=int, action="append", help="a dead-letter id (repeatable)")
     again.add_argument("--all", action="store_true", help="every replayable dead letter")
     again.set_defaults(handler=_cmd_replay)
+
+    prefect = commands.add_parser("prefect", help="set up a Prefect server for socialcrm")
+    prefect_commands = prefect.add_subparsers(dest="prefect_command", required=True)
+    blocks = prefect_commands.add_parser(
+        "blocks", help="save the config's ${ENV} secrets as Prefect Secret blocks"
+    )
+    blocks.add_argument("--config", required=True)
+    blocks.add_argument("--overwrite", action="store_true", help="replace existing blocks")
+    blocks.add_argument(
+        "--write-config", metavar="PATH", help="also write a copy of the config using the blocks"
+    )
+    blocks.add_argument(
+        "--local", action="store_true", help="allow saving without PREFECT_API_URL (tests)"
+    )
+    blocks.set_defaults(handler=_cmd_prefect_blocks)
     return parser
 
 

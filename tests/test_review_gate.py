@@ -1,0 +1,161 @@
+"""The review gate: a leads run pauses with its plan, and writes it only when approved.
+
+The runs pause on the test's Prefect server; the test plays the ops person through
+Prefect's API, as the UI's Resume form does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowFilter,
+    FlowFilterName,
+)
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import resume_flow_run
+
+import flows.leads as leads_module
+from flows.leads import LeadsRun, leads
+from sandbox.server import Sandbox, start_sandbox
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    box = start_sandbox(seed=11, write_config=tmp_path / "socialcrm.yaml", workdir=tmp_path)
+    assert box.config_path is not None
+    data = yaml.safe_load(box.config_path.read_text())
+    data["accounts"][0]["recent_posts"] = 5
+    box.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    yield box
+    box.stop()
+
+
+def lead_ids(sandbox: Sandbox) -> dict[str, dict[str, Any]]:
+    held = sandbox.state()["salesforce"]["Lead"]
+    return {lead["Social_Profile_Id__c"]: lead for lead in held}
+
+
+class ReviewedRun:
+    """A leads run with review on, in a thread, so the test can act while it waits."""
+
+    def __init__(self, config: str, limit: int) -> None:
+        self.result: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.started = time.time()
+        params = LeadsRun(config=config, review=True, limit=limit, review_timeout_minutes=5)
+        self.thread = threading.Thread(target=self._run, args=(params,), daemon=True)
+        self.thread.start()
+
+    def _run(self, params: LeadsRun) -> None:
+        try:
+            self.result = leads(params)
+        except BaseException as exc:
+            self.error = exc
+
+    def wait_paused(self, timeout: float = 120) -> UUID:
+        deadline = time.time() + timeout
+        with get_client(sync_client=True) as client:
+            while time.time() < deadline:
+                assert self.error is None, f"the run failed before pausing: {self.error!r}"
+                runs = client.read_flow_runs(
+                    flow_filter=FlowFilter(name=FlowFilterName(any_=["leads"])),
+                    sort=FlowRunSort.START_TIME_DESC,
+                    limit=5,
+                )
+                for run in runs:
+                    state = run.state
+                    started = run.start_time.timestamp() if run.start_time else 0
+                    if state is not None and state.is_paused() and started >= self.started - 5:
+                        return run.id
+                time.sleep(0.5)
+        raise AssertionError("the reviewed run never paused")
+
+    def finish(self, timeout: float = 120) -> dict[str, Any]:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the run did not finish after the decision"
+        assert self.error is None, f"the run failed: {self.error!r}"
+        assert self.result is not None
+        return self.result
+
+
+def review_table(run_id: UUID) -> list[dict[str, Any]]:
+    """The previewed records, read back from the run's artifact as the UI shows them."""
+    import json
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+    by_key = {a.key: a for a in artifacts}
+    review = next(a for key, a in by_key.items() if key and key.endswith("-review"))
+    assert "would create" in str(review.data)
+    table = next(a for key, a in by_key.items() if key and key.endswith("-review-records"))
+    data = table.data if isinstance(table.data, list) else json.loads(str(table.data))
+    return list(data)
+
+
+def test_an_approved_review_writes_exactly_the_previewed_leads(sandbox: Sandbox) -> None:
+    run = ReviewedRun(str(sandbox.config_path), limit=12)
+    run_id = run.wait_paused()
+    preview = review_table(run_id)
+    assert len(preview) == 12
+    assert lead_ids(sandbox) == {}, "a paused run wrote before approval"
+
+    # New engagements arriving meanwhile are not slipped into what was approved.
+    sandbox.generate(engagements=30)
+    resume_flow_run(run_id, run_input={"approve": True, "comment": "looks right"})
+    summary = run.finish()
+
+    held = lead_ids(sandbox)
+    assert set(held) == {row["Social_Profile_Id__c"] for row in preview}
+    for row in preview:
+        lead = held[row["Social_Profile_Id__c"]]
+        for field in ("LastName", "Social_Handle__c", "Engagement_Score__c"):
+            assert lead.get(field) == row.get(field), field
+    assert summary["created"] == 12
+    assert summary["status"] == "completed: approved in review (looks right)"
+
+
+def test_a_rejected_review_writes_nothing_and_says_so(sandbox: Sandbox) -> None:
+    run = ReviewedRun(str(sandbox.config_path), limit=8)
+    run_id = run.wait_paused()
+    assert len(review_table(run_id)) == 8
+    writes_before = int(sandbox.state()["writes"].get("salesforce", 0))
+
+    resume_flow_run(run_id, run_input={"approve": False, "comment": "wrong campaign"})
+    summary = run.finish()
+
+    assert lead_ids(sandbox) == {}
+    assert int(sandbox.state()["writes"].get("salesforce", 0)) == writes_before
+    assert summary["status"].startswith("not written: rejected in review (wrong campaign)")
+    assert summary["created"] == summary["updated"] == 0
+
+    # The people stay pending: an unreviewed run afterwards delivers them.
+    follow_up = leads(LeadsRun(config=str(sandbox.config_path), limit=8))
+    assert follow_up["created"] == 8
+
+
+def test_a_review_without_decision_writes_nothing(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_decision(**_: object) -> None:
+        raise FlowPauseTimeout("Flow run was paused and never resumed.")
+
+    monkeypatch.setattr(leads_module, "pause_flow_run", no_decision)
+    summary = leads(LeadsRun(config=str(sandbox.config_path), review=True, limit=5))
+    assert summary["status"].startswith("not written: no review decision within 60 minutes")
+    assert lead_ids(sandbox) == {}
