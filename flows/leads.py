@@ -26,7 +26,7 @@ from connectors.http import Action, ApiError
 from connectors.social import x
 from flows.params import RunTarget
 from flows.reporting import publish_leads_artifacts, publish_review_artifact
-from mappings import MappingSpec, apply_spec, load_spec
+from mappings import MappingSpec, apply_spec, check_spec, load_spec
 from socialcrm import inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
 from socialcrm.qualify import lead_candidates
@@ -96,6 +96,7 @@ class LeadsContext:
     would_write: list[dict[str, Any]] = field(default_factory=list)
     gaps: list[str] = field(default_factory=list)
     _spec: MappingSpec | None = None
+    _spec_fits: bool = False
     _rules: RoutingRules | None = None
 
     def lead_spec(self) -> MappingSpec:
@@ -198,6 +199,11 @@ def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Batch
     conn = ctx.crm_connection()
     spec = ctx.lead_spec()
     fields = salesforce.describe(conn, spec.object_name)
+    if not ctx._spec_fits:
+        problems = check_spec(spec, fields)
+        if problems:
+            raise ConfigError(mapping_misfit(problems))
+        ctx._spec_fits = True
     keys = [person.person_key for person in people]
     frame = lead_candidates(people, ctx.store.engagements_of(keys), ctx.settings.qualification)
     frame = frame.assign(record_key=frame["person_key"])
@@ -224,6 +230,20 @@ def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Batch
         plan.to_send.append(record)
         plan.send_keys.append(key)
     return plan
+
+
+def mapping_misfit(problems: list[str]) -> str:
+    """A run stopped by its mapping says which fields and how to fix them."""
+    hint = "Fix the mapping"
+    if any("has no such field" in problem for problem in problems):
+        hint += (
+            ", or deploy the missing custom fields (deploy/salesforce, see the README's "
+            "Salesforce set-up)"
+        )
+    return (
+        f"the lead mapping does not fit the CRM, nothing was written: {'; '.join(problems)}. "
+        f"{hint}; `socialcrm mapping check` lists every problem."
+    )
 
 
 def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
