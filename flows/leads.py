@@ -25,14 +25,14 @@ from connectors.crm import salesforce
 from connectors.http import Action, ApiError
 from connectors.social import x
 from flows.params import RunTarget
-from flows.reporting import publish_leads_artifacts, publish_review_artifact
+from flows.reporting import publish_leads_artifacts, publish_review_artifact, sales_view
 from mappings import MappingSpec, apply_spec, check_spec, load_spec
 from socialcrm import inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
-from socialcrm.qualify import lead_candidates
+from socialcrm.qualify import lead_candidates, top_engagements
 from socialcrm.records import DirectMessage, Engagement, RecordProblem, SinkOutcome
 from socialcrm.routing import RoutingRules, load_rules, route
-from socialcrm.state import PersonRow, StateStore, payload_hash
+from socialcrm.state import EngagementRow, PersonRow, StateStore, payload_hash
 
 PIPELINE = "leads"
 REVIEW_POLL_SECONDS = 5
@@ -182,6 +182,7 @@ class BatchPlan:
     to_send: list[dict[str, Any]] = field(default_factory=list)
     hashes: dict[str, str] = field(default_factory=dict)
     known: set[str] = field(default_factory=set)
+    context: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def preview(self) -> list[dict[str, Any]]:
         return [
@@ -200,20 +201,28 @@ def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Batch
     spec = ctx.lead_spec()
     fields = salesforce.describe(conn, spec.object_name)
     if not ctx._spec_fits:
-        problems = check_spec(spec, fields)
-        if problems:
-            raise ConfigError(mapping_misfit(problems))
+        misfits = check_spec(spec, fields)
+        if misfits:
+            raise ConfigError(mapping_misfit(misfits))
         ctx._spec_fits = True
     keys = [person.person_key for person in people]
-    frame = lead_candidates(people, ctx.store.engagements_of(keys), ctx.settings.qualification)
+    engagements = ctx.store.engagements_of(keys)
+    frame = lead_candidates(people, engagements, ctx.settings.qualification)
     frame = frame.assign(record_key=frame["person_key"])
     mapped = apply_spec(spec, frame, fields, key_column="record_key", system="salesforce")
 
     plan = BatchPlan(number, people, decided=[])
-    rejected_keys = {problem.record_key for problem in mapped.rejected}
-    for key in sorted(rejected_keys):
-        problems = [p for p in mapped.rejected if p.record_key == key]
-        plan.decided.append(SinkOutcome(key, "failed", problems=problems))
+    for key, record in zip(mapped.keys, mapped.records, strict=True):
+        top = top_engagements(engagements.get(key, ()), ctx.settings.qualification, limit=1)
+        plan.context[key] = {
+            "company": record.get("Company"),
+            "top_engagement": top_engagement_line(top[0]) if top else None,
+        }
+    rejected: dict[str, list[RecordProblem]] = {}
+    for problem in mapped.rejected:
+        rejected.setdefault(problem.record_key, []).append(problem)
+    for key in sorted(rejected):
+        plan.decided.append(SinkOutcome(key, "failed", problems=rejected[key]))
     ledger = ctx.store.deliveries(mapped.keys, spec.object_name)
     for key, full in zip(mapped.keys, mapped.records, strict=True):
         # An empty value is left out, not sent as null: an update must never wipe
@@ -230,6 +239,12 @@ def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Batch
         plan.to_send.append(record)
         plan.send_keys.append(key)
     return plan
+
+
+def top_engagement_line(row: EngagementRow) -> str:
+    """What a salesperson reads first: the person's most telling engagement, one line."""
+    said = f': "{" ".join(row.text.split())}"' if row.text else ""
+    return f"{row.occurred_at:%Y-%m-%d} {row.kind}{said} {row.url or ''}".strip()
 
 
 def mapping_misfit(problems: list[str]) -> str:
@@ -301,6 +316,7 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
                 "handle": person.handle if person else None,
                 "name": (person.profile.get("display_name") if person else None),
                 "score": person.score if person else None,
+                **plan.context.get(outcome.record_key, {}),
                 "url": conn.record_url(spec.object_name, outcome.destination_id)
                 if outcome.destination_id
                 else None,
@@ -540,6 +556,7 @@ def run_summary(ctx: LeadsContext, outcomes: list[SinkOutcome], status: str) -> 
         },
         "salesforce_api_usage": f"{usage[0]}/{usage[1]}" if usage else None,
         "gaps": list(ctx.gaps),
+        "new_leads": sales_view(ctx.delivered),
     }
 
 

@@ -6,7 +6,9 @@ raw payload.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -92,6 +94,13 @@ def publish_leads_artifacts(
             table=rows[:MAX_ROWS],
             description=f"Leads created or updated ({len(rows)} in all)",
         )
+    new_leads = sales_view(delivered)
+    if new_leads:
+        create_table_artifact(
+            key=f"{key}-new-leads",
+            table=[{k: _cell(v) for k, v in row.items()} for row in new_leads[:MAX_ROWS]],
+            description=f"New leads to review, best first ({len(new_leads)} in all)",
+        )
     if would_write:
         preview = [
             {k: _cell(v) for k, v in row.items() if k != "Description"}
@@ -103,6 +112,32 @@ def publish_leads_artifacts(
             description=f"Would-be leads ({len(would_write)} in all)",
         )
     _publish_errors(key, problems, "Records not delivered")
+
+
+SALES_COLUMNS = ("score", "name", "company", "handle", "top_engagement", "url")
+
+
+def sales_view(delivered: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The leads this run created, best first: what sales opens the run for."""
+    created = [row for row in delivered if row.get("status") == "created"]
+    created.sort(key=lambda row: (-(row.get("score") or 0), str(row.get("name") or "")))
+    return [{column: row.get(column) for column in SALES_COLUMNS} for row in created]
+
+
+def write_sales_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> int:
+    """The sales view as CSV for a spreadsheet; nothing a stranger wrote can run as a formula."""
+    with open(path, "w", newline="", encoding="utf-8-sig") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(SALES_COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_cell(row.get(k)) for k in SALES_COLUMNS})
+    return len(rows)
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def publish_tickets_artifacts(

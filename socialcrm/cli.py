@@ -95,6 +95,12 @@ def _run_flow(args: argparse.Namespace) -> int:
         except ApiError as error:
             print(f"socialcrm: run stopped: {error}", file=sys.stderr)
             return 1
+        new_leads = summary.pop("new_leads", [])
+        if args.sales_csv:
+            from flows.reporting import write_sales_csv
+
+            count = write_sales_csv(new_leads, args.sales_csv)
+            print(f"{count} new leads written to {args.sales_csv}, best first", file=sys.stderr)
     else:
         from flows.tickets import TicketsRun, tickets
 
@@ -240,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--account")
     run.add_argument("--dry-run", action="store_true", help="show what would be written")
     run.add_argument("--limit", type=int, help="deliver at most this many records")
+    run.add_argument(
+        "--sales-csv", metavar="PATH", help="leads: also write the new leads, best first, as CSV"
+    )
     run.set_defaults(handler=_cmd_run)
 
     mapping = commands.add_parser("mapping", help="mapping specs")
