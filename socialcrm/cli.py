@@ -28,6 +28,8 @@ def _quiet_prefect() -> None:
         # Ephemeral mode: the temporary server is killed at exit while it may still be
         # flushing task-run events, which it reports as tracebacks that mean nothing here.
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+        # Its start takes 7-15 s, longer on a busy machine; the default wait is too short.
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ def main() -> int:
         # Ephemeral mode: the temporary server is killed at exit while it may still be
         # flushing task-run events, which it reports as tracebacks that mean nothing here.
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
     from sandbox.server import start_sandbox
 
