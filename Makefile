@@ -36,5 +36,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## Benchmarks: the pipeline against a per-record baseline, the mapping engine against a
+## per-row one; writes bench/results/ (markdown, JSON, plot). Takes a while.
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
 clean:
 	rm -rf $(VENV) .socialcrm .sandbox .pytest_cache .mypy_cache .ruff_cache *.egg-info

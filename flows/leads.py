@@ -8,7 +8,9 @@ task, committed with its cursor), then deliver the people whose lead changed in 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -18,24 +20,28 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout, MissingContextError
 from prefect.flow_runs import pause_flow_run
+from prefect.futures import wait
 from prefect.input import RunInput
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from connectors.crm import salesforce
 from connectors.http import Action, ApiError
 from connectors.social import x
-from flows.params import RunTarget
+from flows.params import RunTarget, as_is
 from flows.reporting import publish_leads_artifacts, publish_review_artifact, sales_view
 from mappings import MappingSpec, apply_spec, check_spec, load_spec
 from socialcrm import inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
 from socialcrm.qualify import lead_candidates, top_engagements
-from socialcrm.records import DirectMessage, Engagement, RecordProblem, SinkOutcome
+from socialcrm.records import DirectMessage, Engagement, Page, RecordProblem, SinkOutcome
 from socialcrm.routing import RoutingRules, load_rules, route
 from socialcrm.state import EngagementRow, PersonRow, StateStore, payload_hash
 
 PIPELINE = "leads"
 REVIEW_POLL_SECONDS = 5
+# Streams walked at once; the X client paces them all by the API's rate-limit windows.
+PARALLEL_STREAMS = 4
 
 
 class LeadsRun(RunTarget):
@@ -95,6 +101,7 @@ class LeadsContext:
     problems: list[RecordProblem] = field(default_factory=list)
     would_write: list[dict[str, Any]] = field(default_factory=list)
     gaps: list[str] = field(default_factory=list)
+    serial: threading.Lock = field(default_factory=threading.Lock)
     _spec: MappingSpec | None = None
     _spec_fits: bool = False
     _rules: RoutingRules | None = None
@@ -116,42 +123,38 @@ class LeadsContext:
         return self.crm
 
 
-@dataclass(frozen=True)
-class PageResult:
-    next_request: x.StreamRequest | None
-    records: int
-    new: int
-
-
 @task(
-    name="pull-page",
+    name="store-page",
     cache_policy=NO_CACHE,
     persist_result=False,
     retries=1,
     retry_delay_seconds=5,
-    task_run_name="pull {request.stream} {request.post_id}",
+    task_run_name="store {request.stream} {request.post_id}",
 )
-def pull_page(ctx: LeadsContext, request: x.StreamRequest) -> PageResult:
-    """Fetch one page and record it with its cursor in one transaction."""
+def store_page(ctx: LeadsContext, request: x.StreamRequest, page: Page[Engagement]) -> int:
+    """Record one fetched page with its cursor in one transaction; returns its new rows.
+
+    Pages are stored one at a time even when streams are walked side by side: storing is
+    quick and local, and SQLite allows one writer anyway.
+    """
     logger = _logger()
-    assert ctx.x_client is not None, "pulling needs a source client"
-    page, next_request = x.fetch_page(ctx.x_client, request)
-    if request.stream == "mentions" and ctx.settings.routing.tickets_from_mentions:
-        queue_help_requests(ctx, page.records)
-    cursors = {request.cursor_name: page.cursor} if page.cursor else None
-    result = ctx.store.ingest(
-        ctx.account.name, page.records, ctx.settings.qualification, cursors=cursors
-    )
-    # A record that failed to parse once and now arrives whole leaves the dead letters.
-    ctx.store.resolve_dead_letters([record.key for record in page.records], PIPELINE)
-    if page.problems:
-        ctx.store.add_dead_letters(PIPELINE, page.problems)
-        ctx.dead_lettered += len(page.problems)
-        ctx.problems.extend(page.problems)
-    ctx.warnings.extend(page.warnings)
-    ctx.fetched += len(page.records)
-    ctx.new_engagements += result.new
-    ctx.authors.update(record.author.key for record in page.records)
+    with ctx.serial:
+        if request.stream == "mentions" and ctx.settings.routing.tickets_from_mentions:
+            queue_help_requests(ctx, page.records)
+        cursors = {request.cursor_name: page.cursor} if page.cursor else None
+        result = ctx.store.ingest(
+            ctx.account.name, page.records, ctx.settings.qualification, cursors=cursors
+        )
+        # A record that failed to parse once and now arrives whole leaves the dead letters.
+        ctx.store.resolve_dead_letters([record.key for record in page.records], PIPELINE)
+        if page.problems:
+            ctx.store.add_dead_letters(PIPELINE, page.problems)
+            ctx.dead_lettered += len(page.problems)
+            ctx.problems.extend(page.problems)
+        ctx.warnings.extend(page.warnings)
+        ctx.fetched += len(page.records)
+        ctx.new_engagements += result.new
+        ctx.authors.update(record.author.key for record in page.records)
     progress.report("pages")
     progress.report("engagements", len(page.records))
     logger.info(
@@ -162,9 +165,64 @@ def pull_page(ctx: LeadsContext, request: x.StreamRequest) -> PageResult:
         result.people_touched,
         len(page.problems),
         len(page.warnings),
-        "; more pages follow" if next_request else "",
+        "; more pages follow" if page.next_token else "",
     )
-    return PageResult(next_request, len(page.records), result.new)
+    return result.new
+
+
+@task(
+    name="pull-stream",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    task_run_name="pull {first.cursor_name}",
+)
+def pull_stream(ctx: LeadsContext, first: x.StreamRequest) -> int:
+    """Walk one stream page by page; returns how many engagements it read.
+
+    The next page is fetched while the current one is stored: the fetch waits on the
+    network, storing works locally, so a walk takes about its calls times the latency.
+    Cursors still move only with the stored pages, in order.
+    """
+    assert ctx.x_client is not None, "pulling needs a source client"
+    client = ctx.x_client
+    walked = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as prefetch:
+        request: x.StreamRequest | None = first
+        pending: Future[tuple[Page[Engagement], x.StreamRequest | None]] | None
+        pending = prefetch.submit(x.fetch_page, client, first)
+        while request is not None and pending is not None:
+            page, next_request = pending.result()
+            pending = prefetch.submit(x.fetch_page, client, next_request) if next_request else None
+            store_page(as_is(ctx), request, page)
+            walked += len(page.records)
+            request = next_request
+    if first.stream == "mentions" and first.since_id and walked >= x.MENTIONS_REACH:
+        gap = (
+            f"possible gap: {walked} mentions since the last run reach the "
+            f"{x.MENTIONS_REACH} the X timeline can return; older ones may be missed. "
+            "Run more often."
+        )
+        _logger().warning("mentions: %s", gap)
+        with ctx.serial:
+            ctx.gaps.append(gap)
+    return walked
+
+
+def pull_streams(ctx: LeadsContext, requests: list[x.StreamRequest]) -> None:
+    """Walk independent streams side by side, a few at a time (``parallel_streams``).
+
+    The X client paces every thread by the same rate-limit windows, so more threads
+    never mean more calls than the API allows.
+    """
+    if ctx.dry_run:
+        # A dry run keeps the whole run in one rolled-back transaction: one connection.
+        for request in requests:
+            pull_stream(as_is(ctx), request)
+        return
+    futures = [pull_stream.submit(as_is(ctx), request) for request in requests]
+    wait(futures)
+    for future in futures:
+        future.result()  # the first failure stops the run, as a sequential walk would
 
 
 @dataclass
@@ -441,7 +499,7 @@ def deliver_pending_leads(
     """
     outcomes: list[SinkOutcome] = []
     for number, batch in enumerate(pending_batches(ctx, limit=limit, only=only), 1):
-        outcomes.extend(deliver_batch(ctx, batch, number))
+        outcomes.extend(deliver_batch(as_is(ctx), batch, number))
     if only is None:
         ctx.store.clear_unqualified_pending(ctx.settings.qualification.threshold)
     return outcomes
@@ -465,7 +523,7 @@ def review_and_deliver(
     Returns the outcomes and the run's status line.
     """
     plans = [
-        plan_batch_task(ctx, batch, number)
+        plan_batch_task(as_is(ctx), batch, number)
         for number, batch in enumerate(pending_batches(ctx, limit=limit), 1)
     ]
     preview = [row for plan in plans for row in plan.preview()]
@@ -498,7 +556,7 @@ def review_and_deliver(
         logger.warning(status)
         return [], status
     logger.info("review approved%s: writing the %d previewed leads", comment, len(preview))
-    outcomes = [o for plan in plans for o in write_batch(ctx, plan)]
+    outcomes = [o for plan in plans for o in write_batch(as_is(ctx), plan)]
     return outcomes, f"completed: approved in review{comment}"
 
 
@@ -576,7 +634,12 @@ def run_namer(flow_name: str) -> Callable[[], str]:
     return name
 
 
-@flow(name="leads", flow_run_name=run_namer("leads"), log_prints=False)
+@flow(
+    name="leads",
+    flow_run_name=run_namer("leads"),
+    log_prints=False,
+    task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_STREAMS),  # type: ignore[arg-type]
+)
 def leads(params: LeadsRun = LeadsRun()) -> dict[str, Any]:  # noqa: B008
     """Pull engaged users of a social account and upsert them as CRM leads.
 
@@ -603,21 +666,7 @@ def leads(params: LeadsRun = LeadsRun()) -> dict[str, Any]:  # noqa: B008
         store.close()
         return run_summary(ctx, [], status)
     try:
-        for first in first_requests(ctx, params.since):
-            request: x.StreamRequest | None = first
-            walked = 0
-            while request is not None:
-                result = pull_page(ctx, request)
-                walked += result.records
-                request = result.next_request
-            if first.stream == "mentions" and first.since_id and walked >= x.MENTIONS_REACH:
-                gap = (
-                    f"possible gap: {walked} mentions since the last run reach the "
-                    f"{x.MENTIONS_REACH} the X timeline can return; older ones may be missed. "
-                    "Run more often."
-                )
-                logger.warning("mentions: %s", gap)
-                ctx.gaps.append(gap)
+        pull_streams(ctx, first_requests(ctx, params.since))
         if params.review and not params.dry_run:
             outcomes, status = review_and_deliver(
                 ctx, limit=params.limit, timeout_minutes=params.review_timeout_minutes

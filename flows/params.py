@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import yaml
+from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
 DEFAULT_CONFIG = "socialcrm.yaml"
@@ -52,3 +53,17 @@ class RunTarget(BaseModel):
         description="Account name from the config; empty means the first",
         json_schema_extra=_account_choices,
     )
+
+
+C = TypeVar("C")
+
+
+def as_is(context: C) -> C:
+    """Hand a run's shared context to a task without Prefect walking through it.
+
+    Prefect visits every task argument looking for futures to wait on. A run context
+    holds none, but it holds every row the run has delivered (the walk would cost more
+    per task as the run grows) and tallies other threads update (the walk would trip
+    over a set changing size).
+    """
+    return cast(C, quote(context))

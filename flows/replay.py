@@ -8,6 +8,7 @@ Source records that never parsed cannot be replayed and stay for inspection.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ from pydantic import Field
 
 from connectors.http import Action, ApiError
 from flows.leads import LeadsContext, _logger, deliver_pending_leads, stop_status
-from flows.params import RunTarget
+from flows.params import RunTarget, as_is
 from flows.tickets import TicketsContext, deliver_conversations
 from socialcrm import inbox
 from socialcrm.config import load_settings
@@ -61,6 +62,18 @@ def replay(params: ReplayRun = ReplayRun()) -> dict[str, Any]:  # noqa: B008
         "messages": 0,
         "status": "completed",
     }
+    # The same locks as the leads and tickets runs: a replay must not comment on a ticket
+    # while a tickets run of the account does.
+    guard = ExitStack()
+    for name in (f"leads:{account.name}", f"tickets:{account.name}"):
+        if not guard.enter_context(store.lock(name)):
+            guard.close()
+            store.close()
+            summary["status"] = (
+                f"skipped: a {name.split(':')[0]} run for account {account.name} is in progress"
+            )
+            logger.warning(summary["status"])
+            return summary
     try:
         if people:
             store.mark_pending(people)
@@ -80,7 +93,7 @@ def replay(params: ReplayRun = ReplayRun()) -> dict[str, Any]:  # noqa: B008
                 dry_run=False,
             )
             for number, batch in enumerate(inbox.pending_conversations(store, batch_size=50), 1):
-                deliver_conversations(tickets_ctx, batch, number)
+                deliver_conversations(as_is(tickets_ctx), batch, number)
             summary["messages"] = len(messages) - sum(
                 1 for d in store.dead_letters(pipeline="tickets") if d.record_key in messages
             )
@@ -90,6 +103,7 @@ def replay(params: ReplayRun = ReplayRun()) -> dict[str, Any]:  # noqa: B008
             raise
     finally:
         summary["remaining"] = len(store.dead_letters())
+        guard.close()
         store.close()
     logger.info("replay: %s", summary)
     return summary

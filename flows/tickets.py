@@ -29,7 +29,7 @@ from flows.leads import (
     run_namer,
     stop_status,
 )
-from flows.params import RunTarget
+from flows.params import RunTarget, as_is
 from flows.reporting import publish_tickets_artifacts
 from mappings import MappingSpec, apply_spec, load_spec
 from socialcrm import inbox, progress
@@ -479,14 +479,14 @@ def tickets(params: TicketsRun = TicketsRun()) -> dict[str, Any]:  # noqa: B008
             since_id=store.get_cursor(account.name, x_dm.STREAM)
         )
         while request is not None:
-            request = pull_dm_page(ctx, request)
+            request = pull_dm_page(as_is(ctx), request)
         remaining = params.limit
         batches = inbox.pending_conversations(store, batch_size=50)
         for number, batch in enumerate(batches, 1):
             if remaining is not None:
                 batch = dict(list(batch.items())[:remaining])
                 remaining -= len(batch)
-            deliver_conversations(ctx, batch, number)
+            deliver_conversations(as_is(ctx), batch, number)
             if remaining is not None and remaining <= 0:
                 break
         if ctx.sales_people:

@@ -12,8 +12,9 @@ system has a rate (share of its API calls that fail) and a weighted mix of kinds
   the request is applied or after it was (the write happened, the answer is lost).
 - ``slow`` the answer waits ``slow_seconds``, again before or after applying the request.
 - Salesforce ``expired_session`` (401 ``INVALID_SESSION_ID``; the token stays revoked),
-  ``request_limit`` (403 ``REQUEST_LIMIT_EXCEEDED``) and ``partial`` (sObject Collections
-  only: ~20% of the records fail with ``UNABLE_TO_LOCK_ROW`` and are not stored).
+  ``request_limit`` (403 ``REQUEST_LIMIT_EXCEEDED``) and ``partial`` (sObject Collections,
+  and the call closing a Bulk API 2.0 job: ~20% of the records fail with
+  ``UNABLE_TO_LOCK_ROW`` and are not stored; for a job, in ``failedResults``).
 
 Draws come from one seeded ``random.Random`` behind a lock, so a run with the same seed and
 the same request order fails the same way; every injected fault is counted per kind.

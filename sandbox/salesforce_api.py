@@ -1,4 +1,5 @@
-"""Salesforce REST simulator: OAuth token, describe, sObject writes, collections, SOQL.
+"""Salesforce REST simulator: OAuth token, describe, sObject writes, collections, SOQL,
+Bulk API 2.0 ingest jobs (``sandbox.sf_bulk``).
 
 Faithful where sinks get hurt: error bodies are JSON arrays (``errorCode``) while
 collections answer HTTP 200 with per-record ``statusCode`` errors in request order;
@@ -21,9 +22,10 @@ from urllib.parse import parse_qs, unquote
 
 from sandbox import soql
 from sandbox.faults import unable_to_lock
+from sandbox.sf_bulk import BulkIngest
 from sandbox.sf_query import QueryEngine
-from sandbox.sf_schema import OBJECTS, SObject, record_error
-from sandbox.sf_store import Planned, RecordStore, SfError
+from sandbox.sf_schema import OBJECTS, Field, SObject, record_error
+from sandbox.sf_store import Planned, RecordStore, SfError, json_body
 from sandbox.wire import Options, Request, Response, json_response
 
 CLIENT_ID = "sandbox-client-id"
@@ -31,17 +33,6 @@ CLIENT_SECRET = "sandbox-client-secret"
 ORG_ID = "00D5g000004SaNdEAK"
 JSON = "application/json;charset=UTF-8"
 MAX_COLLECTION = 200
-
-
-def _json_body(req: Request) -> Any:
-    def refuse(token: str) -> Any:
-        # Python's json accepts NaN; Salesforce's parser does not (pandas users meet this).
-        raise ValueError(f"Unexpected character ('{token[0]}'): expected a valid value")
-
-    try:
-        return json.loads(req.body.decode("utf-8") or "null", parse_constant=refuse)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SfError(400, "JSON_PARSER_ERROR", f"{exc} at [line:1, column:1]") from None
 
 
 class SalesforceSimulator:
@@ -55,10 +46,12 @@ class SalesforceSimulator:
         # Set by the fault injector for one collections call: given the record count, the
         # positions that fail with UNABLE_TO_LOCK_ROW (and are not stored).
         self.locked_rows: Callable[[int], set[int]] | None = None
+        self.bulk = BulkIngest(self, options)
 
     # --- routing ------------------------------------------------------------------------
 
     def route(self, req: Request) -> tuple[str, Callable[[], Response]] | None:
+        self.bulk.advance()  # jobs run in the background, whoever is looking
         path = req.path.rstrip("/") or "/"
         m, method = None, req.method
         if path == "/services/oauth2/token" and method == "POST":
@@ -85,6 +78,15 @@ class SalesforceSimulator:
             ("POST", "composite/sobjects", self.collection_create),
             ("PATCH", "composite/sobjects", self.collection_update),
             ("PATCH", "composite/sobjects/:sobject/:field", self.collection_upsert),
+            ("POST", "jobs/ingest", self.bulk.create),
+            ("GET", "jobs/ingest", self.bulk.list_jobs),
+            ("GET", "jobs/ingest/:id", self.bulk.info),
+            ("PATCH", "jobs/ingest/:id", self.bulk.set_state),
+            ("DELETE", "jobs/ingest/:id", self.bulk.delete),
+            ("PUT", "jobs/ingest/:id/batches", self.bulk.upload),
+            ("GET", "jobs/ingest/:id/successfulResults", self.bulk.successful),
+            ("GET", "jobs/ingest/:id/failedResults", self.bulk.failed),
+            ("GET", "jobs/ingest/:id/unprocessedrecords", self.bulk.unprocessed),
         ]
         for verb, template, handler in table:
             pieces = template.split("/") if template else []
@@ -230,7 +232,7 @@ class SalesforceSimulator:
 
     def create_one(self, req: Request, version: str, sobject: str) -> Response:
         obj = self.store.object(sobject)
-        rid = self._write_one(req, obj, _json_body(req), None, set())
+        rid = self._write_one(req, obj, json_body(req), None, set())
         return self._plain({"id": rid, "success": True, "errors": []}, 201)
 
     def get_one(self, req: Request, version: str, sobject: str, rid: str) -> dict[str, Any]:
@@ -254,7 +256,7 @@ class SalesforceSimulator:
         existing = self.store.records[obj.name].get(rid)
         if existing is None:
             raise SfError(404, "NOT_FOUND", "The requested resource does not exist")
-        self._write_one(req, obj, _json_body(req), existing, {"id"})
+        self._write_one(req, obj, json_body(req), existing, {"id"})
         return Response(204)
 
     def upsert_one(
@@ -262,7 +264,7 @@ class SalesforceSimulator:
     ) -> Response:
         obj = self.store.object(sobject)
         f = self.store.lookup_field(obj, field_name)
-        body = _json_body(req)
+        body = json_body(req)
         matches = self.store.find(obj, f, value)
         if len(matches) > 1:
             urls = [f"/services/data/v{version}/sobjects/{obj.name}/{r['Id']}" for r in matches]
@@ -285,7 +287,7 @@ class SalesforceSimulator:
     # --- sObject Collections -------------------------------------------------------------
 
     def _records(self, req: Request) -> tuple[bool, list[Any]]:
-        body = _json_body(req)
+        body = json_body(req)
         if not isinstance(body, dict) or not isinstance(body.get("records"), list):
             raise SfError(400, "JSON_PARSER_ERROR", "Request body must contain a records array")
         records = body["records"]
@@ -312,19 +314,42 @@ class SalesforceSimulator:
 
     def collection_create(self, req: Request, version: str) -> list[dict[str, Any]]:
         all_or_none, records = self._records(req)
-        plan: list[Planned] = []
+        typed = []
         for record in records:
             obj = self._type_of(record, None)
             self.store.unknown_fields(obj, record, set())
-            plan.append((obj, record, None, set(), None))
-        return self.store.run_batch(req, all_or_none, self._lock(plan), upsert=False)
+            typed.append((obj, record))
+        return self.store.run_batch(req, all_or_none, self.lock(self.plan_create(typed)), False)
 
     def collection_update(self, req: Request, version: str) -> list[dict[str, Any]]:
         all_or_none, records = self._records(req)
-        plan: list[Planned] = []
+        typed = []
         for record in records:
             obj = self._type_of(record, None)
             self.store.unknown_fields(obj, record, {"id"})
+            typed.append((obj, record))
+        return self.store.run_batch(req, all_or_none, self.lock(self.plan_update(typed)), False)
+
+    def collection_upsert(
+        self, req: Request, version: str, sobject: str, field_name: str
+    ) -> list[dict[str, Any]]:
+        obj = self.store.object(sobject)
+        f = self.store.lookup_field(obj, field_name)
+        all_or_none, records = self._records(req)
+        for record in records:
+            self._type_of(record, obj)
+            self.store.unknown_fields(obj, record, {"id"})
+        plan = self.plan_upsert(obj, f, records)
+        return self.store.run_batch(req, all_or_none, self.lock(plan), upsert=True)
+
+    # --- per-record planning, shared with Bulk API 2.0 jobs (sandbox.sf_bulk) ------------
+
+    def plan_create(self, records: list[tuple[SObject, dict[str, Any]]]) -> list[Planned]:
+        return [(obj, record, None, set(), None) for obj, record in records]
+
+    def plan_update(self, records: list[tuple[SObject, dict[str, Any]]]) -> list[Planned]:
+        plan: list[Planned] = []
+        for obj, record in records:
             rid = next((str(v) for k, v in record.items() if k.lower() == "id"), None)
             existing = self.store.records[obj.name].get(rid or "")
             error = None
@@ -335,18 +360,12 @@ class SalesforceSimulator:
                     "INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", []
                 )
             plan.append((obj, record, existing, {"id"}, error))
-        return self.store.run_batch(req, all_or_none, self._lock(plan), upsert=False)
+        return plan
 
-    def collection_upsert(
-        self, req: Request, version: str, sobject: str, field_name: str
-    ) -> list[dict[str, Any]]:
-        obj = self.store.object(sobject)
-        f = self.store.lookup_field(obj, field_name)
-        all_or_none, records = self._records(req)
+    def plan_upsert(self, obj: SObject, f: Field, records: list[dict[str, Any]]) -> list[Planned]:
+        """Match each record on the external id; duplicates inside one call fail each other."""
         values: list[str | None] = []
         for record in records:
-            self._type_of(record, obj)
-            self.store.unknown_fields(obj, record, {"id"})
             raw = next((v for k, v in record.items() if k.lower() == f.name.lower()), None)
             values.append(None if raw is None else str(raw))
         folded = [v.lower() for v in values if v is not None]
@@ -370,13 +389,16 @@ class SalesforceSimulator:
                     )
                 existing = found[0] if len(found) == 1 else None
             plan.append((obj, record, existing, {"id"}, error))
-        return self.store.run_batch(req, all_or_none, self._lock(plan), upsert=True)
+        return plan
 
-    def _lock(self, plan: list[Planned]) -> list[Planned]:
+    def lock(
+        self, plan: list[Planned], locked_rows: Callable[[int], set[int]] | None = None
+    ) -> list[Planned]:
         """Injected row-lock contention: the chosen records fail before anything is stored."""
-        if self.locked_rows is None:
+        locked_rows = locked_rows or self.locked_rows
+        if locked_rows is None:
             return plan
-        locked = self.locked_rows(len(plan))
+        locked = locked_rows(len(plan))
         planned: list[Planned] = []
         for i, (obj, body, existing, skip, error) in enumerate(plan):
             if i in locked and error is None:
@@ -389,6 +411,7 @@ class SalesforceSimulator:
         return f"api-usage={self.api_usage}/{self.options.sf_daily_limit}"
 
     def state(self) -> dict[str, list[dict[str, Any]]]:
+        self.bulk.advance()
         return self.store.state()
 
 

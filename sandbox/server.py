@@ -9,7 +9,8 @@ Call keys in ``calls`` are ``"METHOD /path/template"``: X paths with ids replace
 ``:id`` / ``:username`` (``GET /2/users/:id/mentions``); Salesforce paths keep the API
 version the client used and template the rest (``PATCH
 /services/data/v60.0/composite/sobjects/:sobject/:field``, ``GET
-/services/data/v60.0/query``, ``POST /services/oauth2/token``); Zendesk paths without
+/services/data/v60.0/query``, ``PUT /services/data/v60.0/jobs/ingest/:id/batches``,
+``POST /services/oauth2/token``); Zendesk paths without
 the optional ``.json`` (``PUT /api/v2/tickets/:id``), DM lookups under X
 (``GET /2/dm_conversations/:id/dm_events``). ``reads`` counts GET calls per system;
 ``writes`` counts every other method except the OAuth token call.
@@ -261,7 +262,9 @@ def _applicable(system: str, key: str, req: Request) -> set[str]:
     if system == "salesforce":
         if not key.split(" ", 1)[1].startswith("/services/data/v"):
             kinds -= {"expired_session", "request_limit"}
-        if "/composite/sobjects" not in key:
+        # partial: some rows of a collections call, or of a Bulk job being closed, fail to lock
+        closing_job = req.method == "PATCH" and key.endswith("/jobs/ingest/:id")
+        if "/composite/sobjects" not in key and not closing_job:
             kinds.discard("partial")
     return kinds
 
@@ -377,7 +380,8 @@ class Sandbox:
     def set_options(self, **opts: Any) -> None:
         """``latency_ms``, ``rate_limits`` ({call key: n}; None = realistic),
         ``rate_window_seconds``, ``sf_daily_limit``, ``sf_api_usage`` (the usage counter
-        ``Sforce-Limit-Info`` reports), ``sf_batch_size``, ``zendesk_rate_limit`` (per
+        ``Sforce-Limit-Info`` reports), ``sf_batch_size``, ``sf_bulk_delay_ms`` (how long a
+        closed Bulk API 2.0 job stays ``InProgress``), ``zendesk_rate_limit`` (per
         window, None = 700), ``zendesk_window_seconds``, ``zendesk_429_every`` (0 = off);
         ``faults`` (merged into the fault configuration, see ``sandbox.faults``; None turns
         every rate off) and ``fault_rate`` (that rate on every system, default mixes).

@@ -6,6 +6,7 @@ Validation runs for a whole batch before anything is stored, which is what makes
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +31,19 @@ class SfError(Exception):
         self.body: list[dict[str, Any]] = [{"message": message, "errorCode": code}]
         if fields is not None:
             self.body[0]["fields"] = fields
+
+
+def json_body(req: Request) -> Any:
+    """The request's JSON, refused with Salesforce's parser error (it rejects ``NaN``)."""
+
+    def refuse(token: str) -> Any:
+        # Python's json accepts NaN; Salesforce's parser does not (pandas users meet this).
+        raise ValueError(f"Unexpected character ('{token[0]}'): expected a valid value")
+
+    try:
+        return json.loads(req.body.decode("utf-8") or "null", parse_constant=refuse)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SfError(400, "JSON_PARSER_ERROR", f"{exc} at [line:1, column:1]") from None
 
 
 def _now() -> str:

@@ -82,6 +82,7 @@ class Options:
     rate_window_seconds: float = 900.0
     sf_daily_limit: int = 15000  # Sforce-Limit-Info total; beyond it: 403 REQUEST_LIMIT_EXCEEDED
     sf_batch_size: int = 2000  # default SOQL batch (Sforce-Query-Options may lower it)
+    sf_bulk_delay_ms: float = 300.0  # a closed Bulk API 2.0 job runs this long (InProgress)
     rate_epoch: int = 0  # bumped when limits change, so windows restart from a clean count
     zendesk_rate_limit: int = 700  # requests per window (X-Rate-Limit), then 429 + Retry-After
     zendesk_window_seconds: float = 60.0  # Zendesk counts per minute; tests shorten it
@@ -105,6 +106,7 @@ class Options:
                 "latency_ms",
                 "rate_window_seconds",
                 "zendesk_window_seconds",
+                "sf_bulk_delay_ms",
             ):
                 setattr(self, name, float(value))
             elif name in ("sf_daily_limit", "sf_batch_size", "zendesk_429_every"):
@@ -121,6 +123,7 @@ class Options:
             "rate_window_seconds": self.rate_window_seconds,
             "sf_daily_limit": self.sf_daily_limit,
             "sf_batch_size": self.sf_batch_size,
+            "sf_bulk_delay_ms": self.sf_bulk_delay_ms,
             "zendesk_rate_limit": self.zendesk_rate_limit,
             "zendesk_window_seconds": self.zendesk_window_seconds,
             "zendesk_429_every": self.zendesk_429_every,

@@ -136,12 +136,35 @@ def create_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+MIGRATION_LOCK = 0x50C1A1C4  # any constant both workers agree on
+
+
 def migrate(connection: sa.Connection, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (Alembic), on the caller's connection."""
+    if connection.dialect.name == "postgresql":
+        # Workers starting at once on an empty database would race to create the schema;
+        # the lock lasts until the caller's transaction ends.
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     command.upgrade(config, revision)
+
+
+@contextmanager
+def _sqlite_file_lock(engine: sa.Engine, name: str) -> Iterator[None]:
+    """Wait for other processes on the same SQLite file (SQLite would refuse, not wait)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or ":memory:" in database:
+        yield
+        return
+    path = Path(database)
+    with open(path.with_name(f"{path.name}.{name}.lock"), "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class StateStore:
@@ -163,7 +186,7 @@ class StateStore:
     @classmethod
     def open(cls, url: str, *, dry_run: bool = False) -> StateStore:
         engine = create_engine(url)
-        with engine.begin() as connection:
+        with _sqlite_file_lock(engine, "migrate"), engine.begin() as connection:
             migrate(connection)
         return cls(engine, dry_run=dry_run)
 

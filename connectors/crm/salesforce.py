@@ -3,20 +3,33 @@
 simple-salesforce cannot log in anywhere but ``*.salesforce.com`` and has no timeout nor
 retry, so we obtain the token ourselves, hand it a session from the shared HTTP layer,
 and run every call under the shared retry policy.
+
+Large batches go through a Bulk API 2.0 ingest job instead of sObject Collections. The
+Bulk 2.0 calls are plain HTTP on the same session and token: simple-salesforce's bulk2
+handler sleeps and polls on its own schedule (up to a day), retries nothing and raises on a
+Failed job without the per-row results, so it is used for neither.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
+import math
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import jwt
 import requests
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
+from simple_salesforce.util import exception_handler
 
 from connectors.http import (
     Action,
@@ -37,7 +50,33 @@ COLLECTION_LIMIT = 200
 RECORD_ATTEMPTS = 3
 # Errors inside a 200 collection answer that a later attempt may fix on its own.
 TRANSIENT_RECORD_ERRORS = {"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "UNKNOWN_EXCEPTION"}
+# Bulk API 2.0: one upload per job, at most 150 MB once Salesforce has base64-encoded it.
+BULK_UPLOAD_BYTES = 100_000_000
+BULK_JOB_ATTEMPTS = 3  # fresh jobs tried when a retried upload landed twice in one job
+BULK_DONE = ("JobComplete", "Failed", "Aborted")
+BULK_NULL = "#N/A"  # a CSV cell that sets the field to null
+# A Failed job's errorMessage starting so blames the data we sent (retrying cannot help).
+BULK_INPUT_ERRORS = ("InvalidBatch", "ClientInputError", "InvalidJob")
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BulkPolling:
+    """How we wait for a Bulk API 2.0 job: pauses growing from ``first`` by ``factor`` up to
+    ``cap`` seconds, at most ``total`` seconds of pauses in all (then the job is aborted and
+    its records go again on the next run)."""
+
+    first: float = 0.5
+    factor: float = 2.0
+    cap: float = 30.0
+    total: float = 900.0
+
+    def pauses(self) -> Iterator[float]:
+        waited, pause = 0.0, self.first
+        while waited + pause <= self.total:
+            yield pause
+            waited += pause
+            pause = min(pause * self.factor, self.cap)
 
 
 @dataclass
@@ -47,6 +86,7 @@ class SalesforceConnection:
     sf: Salesforce
     instance_url: str
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    bulk_polling: BulkPolling = field(default_factory=BulkPolling)
     reads: int = 0
     writes: int = 0
     _describe: dict[str, dict[str, DestinationField]] = field(default_factory=dict)
@@ -253,18 +293,26 @@ def upsert(
     records: Sequence[dict[str, Any]],
     keys: Sequence[str],
 ) -> list[SinkOutcome]:
-    """Upsert by external id through sObject Collections, 200 records a call.
+    """Upsert by external id: sObject Collections, 200 records a call, or for a batch of
+    ``bulk_threshold`` records or more one Bulk API 2.0 job (a handful of calls in all).
 
     The upsert is idempotent (same external id, same record), so a retried call after a
-    timeout cannot create a duplicate. Results come back in request order. Records that
-    failed for a passing reason (a row lock) are sent again, alone, a few times.
+    timeout cannot create a duplicate. Returns one outcome per key, in order. Records that
+    failed for a passing reason (a row lock) are sent again a few times, by collections
+    once they are few.
     """
     by_key: dict[str, SinkOutcome] = {}
     pending = list(zip(keys, records, strict=True))
     for attempt in range(RECORD_ATTEMPTS):
         if attempt:
             conn.policy.sleep(min(2.0**attempt, 10.0))  # row locks clear in moments
-        for outcome in _upsert_once(conn, sobject, external_id_field, pending):
+        by_bulk, by_collections = bulk_share(conn, external_id_field, pending)
+        outcomes: list[SinkOutcome] = []
+        if by_bulk:
+            outcomes.extend(_bulk_upsert_once(conn, sobject, external_id_field, by_bulk))
+        if by_collections:
+            outcomes.extend(_upsert_once(conn, sobject, external_id_field, by_collections))
+        for outcome in outcomes:
             by_key[outcome.record_key] = outcome
         pending = [(k, r) for k, r in pending if by_key[k].retryable]
         if not pending:
@@ -337,6 +385,393 @@ def parse_collection_results(results: Any, keys: Sequence[str], sobject: str) ->
         retryable = bool(codes) and codes <= TRANSIENT_RECORD_ERRORS
         outcomes.append(SinkOutcome(key, "failed", problems=problems, retryable=retryable))
     return outcomes
+
+
+# --- Bulk API 2.0 ----------------------------------------------------------------------
+
+Item = tuple[str, dict[str, Any]]
+
+
+def bulk_share(
+    conn: SalesforceConnection, external_id_field: str, items: Sequence[Item]
+) -> tuple[list[Item], list[Item]]:
+    """Split a batch into (by Bulk API 2.0, by sObject Collections).
+
+    Everything goes by collections below ``bulk_threshold``, and when leads are auto-assigned
+    (a Bulk job runs only an assignment rule named by id, never the org's default one).
+    Results of a job come back unordered and are matched on the external id, so records
+    without one or sharing one (Salesforce compares them case-insensitively) go by
+    collections, as do records holding a value CSV cannot say the way JSON does: an empty
+    string (JSON clears the field, an empty cell leaves it) or the literal ``#N/A`` (the
+    cell would clear the field).
+    """
+    if len(items) < conn.settings.bulk_threshold:
+        return [], list(items)
+    if conn.settings.auto_assign:
+        log.info("salesforce: auto_assign is on, so %d records go by collections", len(items))
+        return [], list(items)
+    seen: dict[str, int] = {}
+    for _, record in items:
+        value = record.get(external_id_field)
+        if value is not None:
+            folded = str(value).casefold()
+            seen[folded] = seen.get(folded, 0) + 1
+    bulk: list[Item] = []
+    rest: list[Item] = []
+    for key, record in items:
+        value = record.get(external_id_field)
+        plain = value is not None and value != "" and seen[str(value).casefold()] == 1
+        if plain and not any(v == "" or v == BULK_NULL for v in record.values()):
+            bulk.append((key, record))
+        else:
+            rest.append((key, record))
+    if len(bulk) < conn.settings.bulk_threshold:
+        return [], list(items)
+    return bulk, rest
+
+
+def csv_cell(value: Any) -> str:
+    """A value as the JSON path would send it, as CSV text; ``None`` is an empty cell, which
+    leaves the field as it is (an update never wipes what a salesperson typed)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ""
+        text = repr(value)
+        return format(Decimal(text), "f") if "e" in text or "E" in text else text
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+class _Lines:
+    """A file for ``csv.writer`` that keeps each written row apart, to measure uploads."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.lines.append(text)
+        return len(text)
+
+
+def bulk_csv_parts(
+    columns: Sequence[str], items: Sequence[Item], limit: int = BULK_UPLOAD_BYTES
+) -> list[tuple[bytes, list[Item]]]:
+    """The upload(s): CSV, every value quoted, LF line endings, one job per ``limit`` bytes."""
+    lines = _Lines()
+    writer = csv.writer(lines, quoting=csv.QUOTE_ALL, lineterminator="\n")
+    writer.writerow(columns)
+    header = lines.lines.pop().encode("utf-8")
+    parts: list[tuple[bytes, list[Item]]] = []
+    rows: list[bytes] = []
+    chunk: list[Item] = []
+    size = len(header)
+    for key, record in items:
+        writer.writerow([csv_cell(record.get(name)) for name in columns])
+        row = lines.lines.pop().encode("utf-8")
+        if chunk and size + len(row) > limit:
+            parts.append((header + b"".join(rows), chunk))
+            rows, chunk, size = [], [], len(header)
+        rows.append(row)
+        chunk.append((key, record))
+        size += len(row)
+    if chunk:
+        parts.append((header + b"".join(rows), chunk))
+    return parts
+
+
+def read_bulk_csv(text: str) -> list[dict[str, str]]:
+    """Rows of a results CSV; quoted cells keep their commas, quotes and line breaks."""
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 27))  # long text areas: 131,072
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def parse_bulk_error(text: str) -> tuple[str, str, list[str]]:
+    """``sf__Error`` (``CODE:message:Field1,Field2 --``) as (code, message, fields)."""
+    body = text.strip()
+    if body.endswith("--"):
+        body = body[:-2].rstrip()
+    code, sep, rest = body.partition(":")
+    if not sep or not re.fullmatch(r"[A-Z][A-Z0-9_]*", code):
+        return "", text.strip(), []
+    message, sep, names = rest.rpartition(":")
+    if sep and re.fullmatch(r"[A-Za-z0-9_.,]*", names):
+        return code, message, [name for name in names.split(",") if name]
+    return code, rest, []
+
+
+def _bulk_upsert_once(
+    conn: SalesforceConnection, sobject: str, external_id_field: str, items: Sequence[Item]
+) -> list[SinkOutcome]:
+    columns = [external_id_field]
+    for _, record in items:
+        columns.extend(name for name in record if name not in columns)
+    outcomes: list[SinkOutcome] = []
+    for body, part in bulk_csv_parts(columns, items):
+        outcomes.extend(_bulk_job(conn, sobject, external_id_field, body, part))
+    return outcomes
+
+
+def _bulk_job(
+    conn: SalesforceConnection,
+    sobject: str,
+    external_id_field: str,
+    body: bytes,
+    items: Sequence[Item],
+) -> list[SinkOutcome]:
+    """One job: create, upload, close, wait, read results; one outcome per item."""
+    keys = [key for key, _ in items]
+    job_id = _open_bulk_job(conn, sobject, external_id_field, body, keys)
+    info = _wait_for_job(conn, job_id, keys)
+    state = info.get("state")
+    processed = int(info.get("numberRecordsProcessed") or 0)
+    failed = int(info.get("numberRecordsFailed") or 0)
+    reason = str(info.get("errorMessage") or "")
+    call = f"Bulk API 2.0 job {job_id}"
+    log.info(
+        "salesforce %s: %s, %d records, %d processed, %d failed",
+        call,
+        state,
+        len(keys),
+        processed,
+        failed,
+    )
+    if state == "Aborted":
+        raise ApiError(
+            SYSTEM,
+            call,
+            "the job was aborted in the org; the records are sent again on the next run",
+            action=Action.RETRY,
+            record_keys=keys,
+        )
+    if state == "Failed" and processed == 0:
+        # Refused whole, like a 400 on a collections call (a column the org does not know);
+        # a failure of the org's own making is worth another try on the next run.
+        ours = reason.startswith(BULK_INPUT_ERRORS)
+        action = Action.FAIL if ours else Action.RETRY
+        raise ApiError(SYSTEM, call, f"job Failed: {reason}", action=action, record_keys=keys)
+    successes = _bulk_results(conn, job_id, "successfulResults", keys) if processed > failed else []
+    failures = _bulk_results(conn, job_id, "failedResults", keys) if failed else []
+    return _bulk_outcomes(job_id, external_id_field, items, successes, failures, reason)
+
+
+def _bulk_outcomes(
+    job_id: str,
+    external_id_field: str,
+    items: Sequence[Item],
+    successes: list[dict[str, str]],
+    failures: list[dict[str, str]],
+    job_error: str,
+) -> list[SinkOutcome]:
+    """Result rows matched back to records on the external id (rows come in any order)."""
+    by_value = {csv_cell(record.get(external_id_field)): key for key, record in items}
+    found: dict[str, SinkOutcome] = {}
+    for row in successes:
+        key = by_value.get(row.get(external_id_field, ""))
+        if key is None:
+            log.warning("salesforce bulk job %s: a success for a record we did not send", job_id)
+            continue
+        status = "created" if row.get("sf__Created", "").lower() == "true" else "updated"
+        found[key] = SinkOutcome(key, status, destination_id=row.get("sf__Id") or None)
+    for row in failures:
+        key = by_value.get(row.get(external_id_field, ""))
+        if key is None:
+            log.warning("salesforce bulk job %s: a failure for a record we did not send", job_id)
+            continue
+        code, message, fields = parse_bulk_error(row.get("sf__Error", ""))
+        problem = RecordProblem(
+            record_key=key,
+            stage="delivery",
+            system=SYSTEM,
+            field=",".join(fields) or None,
+            reason=f"{code}: {message}" if code else message,
+        )
+        retryable = code in TRANSIENT_RECORD_ERRORS
+        found[key] = SinkOutcome(key, "failed", problems=[problem], retryable=retryable)
+    outcomes = []
+    for key, _ in items:
+        if key in found:
+            outcomes.append(found[key])
+            continue
+        # Neither succeeded nor failed: the job stopped before it; safe to send again.
+        why = f"not processed by Bulk API 2.0 job {job_id}"
+        if job_error:
+            why += f": {job_error}"
+        problem = RecordProblem(key, "delivery", SYSTEM, why)
+        outcomes.append(SinkOutcome(key, "failed", problems=[problem], retryable=True))
+    return outcomes
+
+
+def _open_bulk_job(
+    conn: SalesforceConnection,
+    sobject: str,
+    external_id_field: str,
+    body: bytes,
+    keys: Sequence[str],
+) -> str:
+    """Create a job, upload its one CSV and close it; returns the job id.
+
+    A retried upload (its first answer lost) may have landed twice, which makes the org
+    refuse to close the job: that job is aborted and a fresh one gets the data.
+    """
+    spec = {
+        "object": sobject,
+        "externalIdFieldName": external_id_field,
+        "contentType": "CSV",
+        "operation": "upsert",
+        "lineEnding": "LF",
+        "columnDelimiter": "COMMA",
+    }
+    for attempt in range(1, BULK_JOB_ATTEMPTS + 1):
+        info = _bulk_call(conn, "POST", "ingest", "ingest", json_body=spec, write=True, keys=keys)
+        job_id = str(info.json()["id"])
+        try:
+            _bulk_call(
+                conn,
+                "PUT",
+                f"ingest/{job_id}/batches",
+                "ingest/:id/batches",
+                csv_body=body,
+                write=True,
+                keys=keys,
+            )
+            if _close_bulk_job(conn, job_id, keys):
+                return job_id
+        except ApiError:
+            _abort_bulk_job(conn, job_id)
+            raise
+        _abort_bulk_job(conn, job_id)
+        log.warning(
+            "salesforce bulk job %s: upload landed twice, trying a new job (%d/%d)",
+            job_id,
+            attempt,
+            BULK_JOB_ATTEMPTS,
+        )
+    raise ApiError(
+        SYSTEM,
+        "PATCH /jobs/ingest/:id",
+        f"{BULK_JOB_ATTEMPTS} Bulk API 2.0 jobs refused to close; the records are sent again "
+        "on the next run",
+        action=Action.RETRY,
+        record_keys=list(keys),
+    )
+
+
+def _close_bulk_job(conn: SalesforceConnection, job_id: str, keys: Sequence[str]) -> bool:
+    """Mark the upload complete; ``False`` when the org refused an open job (double upload)."""
+    try:
+        _bulk_call(
+            conn,
+            "PATCH",
+            f"ingest/{job_id}",
+            "ingest/:id",
+            json_body={"state": "UploadComplete"},
+            write=True,
+            keys=keys,
+        )
+        return True
+    except ApiError as error:
+        if error.action is not Action.FAIL:
+            raise
+        # A retried close whose first attempt landed is refused: the job is no longer Open.
+        info = _bulk_call(conn, "GET", f"ingest/{job_id}", "ingest/:id", keys=keys).json()
+        if info.get("state") != "Open":
+            return True
+        if error.error_code == "INVALIDJOB":
+            return False
+        raise
+
+
+def _abort_bulk_job(conn: SalesforceConnection, job_id: str) -> dict[str, Any] | None:
+    """Best effort: a job we give up on must not run later behind our back."""
+    try:
+        aborted = {"state": "Aborted"}
+        response = _bulk_call(
+            conn, "PATCH", f"ingest/{job_id}", "ingest/:id", json_body=aborted, write=True
+        )
+    except ApiError as error:
+        log.warning("salesforce bulk job %s: could not abort it: %s", job_id, error)
+        return None
+    info: dict[str, Any] = response.json()
+    return info
+
+
+def _wait_for_job(conn: SalesforceConnection, job_id: str, keys: Sequence[str]) -> dict[str, Any]:
+    """Poll the job with growing pauses until it ends; abort it when the wait runs out."""
+    waited = 0.0
+    info: dict[str, Any] = {}
+    for pause in conn.bulk_polling.pauses():
+        conn.policy.sleep(pause)
+        waited += pause
+        info = _bulk_call(conn, "GET", f"ingest/{job_id}", "ingest/:id", keys=keys).json()
+        if info.get("state") in BULK_DONE:
+            return info
+    aborted = _abort_bulk_job(conn, job_id)
+    if aborted is None:  # it may have ended meanwhile (an ended job cannot be aborted)
+        info = _bulk_call(conn, "GET", f"ingest/{job_id}", "ingest/:id", keys=keys).json()
+        if info.get("state") in ("JobComplete", "Failed"):
+            return info
+    outcome = "aborted" if aborted is not None else "could not be aborted and may still run"
+    raise ApiError(
+        SYSTEM,
+        f"Bulk API 2.0 job {job_id}",
+        f"still {info.get('state', 'unknown')} after {waited:.0f}s of waiting; the job "
+        f"{outcome}; the records are sent again on the next run",
+        action=Action.RETRY,
+        record_keys=list(keys),
+    )
+
+
+def _bulk_results(
+    conn: SalesforceConnection, job_id: str, kind: str, keys: Sequence[str]
+) -> list[dict[str, str]]:
+    response = _bulk_call(
+        conn, "GET", f"ingest/{job_id}/{kind}/", f"ingest/:id/{kind}", accept="text/csv", keys=keys
+    )
+    # Decoded by hand: requests would read a text/csv body without charset as Latin-1.
+    return read_bulk_csv(response.content.decode("utf-8-sig"))
+
+
+def _bulk_call(
+    conn: SalesforceConnection,
+    method: str,
+    path: str,
+    template: str,
+    *,
+    json_body: dict[str, Any] | None = None,
+    csv_body: bytes | None = None,
+    accept: str = "application/json",
+    write: bool = False,
+    keys: Sequence[str] = (),
+) -> requests.Response:
+    """One Bulk API 2.0 call on the client's session and token, under the retry policy."""
+
+    def send(sf: Salesforce) -> requests.Response:
+        headers = {"Authorization": f"Bearer {sf.session_id}", "Accept": accept}
+        data: bytes | None = None
+        if json_body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(json_body, allow_nan=False).encode("utf-8")
+        elif csv_body is not None:
+            headers["Content-Type"] = "text/csv"
+            data = csv_body
+        response = sf.session.request(method, sf.bulk2_url + path, headers=headers, data=data)
+        limit_info = response.headers.get("Sforce-Limit-Info")
+        if limit_info:  # keeps the quota check current, as simple-salesforce's own calls do
+            sf.api_usage = Salesforce.parse_api_usage(limit_info)
+        if response.status_code >= 300:
+            exception_handler(response, name=template)
+        return response
+
+    return conn.call(f"{method} /jobs/{template}", send, write=write, keys=keys)
 
 
 def soql_quote(value: str) -> str:
