@@ -33,6 +33,7 @@ from flows.reporting import publish_leads_artifacts, publish_review_artifact, sa
 from mappings import MappingSpec, apply_spec, check_spec, load_spec
 from socialcrm import inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
+from socialcrm.exclusions import ExclusionRules, skip_reasons
 from socialcrm.qualify import lead_candidates, top_engagements
 from socialcrm.records import DirectMessage, Engagement, Page, RecordProblem, SinkOutcome
 from socialcrm.routing import RoutingRules, load_rules, route
@@ -53,7 +54,11 @@ class LeadsRun(RunTarget):
         description="Compute and show the would-be leads; write nothing to the CRM or the store",
     )
     limit: int | None = Field(
-        None, ge=1, title="Lead limit", description="Deliver at most this many leads in this run"
+        None,
+        ge=1,
+        title="Lead limit",
+        description="Handle at most this many pending people in this run (skipped ones "
+        "count); the rest wait for the next run",
     )
     since: datetime | None = Field(
         None,
@@ -104,6 +109,7 @@ class LeadsContext:
     serial: threading.Lock = field(default_factory=threading.Lock)
     _spec: MappingSpec | None = None
     _spec_fits: bool = False
+    _exclusions: ExclusionRules | None = None
     _rules: RoutingRules | None = None
 
     def lead_spec(self) -> MappingSpec:
@@ -115,6 +121,12 @@ class LeadsContext:
                 raise ConfigError(f"{path}: a lead mapping needs external_id (the upsert key)")
             self._spec = spec
         return self._spec
+
+    def exclusion_rules(self) -> ExclusionRules:
+        """Who never becomes a lead, built once per run."""
+        if self._exclusions is None:
+            self._exclusions = ExclusionRules.build(self.settings.exclusions)
+        return self._exclusions
 
     def crm_connection(self) -> salesforce.SalesforceConnection:
         """Connect to the CRM only when there is something to deliver."""
@@ -241,6 +253,7 @@ class BatchPlan:
     hashes: dict[str, str] = field(default_factory=dict)
     known: set[str] = field(default_factory=set)
     context: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
 
     def preview(self) -> list[dict[str, Any]]:
         return [
@@ -263,13 +276,27 @@ def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Batch
         if misfits:
             raise ConfigError(mapping_misfit(misfits))
         ctx._spec_fits = True
-    keys = [person.person_key for person in people]
-    engagements = ctx.store.engagements_of(keys)
-    frame = lead_candidates(people, engagements, ctx.settings.qualification)
+    plan = BatchPlan(number, people, decided=[])
+    now = datetime.now(UTC)
+    skipped = skip_reasons(people, ctx.exclusion_rules(), now=now)
+    keep = [person for person in people if person.person_key not in skipped]
+    engagements = ctx.store.engagements_of([person.person_key for person in keep])
+    frame = lead_candidates(keep, engagements, ctx.settings.qualification, now=now)
+    threshold = ctx.settings.qualification.threshold
+    for key, score in frame.loc[~frame["qualified"], ["person_key", "score"]].itertuples(
+        index=False
+    ):
+        skipped[key] = f"score {score:g} below {threshold:g} now that older engagements count less"
+    for key, reason in sorted(skipped.items()):
+        plan.decided.append(SinkOutcome(key, f"skipped: {reason}"))
+    frame = frame[frame["qualified"]]
+    plan.scores = {
+        key: round(float(score), 1)
+        for key, score in zip(frame["person_key"], frame["score"], strict=True)
+    }
     frame = frame.assign(record_key=frame["person_key"])
     mapped = apply_spec(spec, frame, fields, key_column="record_key", system="salesforce")
 
-    plan = BatchPlan(number, people, decided=[])
     for key, record in zip(mapped.keys, mapped.records, strict=True):
         top = top_engagements(engagements.get(key, ()), ctx.settings.qualification, limit=1)
         plan.context[key] = {
@@ -353,7 +380,8 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
         outcomes.extend(sent)
 
     failed = [p for outcome in outcomes for p in outcome.problems]
-    ctx.store.record_deliveries(spec.object_name, outcomes)
+    # A skipped person has no record in the CRM: nothing to remember in the ledger.
+    ctx.store.record_deliveries(spec.object_name, [o for o in outcomes if not is_skip(o)])
     if failed:
         ctx.store.add_dead_letters(PIPELINE, failed)
         ctx.dead_lettered += len(failed)
@@ -373,7 +401,7 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
                 "status": outcome.status,
                 "handle": person.handle if person else None,
                 "name": (person.profile.get("display_name") if person else None),
-                "score": person.score if person else None,
+                "score": plan.scores.get(outcome.record_key),
                 **plan.context.get(outcome.record_key, {}),
                 "url": conn.record_url(spec.object_name, outcome.destination_id)
                 if outcome.destination_id
@@ -463,10 +491,16 @@ def queue_help_requests(ctx: LeadsContext, records: list[Engagement]) -> None:
         _logger().info("mentions: %d asking for help queued for the helpdesk", len(routed))
 
 
+def is_skip(outcome: SinkOutcome) -> bool:
+    return outcome.status.startswith("skipped")
+
+
 def _count(outcomes: list[SinkOutcome]) -> dict[str, int]:
+    """Outcomes by status; the reasons of skips are counted together."""
     counts: dict[str, int] = {}
     for outcome in outcomes:
-        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        status = "skipped" if is_skip(outcome) else outcome.status
+        counts[status] = counts.get(status, 0) + 1
     return counts
 
 
@@ -596,10 +630,11 @@ def run_summary(ctx: LeadsContext, outcomes: list[SinkOutcome], status: str) -> 
         "fetched": ctx.fetched,
         "new_engagements": ctx.new_engagements,
         "engaged_users": len(ctx.authors),
-        "qualified": len(outcomes),
+        "qualified": len(outcomes) - counts.get("skipped", 0),
         "created": counts.get("created", 0),
         "updated": counts.get("updated", 0),
         "unchanged": counts.get("unchanged", 0),
+        "skipped": counts.get("skipped", 0),
         "failed": counts.get("failed", 0),
         "would_create": counts.get("would create", 0),
         "would_update": counts.get("would update", 0),

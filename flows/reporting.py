@@ -58,6 +58,7 @@ def publish_leads_artifacts(
                 ("leads created", "created"),
                 ("leads updated", "updated"),
                 ("unchanged (not sent)", "unchanged"),
+                ("skipped (exclusions, bots, opt-outs, decayed score)", "skipped"),
                 ("failed", "failed"),
                 ("dead-lettered", "dead_lettered"),
                 ("source warnings", "source_warnings"),
@@ -93,6 +94,22 @@ def publish_leads_artifacts(
             key=f"{key}-leads",
             table=rows[:MAX_ROWS],
             description=f"Leads created or updated ({len(rows)} in all)",
+        )
+    skipped = [
+        {
+            "handle": _cell(row.get("handle")),
+            "name": _cell(row.get("name")),
+            "reason": _cell(row["status"].removeprefix("skipped: "), 300),
+            "record_key": _cell(row.get("record_key")),
+        }
+        for row in delivered
+        if row["status"].startswith("skipped")
+    ]
+    if skipped:
+        create_table_artifact(
+            key=f"{key}-skipped",
+            table=skipped[:MAX_ROWS],
+            description=f"People skipped and why ({len(skipped)} in all); no CRM write",
         )
     new_leads = sales_view(delivered)
     if new_leads:

@@ -79,9 +79,13 @@ class XUser:
     hostile: str | None = None  # what is hostile about this user (sandbox.hostile)
     deliverable: bool = True  # whether a careful client can still make a lead of them
     overrides: dict[str, Any] = field(default_factory=dict)
+    bot: str | None = None  # what makes this account look automated (``add_bots``)
 
     def truth(self) -> dict[str, Any]:
-        return marked(self.payload(), self.hostile, self.deliverable)
+        row = marked(self.payload(), self.hostile, self.deliverable)
+        if self.bot is not None:
+            row["bot"] = self.bot
+        return row
 
     def payload(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -372,7 +376,90 @@ def build_world(
         world.users[ghost.id] = ghost
         ms = after_post(post)
         world.reactions.append(Reaction("like", post.id, ghost.id, ms))
+    add_bots(world, seed, anchor_ms)
     return world
+
+
+DEFAULT_AVATAR = "https://abs.twimg.com/sticky/default_profile_images/default_profile_normal.png"
+# Scores as the shipped defaults count them, to pick bots that would otherwise qualify.
+_BOT_PICK_WEIGHTS = {"mention": 3, "reply": 3, "quote": 4, "repost": 2, "like": 1}
+
+
+@dataclass(frozen=True)
+class BotPlan:
+    """One bot of the seeded world: its label in the ground truth and its profile."""
+
+    label: str  # ground truth ``bot``; empty: a heavy but genuine poster (one signal only)
+    young: bool  # the account was opened just before its first engagement
+    age_days: int  # otherwise, its age at the anchor
+    posts_per_day: int
+    followers: int
+    following: int
+    default_avatar: bool
+
+
+BOT_PLANS = (
+    BotPlan("new account, 650 posts/day, default avatar", True, 0, 650, 3, 41, True),
+    BotPlan("follow-spam ratio, default avatar", False, 730, 2, 12, 4900, True),
+    BotPlan("2400 posts/day", False, 400, 2400, 310, 280, False),
+    BotPlan("new account, follow-spam ratio", True, 0, 3, 4, 1200, False),
+    BotPlan("", False, 1100, 300, 5200, 310, False),
+)
+
+
+def add_bots(world: World, seed: int, anchor_ms: int) -> list[XUser]:
+    """Turn a few engaged users into automated-looking accounts (``BOT_PLANS``).
+
+    Their own random generator, applied last: every id, name, text and engagement of the
+    world stays as without, and so does the number of users; only the chosen users'
+    creation date, metrics and avatar change. The last plan is a near miss: one bot signal
+    (a heavy poster), no ``bot`` label, to keep heuristics honest.
+    """
+    rng = random.Random(f"socialcrm-bots-{seed}")
+    first: dict[str, int] = {}
+    scores: dict[str, int] = {}
+    talkers: set[str] = set()
+    for t in world.tweets:
+        first[t.author_id] = min(first.get(t.author_id, t.created_ms), t.created_ms)
+        scores[t.author_id] = scores.get(t.author_id, 0) + _BOT_PICK_WEIGHTS.get(t.kind, 0)
+        talkers.add(t.author_id)
+    for r in world.reactions:
+        first[r.user_id] = min(first.get(r.user_id, r.created_ms), r.created_ms)
+        scores[r.user_id] = scores.get(r.user_id, 0) + _BOT_PICK_WEIGHTS.get(r.kind, 0)
+    pool = sorted(
+        (
+            u
+            for u in world.users.values()
+            if u.id in talkers and scores[u.id] >= 4 and not u.suspended and u.hostile is None
+        ),
+        key=lambda u: int(u.id),
+    )
+    chosen: list[XUser] = []
+    for plan in BOT_PLANS:
+        fits = [
+            u
+            for u in pool
+            if u not in chosen and (not plan.young or first[u.id] >= anchor_ms - 20 * DAY_MS)
+        ]
+        if not fits:
+            continue
+        user = rng.choice(fits)
+        if plan.young:
+            user.created_ms = first[user.id] - rng.randrange(DAY_MS, 3 * DAY_MS)
+        else:
+            user.created_ms = anchor_ms - plan.age_days * DAY_MS - rng.randrange(DAY_MS)
+        age_days = max((anchor_ms - user.created_ms) / DAY_MS, 1.0)
+        user.public_metrics = {
+            "followers_count": plan.followers,
+            "following_count": plan.following,
+            "tweet_count": int(age_days * plan.posts_per_day),
+            "listed_count": 0,
+        }
+        if plan.default_avatar:
+            user.profile_image_url = DEFAULT_AVATAR
+        user.bot = plan.label or None
+        chosen.append(user)
+    return chosen
 
 
 def _weighted_sample(

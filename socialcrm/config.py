@@ -213,14 +213,171 @@ DEFAULT_WEIGHTS: dict[EngagementKind, float] = {
 }
 
 
-class Qualification(_Model):
-    """Who becomes a lead: weighted engagement counts at or above a threshold."""
+INTENT_DIR = Path(__file__).resolve().parent / "intent"
 
-    weights: dict[EngagementKind, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    threshold: float = Field(3.0, ge=0)
+
+def shipped_intent_languages() -> list[str]:
+    """Languages with a shipped phrase list (``socialcrm/intent/{lang}.txt``)."""
+    return sorted(path.stem for path in INTENT_DIR.glob("*.txt"))
+
+
+def _check_language(value: str) -> str:
+    value = value.strip().lower()
+    if not (INTENT_DIR / f"{value}.txt").is_file():
+        shipped = ", ".join(shipped_intent_languages()) or "none"
+        raise ValueError(
+            f"no shipped intent phrase list for {value!r} (shipped: {shipped}); "
+            "add your own phrases to qualification.intent.extra_phrases instead"
+        )
+    return value
+
+
+def _check_phrase(value: str) -> str:
+    value = " ".join(value.split())
+    if not re.search(r"\w", value):
+        raise ValueError("an intent phrase needs at least one letter or digit")
+    return value
+
+
+class IntentSettings(_Model):
+    """Buying-intent phrases in what people write ("pricing", "une démo") add to the score.
+
+    Matching ignores case and accents and respects word boundaries ("demo" does not match
+    "democracy"). Each distinct phrase found in the window counts once, decayed like the
+    engagement that carried it; the total is capped by ``max_bonus``.
+    """
+
+    enabled: bool = Field(True, description="Add the intent bonus to the score")
+    languages: list[Annotated[str, AfterValidator(_check_language)]] = Field(
+        default_factory=lambda: ["en", "fr"],
+        description="Shipped phrase lists to use (socialcrm/intent/{lang}.txt)",
+    )
+    weight: float = Field(
+        5.0, ge=0, description="Points per distinct intent phrase found in the window"
+    )
+    max_bonus: float = Field(
+        10.0, ge=0, description="Cap of the intent bonus, whatever the number of phrases"
+    )
+    extra_phrases: list[Annotated[str, AfterValidator(_check_phrase)]] = Field(
+        default_factory=list,
+        description="Your own phrases (any language), matched like the shipped ones",
+    )
+
+
+def _check_weights(value: dict[EngagementKind, float]) -> dict[EngagementKind, float]:
+    negative = sorted(kind.value for kind, weight in value.items() if weight < 0)
+    if negative:
+        raise ValueError(f"weights must be 0 or more; negative for: {', '.join(negative)}")
+    return value
+
+
+class Qualification(_Model):
+    """Who becomes a lead: a decayed, weighted engagement score at or above a threshold.
+
+    Each engagement in the last ``window_days`` adds its kind's weight, halved every
+    ``half_life_days`` of age; buying-intent phrases add a bonus (``intent``).
+    """
+
+    weights: Annotated[dict[EngagementKind, float], AfterValidator(_check_weights)] = Field(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS),
+        description="Points per engagement kind (mention, reply, quote, repost, like, ...)",
+    )
+    threshold: float = Field(3.0, ge=0, description="A person with this score or more qualifies")
+    window_days: int | None = Field(
+        90,
+        ge=1,
+        description="Engagements older than this many days do not count; null: all history",
+    )
+    half_life_days: float | None = Field(
+        30,
+        gt=0,
+        description="An engagement's weight halves every this many days of age; null: no decay",
+    )
+    intent: IntentSettings = Field(
+        default_factory=IntentSettings, description="Buying-intent phrases that add to the score"
+    )
 
     def weight(self, kind: EngagementKind) -> float:
         return self.weights.get(kind, DEFAULT_WEIGHTS.get(kind, 0.0))
+
+
+def _check_handle(value: str) -> str:
+    handle = value.strip().lstrip("@").lower()
+    if not re.fullmatch(r"[\w.@-]{1,100}", handle):
+        raise ValueError("expected a handle like @someone")
+    return handle
+
+
+def _check_user_ref(value: str) -> str:
+    ref = value.strip()
+    if not re.fullmatch(r"(?:[a-z][a-z0-9]*:)?[A-Za-z0-9_.@-]{1,100}", ref):
+        raise ValueError("expected a person key like x:12345 or a bare user id like 12345")
+    return ref
+
+
+def _check_domain(value: str) -> str:
+    domain = value.strip().lower().lstrip("@").removeprefix("*.").rstrip(".")
+    if not re.fullmatch(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}", domain):
+        raise ValueError("expected an email domain like example.com")
+    return domain
+
+
+class BotHeuristics(_Model):
+    """Signals that an account is automated; a field the platform did not give is no signal.
+
+    A person is a bot when ``signals_needed`` of the enabled signals hold, or when a hard
+    one does (``hard_max_posts_per_day``). Set a signal's limit to null to disable it.
+    """
+
+    enabled: bool = Field(True, description="Skip accounts that look automated")
+    signals_needed: int = Field(
+        2, ge=1, le=4, description="How many of the signals must hold to call it a bot"
+    )
+    min_account_age_days: float | None = Field(
+        30, gt=0, description="Signal: the account is younger than this many days"
+    )
+    max_posts_per_day: float | None = Field(
+        144, gt=0, description="Signal: more posts a day than this, over the account's life"
+    )
+    hard_max_posts_per_day: float | None = Field(
+        1000, gt=0, description="Bot on its own: more posts a day than this"
+    )
+    max_following_to_followers_ratio: float | None = Field(
+        50, gt=0, description="Signal: follows more than this many accounts per follower"
+    )
+    min_following: int = Field(
+        500, ge=0, description="The following/followers signal needs at least this many follows"
+    )
+    default_profile_image: bool = Field(
+        True, description="Signal: the account still has the platform's default profile image"
+    )
+
+    @model_validator(mode="after")
+    def _hard_above_soft(self) -> BotHeuristics:
+        soft, hard = self.max_posts_per_day, self.hard_max_posts_per_day
+        if soft is not None and hard is not None and hard < soft:
+            raise ValueError(
+                f"hard_max_posts_per_day ({hard:g}) must be at least max_posts_per_day ({soft:g})"
+            )
+        return self
+
+
+class Exclusions(_Model):
+    """People never turned into leads, each skip recorded with its reason."""
+
+    handles: list[Annotated[str, AfterValidator(_check_handle)]] = Field(
+        default_factory=list, description="Handles to skip, with or without @ (any case)"
+    )
+    user_ids: list[Annotated[str, AfterValidator(_check_user_ref)]] = Field(
+        default_factory=list,
+        description='Person keys ("x:12345") or bare user ids (any platform) to skip',
+    )
+    email_domains: list[Annotated[str, AfterValidator(_check_domain)]] = Field(
+        default_factory=list,
+        description="Skip people whose email (profile or bio) is at one of these domains or "
+        "their subdomains: your company's own, competitors'",
+    )
+    bots: BotHeuristics = Field(default_factory=BotHeuristics)
 
 
 class StateSettings(_Model):
@@ -237,6 +394,7 @@ class Settings(_Model):
     routing: RoutingSettings = RoutingSettings()
     state: StateSettings = StateSettings()
     qualification: Qualification = Qualification()
+    exclusions: Exclusions = Exclusions()
     base_dir: Path = Field(Path("."), exclude=True)
 
     @model_validator(mode="after")

@@ -1,7 +1,8 @@
 """From engaged people to lead candidates: the columns every lead mapping reads.
 
 The summary text is what a salesperson reads on the lead to see why it exists: the
-score, the counts, and the person's most telling engagements with links to the posts.
+score, the counts, the buying-intent phrases, and the person's most telling engagements
+with links to the posts.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pandas as pd
 
 from socialcrm.config import Qualification
 from socialcrm.records import EngagementKind
+from socialcrm.scoring import ScoreBreakdown, intent_phrases, score_people
 from socialcrm.state import EngagementRow, PersonRow
 
 PLATFORM_NAMES = {"x": "X", "mastodon": "Mastodon", "instagram": "Instagram"}
@@ -47,6 +49,9 @@ CANDIDATE_COLUMNS = [
     "engagement_summary",
     "top_post_url",
 ]
+# Beside CANDIDATE_COLUMNS: the distinct intent phrases found ("pricing; a demo", or
+# empty) and whether the decayed score reaches the threshold (the flow keeps those).
+SCORING_COLUMNS = ["intent_phrases", "qualified"]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -56,22 +61,30 @@ def _iso(value: datetime | None) -> str | None:
 def top_engagements(
     rows: Sequence[EngagementRow], qualification: Qualification, limit: int = 5
 ) -> list[EngagementRow]:
-    """What a person said beats what they liked; among equals, the newest first."""
+    """Buying intent first, then what a person said before what they liked; among equals,
+    the newest first."""
 
-    def rank(row: EngagementRow) -> tuple[int, float, float]:
+    def rank(row: EngagementRow) -> tuple[int, int, float, float]:
         try:
             weight = qualification.weight(EngagementKind(row.kind))
         except ValueError:
             weight = 0.0
-        return (1 if row.text else 0, weight, row.occurred_at.timestamp())
+        intent = 1 if row.text and intent_phrases(row.text, qualification) else 0
+        return (intent, 1 if row.text else 0, weight, row.occurred_at.timestamp())
 
     return sorted(rows, key=rank, reverse=True)[:limit]
 
 
 def summary_text(
-    person: PersonRow, top: Sequence[EngagementRow], *, excerpt_length: int = 280
+    person: PersonRow,
+    top: Sequence[EngagementRow],
+    *,
+    excerpt_length: int = 280,
+    breakdown: ScoreBreakdown | None = None,
 ) -> str:
+    """The lead's description; with ``breakdown``, its (decayed) score and intent phrases."""
     platform = PLATFORM_NAMES.get(person.platform, person.platform)
+    shown = round(breakdown.score if breakdown is not None else person.score, 1)
     counts = ", ".join(
         f"{count} {KIND_PLURALS.get(kind, kind) if count != 1 else kind}"
         for kind, count in sorted(person.counts.items(), key=lambda item: (-item[1], item[0]))
@@ -79,10 +92,13 @@ def summary_text(
     first = person.first_engaged_at.date().isoformat() if person.first_engaged_at else "?"
     last = person.last_engaged_at.date().isoformat() if person.last_engaged_at else "?"
     lines = [
-        f"Engagement score {person.score:g} from {person.engagement_count} engagements "
+        f"Engagement score {shown:g} from {person.engagement_count} engagements "
         f"with the brand on {platform} ({counts}), first {first}, last {last}.",
-        "Top engagements:",
     ]
+    if breakdown is not None and breakdown.intent_phrases:
+        quoted = ", ".join(f'"{phrase}"' for phrase in breakdown.intent_phrases)
+        lines.append(f"Buying intent: {quoted}.")
+    lines.append("Top engagements:")
     for row in top:
         day = row.occurred_at.date().isoformat()
         if row.text:
@@ -99,12 +115,24 @@ def lead_candidates(
     people: Sequence[PersonRow],
     engagements: Mapping[str, Sequence[EngagementRow]],
     qualification: Qualification,
+    *,
+    now: datetime | None = None,
 ) -> pd.DataFrame:
-    """One row per person, with the columns of ``CANDIDATE_COLUMNS``."""
+    """One row per person: ``CANDIDATE_COLUMNS`` then ``SCORING_COLUMNS``.
+
+    ``score`` is the decayed, windowed score with its intent bonus at ``now`` (default:
+    the current time; pass it for a deterministic result); the counts, ``engagement_count``
+    and the engagement dates are the person's whole history. ``qualified`` says whether
+    ``score`` reaches ``qualification.threshold``: people pre-selected by their stored
+    (upper-bound) score may not.
+    """
+    histories = {p.person_key: engagements.get(p.person_key, ()) for p in people}
+    scores = score_people(histories, qualification, now)
     rows = []
     for person in people:
         profile = person.profile
-        top = top_engagements(engagements.get(person.person_key, ()), qualification)
+        breakdown = scores[person.person_key]
+        top = top_engagements(histories[person.person_key], qualification)
         row = {
             "person_key": person.person_key,
             "platform": person.platform,
@@ -118,7 +146,7 @@ def lead_candidates(
             "following": profile.get("following"),
             "verified": profile.get("verified"),
             "email": profile.get("email"),
-            "score": person.score,
+            "score": breakdown.score,
             "engagement_count": person.engagement_count,
             **{
                 f"{kind.value}_count": int(person.counts.get(kind.value, 0))
@@ -126,8 +154,10 @@ def lead_candidates(
             },
             "first_engaged_at": _iso(person.first_engaged_at),
             "last_engaged_at": _iso(person.last_engaged_at),
-            "engagement_summary": summary_text(person, top),
+            "engagement_summary": summary_text(person, top, breakdown=breakdown),
             "top_post_url": next((row.url for row in top if row.url), None),
+            "intent_phrases": "; ".join(breakdown.intent_phrases) or None,
+            "qualified": breakdown.qualified,
         }
         rows.append(row)
-    return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
+    return pd.DataFrame(rows, columns=[*CANDIDATE_COLUMNS, *SCORING_COLUMNS])

@@ -21,11 +21,10 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
 
-from socialcrm import schema
+from socialcrm import schema, scoring
 from socialcrm.config import Qualification
 from socialcrm.records import (
     Engagement,
-    EngagementKind,
     RecordProblem,
     SinkOutcome,
     SocialProfile,
@@ -362,6 +361,7 @@ class StateStore:
         for key, items in by_person.items():
             row: Any = existing.get(key)
             counts: dict[str, int] = dict(row["counts"]) if row else {}
+            intent_seen = _intent_seen(row, counts, items, qualification)
             for item in items:
                 counts[item.kind.value] = counts.get(item.kind.value, 0) + 1
             times = [item.occurred_at or now for item in items]
@@ -377,7 +377,8 @@ class StateStore:
                 "profile": profile_to_json(latest),
                 "counts": counts,
                 "engagement_count": sum(counts.values()),
-                "score": score(counts, qualification),
+                # An upper bound of the decayed score at any later time (see scoring).
+                "score": scoring.stored_score(counts, qualification, intent_seen=intent_seen),
                 "first_engaged_at": first,
                 "last_engaged_at": last,
                 "pending": True,
@@ -397,6 +398,56 @@ class StateStore:
         if inserts:
             connection.execute(table.insert(), inserts)
         return len(by_person)
+
+    def rescore_people(self, qualification: Qualification, *, batch_size: int = 1000) -> int:
+        """Recompute every stored score from the engagements, after a change of weights or
+        intent settings; returns how many changed.
+
+        A person whose stored score rises to the threshold or above becomes pending, so
+        the next run scores them again. Reads one batch of people at a time.
+        """
+        people, engagements = schema.people, schema.engagements
+        matcher = scoring.intent_matcher(qualification)
+        scan = qualification.intent.enabled and qualification.intent.weight > 0
+        changed = 0
+        after = ""
+        while True:
+            with self.transaction() as connection:
+                rows = connection.execute(
+                    sa.select(people.c.person_key, people.c.score)
+                    .where(people.c.person_key > after)
+                    .order_by(people.c.person_key)
+                    .limit(batch_size)
+                ).all()
+                if not rows:
+                    return changed
+                keys = [row.person_key for row in rows]
+                counts: dict[str, dict[str, int]] = {key: {} for key in keys}
+                seen: set[str] = set()
+                for chunk in _chunks(keys):
+                    for found in connection.execute(
+                        sa.select(
+                            engagements.c.person_key, engagements.c.kind, engagements.c.text
+                        ).where(engagements.c.person_key.in_(chunk))
+                    ):
+                        kinds = counts[found.person_key]
+                        kinds[found.kind] = kinds.get(found.kind, 0) + 1
+                        if scan and found.person_key not in seen and matcher.find(found.text):
+                            seen.add(found.person_key)
+                for row in rows:
+                    new = scoring.stored_score(
+                        counts[row.person_key], qualification, intent_seen=row.person_key in seen
+                    )
+                    if abs(new - float(row.score)) < 1e-9:
+                        continue
+                    changed += 1
+                    values: dict[str, Any] = {"score": new}
+                    if new >= qualification.threshold > float(row.score):
+                        values["pending"] = True
+                    connection.execute(
+                        people.update().where(people.c.person_key == row.person_key).values(values)
+                    )
+            after = rows[-1].person_key
 
     def pending_people(
         self, *, batch_size: int, min_score: float, only: Sequence[str] | None = None
@@ -660,14 +711,25 @@ class StateStore:
 
 
 def score(counts: dict[str, int], qualification: Qualification) -> float:
-    """Weighted engagement total; the weights come from the config."""
-    total = 0.0
-    for kind, count in counts.items():
-        try:
-            total += qualification.weight(EngagementKind(kind)) * count
-        except ValueError:
-            continue
-    return round(total, 4)
+    """Lifetime weighted engagement total (no window, decay or intent); weights from config.
+
+    The decayed score is ``scoring.score_breakdown``; the stored one ``scoring.stored_score``.
+    """
+    return round(scoring.weighted_total(counts, qualification), 4)
+
+
+def _intent_seen(
+    row: Any, counts: dict[str, int], fresh: Sequence[Engagement], qualification: Qualification
+) -> bool:
+    """Whether any text of the person ever matched an intent phrase: the stored bound of
+    ``row`` (before this page's counts) remembers earlier pages, ``fresh`` adds this one."""
+    intent = qualification.intent
+    if not intent.enabled or intent.weight <= 0 or intent.max_bonus <= 0:
+        return False
+    if row is not None and scoring.bound_has_intent(float(row["score"]), counts, qualification):
+        return True
+    matcher = scoring.intent_matcher(qualification)
+    return any(matcher.find(item.text) for item in fresh if item.text)
 
 
 def _person(row: Any) -> PersonRow:

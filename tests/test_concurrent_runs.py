@@ -18,14 +18,13 @@ from typing import Any
 
 import pytest
 import yaml
+from truth import PLAIN_SCORING, engagement_counts, qualified
 
 from sandbox.server import Sandbox, start_sandbox
-from socialcrm.config import DEFAULT_WEIGHTS, Qualification
 from socialcrm.routing import load_rules, route
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = {kind.value: weight for kind, weight in DEFAULT_WEIGHTS.items()}
 REF = re.compile(r"\[ref x:dm:(\d+)\]")
 
 
@@ -73,6 +72,7 @@ def sandbox(tmp_path: Path, postgres_url: str) -> Any:
     assert box.config_path is not None
     data = yaml.safe_load(box.config_path.read_text())
     data["accounts"][0]["recent_posts"] = 100
+    data["qualification"] = {**(data.get("qualification") or {}), **PLAIN_SCORING}
     box.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
     yield box
     box.stop()
@@ -84,14 +84,8 @@ def test_two_workers_deliver_every_lead_and_ticket_exactly_once(
     assert sandbox.config_path is not None
     leads_runs = run_together("leads", sandbox.config_path, tmp_path)
 
-    counts: dict[str, Counter[str]] = {}
-    for engagement in sandbox.state()["x"]["engagements"]:
-        counts.setdefault(f"x:{engagement['user_id']}", Counter())[engagement["kind"]] += 1
-    expected = {
-        key
-        for key, kinds in counts.items()
-        if sum(WEIGHTS[kind] * n for kind, n in kinds.items()) >= Qualification().threshold
-    }
+    state = sandbox.state()
+    expected = set(qualified(engagement_counts(state), state))
     held = [lead["Social_Profile_Id__c"] for lead in sandbox.state()["salesforce"]["Lead"]]
     assert len(held) == len(set(held)), "a lead was created twice"
     assert set(held) == expected

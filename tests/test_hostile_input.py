@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from truth import PLAIN_SCORING, bots
 
 from connectors.http import sanitize_json
 from connectors.social.x import parse_tweets, parse_users
@@ -173,6 +175,9 @@ def test_hostile_sandbox_runs_clean_and_loses_nothing_good(
     )
     try:
         config = str(box.config_path)
+        data = yaml.safe_load(Path(config).read_text())
+        data["qualification"] = {**(data.get("qualification") or {}), **PLAIN_SCORING}
+        Path(config).write_text(yaml.safe_dump(data, sort_keys=False))
         lead_run = leads(LeadsRun(config=config))
         ticket_run = tickets(TicketsRun(config=config))
         assert lead_run["status"] == ticket_run["status"] == "completed"  # 0 crashed runs
@@ -191,7 +196,11 @@ def test_hostile_sandbox_runs_clean_and_loses_nothing_good(
         ):
             continue
         counts[f"x:{e['user_id']}"][e["kind"]] += 1
-    good = {k for k, c in counts.items() if sum(weights[n] * v for n, v in c.items()) >= 3}
+    good = {
+        k
+        for k, c in counts.items()
+        if sum(weights[n] * v for n, v in c.items()) >= 3 and k not in bots(state)
+    }
     leads_held = {lead["Social_Profile_Id__c"]: lead for lead in state["salesforce"]["Lead"]}
     assert good <= set(leads_held)
     for lead in leads_held.values():

@@ -67,7 +67,8 @@ def test_a_run_lists_its_new_leads_for_sales(tmp_path: Path) -> None:
         assert code == 0
         with open(out, encoding="utf-8-sig", newline="") as handle:
             rows = list(csv.DictReader(handle))
-        assert len(rows) == 30
+        # 30 people handled; the seed's bots among them are skipped, not listed.
+        assert 25 <= len(rows) == len(box.state()["salesforce"]["Lead"]) <= 30
         scores = [float(row["score"]) for row in rows]
         assert scores == sorted(scores, reverse=True)
         assert all(

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from truth import PLAIN_SCORING, bots
 
 from socialcrm.config import Qualification
 from socialcrm.routing import load_rules, route
@@ -81,6 +82,7 @@ def _tune_config(path: Path) -> None:
         recent_posts=100, timeout_seconds=1.5, max_rate_limit_wait_seconds=30
     )
     data["crm"]["timeout_seconds"] = 1.5
+    data["qualification"] = {**(data.get("qualification") or {}), **PLAIN_SCORING}
     data["helpdesk"]["timeout_seconds"] = 1.5
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
@@ -158,7 +160,11 @@ def test_faults_and_kills_leave_exactly_one_of_everything(
     for e in customer:
         if route(rules, e["text"]).route == "sales":
             counts[f"x:{e['sender_id']}"]["message"] += 1
-    qualified = {k for k, c in counts.items() if sum(weights[n] * v for n, v in c.items()) >= 3}
+    qualified = {
+        k
+        for k, c in counts.items()
+        if sum(weights[n] * v for n, v in c.items()) >= 3 and k not in bots(state)
+    }
     leads = Counter(lead["Social_Profile_Id__c"] for lead in state["salesforce"]["Lead"])
     conversations: dict[str, set[str]] = defaultdict(set)
     for e in customer:

@@ -35,6 +35,8 @@ from socialcrm.records import Engagement, EngagementKind, Page, RecordProblem, S
 log = logging.getLogger("socialcrm.x")
 
 SYSTEM = "x"
+# created_at, public_metrics (followers/following/tweet counts) and profile_image_url
+# (the default avatar) feed the bot heuristics (socialcrm.exclusions).
 USER_FIELDS = "created_at,description,location,public_metrics,verified,profile_image_url,url"
 TWEET_FIELDS = "created_at,author_id,conversation_id,in_reply_to_user_id,referenced_tweets"
 # The mentions timeline only reaches this many of the newest posts.
@@ -340,8 +342,23 @@ def parse_profile(user: dict[str, Any]) -> SocialProfile:
         posts=_int_or_none(metrics.get("tweet_count")),
         verified=user.get("verified") if isinstance(user.get("verified"), bool) else None,
         created_at=parse_time(user.get("created_at")),
-        default_profile_image=None,
+        default_profile_image=_default_profile_image(user),
     )
+
+
+def _default_profile_image(user: dict[str, Any]) -> bool | None:
+    """Whether the account still has X's default avatar; None when we cannot tell.
+
+    API v2 has no flag for it (v1.1's ``default_profile_image``, taken when present):
+    the default avatar's ``profile_image_url`` lives under ``/default_profile_images/``.
+    """
+    flag = user.get("default_profile_image")
+    if isinstance(flag, bool):
+        return flag
+    url = user.get("profile_image_url")
+    if isinstance(url, str) and url.strip():
+        return "/default_profile_images/" in url
+    return None
 
 
 def _partial_errors(body: dict[str, Any]) -> list[RecordProblem]:
