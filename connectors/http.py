@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -190,6 +191,50 @@ def transport_error(system: str, call: str, exc: requests.RequestException) -> A
 
 
 @dataclass
+class Pacing:
+    """How fast one external system may be called, beyond what its own headers say.
+
+    ``per_second`` spaces the calls of this process (all threads); ``prefect_limit`` names
+    a Prefect global concurrency limit with slot decay (``prefect gcl create NAME --limit
+    N --slot-decay-per-second R``) that every worker on the server shares.
+    """
+
+    per_second: float | None = None
+    prefect_limit: str | None = None
+    _next: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_PACING: dict[str, Pacing] = {}
+
+
+def set_pacing(system: str, pacing: Pacing | None) -> None:
+    """Configure (or, with None, lift) the pacing of ``system`` for this process."""
+    if pacing is None:
+        _PACING.pop(system, None)
+    else:
+        _PACING[system] = pacing
+
+
+def pace(system: str) -> None:
+    """Wait for the system's turn; every attempt of every call goes through here."""
+    pacing = _PACING.get(system)
+    if pacing is None:
+        return
+    if pacing.prefect_limit:
+        from prefect.concurrency.sync import rate_limit
+
+        rate_limit(pacing.prefect_limit, occupy=1, strict=False)
+    if pacing.per_second:
+        with pacing._lock:
+            now = time.monotonic()
+            start = max(now, pacing._next)
+            pacing._next = start + 1.0 / pacing.per_second
+        if start > now:
+            time.sleep(start - now)
+
+
+@dataclass
 class RetryPolicy:
     max_attempts: int = 6
     max_total_seconds: float = 600.0
@@ -228,6 +273,7 @@ def call_with_retry(
 
     def attempt() -> T:
         nonlocal reauthenticated
+        pace(system)
         try:
             return fn()
         except ApiError:

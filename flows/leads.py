@@ -26,7 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from connectors.crm import salesforce
-from connectors.http import Action, ApiError
+from connectors.http import Action, ApiError, Pacing, set_pacing
 from connectors.social import x
 from flows.params import RunTarget, as_is
 from flows.reporting import publish_leads_artifacts, publish_review_artifact, sales_view
@@ -653,6 +653,13 @@ def run_summary(ctx: LeadsContext, outcomes: list[SinkOutcome], status: str) -> 
     }
 
 
+def apply_rate_limits(settings: Settings) -> None:
+    """Pace each external system as the config says, for every call of this process."""
+    for system in ("x", "salesforce", "zendesk"):
+        limit = settings.rate_limits.get(system)
+        set_pacing(system, Pacing(limit.per_second, limit.prefect_limit) if limit else None)
+
+
 def run_namer(flow_name: str) -> Callable[[], str]:
     """Run names ops can read in the UI: flow, account, time, and whether it is a dry run."""
 
@@ -683,6 +690,7 @@ def leads(params: LeadsRun = LeadsRun()) -> dict[str, Any]:  # noqa: B008
     """
     logger = _logger()
     settings = load_settings(params.config)
+    apply_rate_limits(settings)
     account = settings.account(params.account)
     store = StateStore.open(settings.state_url(), dry_run=params.dry_run)
     ctx = LeadsContext(

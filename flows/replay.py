@@ -16,7 +16,7 @@ from prefect import flow
 from pydantic import Field
 
 from connectors.http import Action, ApiError
-from flows.leads import LeadsContext, _logger, deliver_pending_leads, stop_status
+from flows.leads import LeadsContext, _logger, apply_rate_limits, deliver_pending_leads, stop_status
 from flows.params import RunTarget, as_is
 from flows.tickets import TicketsContext, deliver_conversations
 from socialcrm import inbox
@@ -48,6 +48,7 @@ def replay(params: ReplayRun = ReplayRun()) -> dict[str, Any]:  # noqa: B008
     """
     logger = _logger()
     settings = load_settings(params.config)
+    apply_rate_limits(settings)
     account = settings.account(params.account)
     store = StateStore.open(settings.state_url())
     letters = store.dead_letters(ids=params.ids)

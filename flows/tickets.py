@@ -24,6 +24,7 @@ from connectors.social import x, x_dm
 from flows.leads import (
     LeadsContext,
     _logger,
+    apply_rate_limits,
     deliver_pending_leads,
     is_systemic,
     run_namer,
@@ -446,6 +447,7 @@ def tickets(params: TicketsRun = TicketsRun()) -> dict[str, Any]:  # noqa: B008
         params: what to run: config file, account, dry run, conversation limit.
     """
     settings = load_settings(params.config)
+    apply_rate_limits(settings)
     account = settings.account(params.account)
     if settings.helpdesk is None:
         raise ConfigError(f"{params.config}: helpdesk: the tickets flow needs a helpdesk section")

@@ -387,6 +387,20 @@ class StateSettings(_Model):
     )
 
 
+class RateLimit(_Model):
+    """Pacing of one external system on top of what its rate-limit headers say."""
+
+    per_second: float | None = Field(
+        None, gt=0, description="At most this many calls a second from one run (all threads)"
+    )
+    prefect_limit: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="A Prefect global concurrency limit with slot decay shared by every "
+        "worker (create it with `prefect gcl create NAME --limit N --slot-decay-per-second R`)",
+    )
+
+
 class Settings(_Model):
     accounts: list[Account] = Field(min_length=1)
     crm: SalesforceSettings
@@ -395,6 +409,9 @@ class Settings(_Model):
     state: StateSettings = StateSettings()
     qualification: Qualification = Qualification()
     exclusions: Exclusions = Exclusions()
+    rate_limits: dict[Literal["x", "salesforce", "zendesk"], RateLimit] = Field(
+        default_factory=dict
+    )
     base_dir: Path = Field(Path("."), exclude=True)
 
     @model_validator(mode="after")

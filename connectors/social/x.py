@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -60,6 +61,7 @@ class XClient:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     calls: int = 0
     _windows: dict[str, tuple[int, float]] = field(default_factory=dict)
+    _window_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, path: str, params: dict[str, Any], *, template: str) -> dict[str, Any]:
         url = self.account.api_base_url.rstrip("/") + path
@@ -97,10 +99,16 @@ class XClient:
                 self._windows[template] = (int(remaining), float(reset))
 
     def _wait_for_window(self, template: str) -> None:
-        """Wait for the window to reset rather than spend a call on a certain 429."""
-        remaining, reset = self._windows.get(template, (1, 0.0))
-        if remaining > 0:
-            return
+        """Wait for the window to reset rather than spend a call on a certain 429.
+
+        Streams walked in parallel share the client: each call takes one of the
+        remaining calls under a lock, so together they never overrun the window.
+        """
+        with self._window_lock:
+            remaining, reset = self._windows.get(template, (1, 0.0))
+            if remaining > 0:
+                self._windows[template] = (remaining - 1, reset)
+                return
         delay = reset - time.time() + 1.0
         if delay <= 0:
             return
