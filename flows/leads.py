@@ -135,19 +135,12 @@ class LeadsContext:
         return self.crm
 
 
-@task(
-    name="store-page",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-    retries=1,
-    retry_delay_seconds=5,
-    task_run_name="store {request.stream} {request.post_id}",
-)
 def store_page(ctx: LeadsContext, request: x.StreamRequest, page: Page[Engagement]) -> int:
     """Record one fetched page with its cursor in one transaction; returns its new rows.
 
     Pages are stored one at a time even when streams are walked side by side: storing is
-    quick and local, and SQLite allows one writer anyway.
+    quick and local, and SQLite allows one writer anyway. A page is not a task of its
+    own: a task costs more than a page's round trip, and each page is logged.
     """
     logger = _logger()
     with ctx.serial:
@@ -186,6 +179,8 @@ def store_page(ctx: LeadsContext, request: x.StreamRequest, page: Page[Engagemen
     name="pull-stream",
     cache_policy=NO_CACHE,
     persist_result=False,
+    retries=1,
+    retry_delay_seconds=5,
     task_run_name="pull {first.cursor_name}",
 )
 def pull_stream(ctx: LeadsContext, first: x.StreamRequest) -> int:
@@ -205,7 +200,7 @@ def pull_stream(ctx: LeadsContext, first: x.StreamRequest) -> int:
         while request is not None and pending is not None:
             page, next_request = pending.result()
             pending = prefetch.submit(x.fetch_page, client, next_request) if next_request else None
-            store_page(as_is(ctx), request, page)
+            store_page(ctx, request, page)
             walked += len(page.records)
             request = next_request
     if first.stream == "mentions" and first.since_id and walked >= x.MENTIONS_REACH:

@@ -357,7 +357,13 @@ class StateStore:
         existing: dict[str, Any] = {}  # person_key -> row mapping
         for chunk in _chunks(list(by_person)):
             for found in connection.execute(
-                sa.select(table).where(table.c.person_key.in_(chunk))
+                sa.select(  # not the profile: it is replaced, never read back
+                    table.c.person_key,
+                    table.c.counts,
+                    table.c.score,
+                    table.c.first_engaged_at,
+                    table.c.last_engaged_at,
+                ).where(table.c.person_key.in_(chunk))
             ).mappings():
                 existing[found["person_key"]] = found
         inserts: list[dict[str, Any]] = []
