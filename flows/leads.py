@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout, MissingContextError
@@ -31,10 +32,10 @@ from connectors.social import x
 from flows.params import RunTarget, as_is
 from flows.reporting import publish_leads_artifacts, publish_review_artifact, sales_view
 from mappings import MappingSpec, apply_spec, check_spec, load_spec
-from socialcrm import inbox, progress
+from socialcrm import consent, inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
 from socialcrm.exclusions import ExclusionRules, skip_reasons
-from socialcrm.qualify import lead_candidates, top_engagements
+from socialcrm.qualify import PLATFORM_NAMES, lead_candidates, top_engagements
 from socialcrm.records import DirectMessage, Engagement, Page, RecordProblem, SinkOutcome
 from socialcrm.routing import RoutingRules, load_rules, route
 from socialcrm.state import EngagementRow, PersonRow, StateStore, payload_hash
@@ -110,6 +111,7 @@ class LeadsContext:
     _spec: MappingSpec | None = None
     _spec_fits: bool = False
     _exclusions: ExclusionRules | None = None
+    _task_spec: MappingSpec | None = None
     _rules: RoutingRules | None = None
 
     def lead_spec(self) -> MappingSpec:
@@ -121,6 +123,16 @@ class LeadsContext:
                 raise ConfigError(f"{path}: a lead mapping needs external_id (the upsert key)")
             self._spec = spec
         return self._spec
+
+    def task_spec(self) -> MappingSpec:
+        """The Task logged on a matched Contact, read once per run."""
+        if self._task_spec is None:
+            path = self.settings.mapping_path(self.settings.crm.matching.contact_task_mapping)
+            spec = load_spec(path)
+            if not spec.external_id:
+                raise ConfigError(f"{path}: a task mapping needs external_id (the upsert key)")
+            self._task_spec = spec
+        return self._task_spec
 
     def exclusion_rules(self) -> ExclusionRules:
         """Who never becomes a lead, built once per run."""
@@ -147,8 +159,10 @@ def store_page(ctx: LeadsContext, request: x.StreamRequest, page: Page[Engagemen
         if request.stream == "mentions" and ctx.settings.routing.tickets_from_mentions:
             queue_help_requests(ctx, page.records)
         cursors = {request.cursor_name: page.cursor} if page.cursor else None
+        # Whoever opted out or was erased is not stored again, whatever they like next.
+        records, _ = consent.filter_suppressed(ctx.store, page.records, key=lambda e: e.author.key)
         result = ctx.store.ingest(
-            ctx.account.name, page.records, ctx.settings.qualification, cursors=cursors
+            ctx.account.name, records, ctx.settings.qualification, cursors=cursors
         )
         # A record that failed to parse once and now arrives whole leaves the dead letters.
         ctx.store.resolve_dead_letters([record.key for record in page.records], PIPELINE)
@@ -249,6 +263,12 @@ class BatchPlan:
     known: set[str] = field(default_factory=set)
     context: dict[str, dict[str, Any]] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
+    # Matched in the org: the Contact each customer is (they get a Task, not a lead), and
+    # the existing Lead (not ours) each person is, which we update by id, our fields only.
+    contacts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    adopt: dict[str, str] = field(default_factory=dict)
+    adopted_before: set[str] = field(default_factory=set)
+    frame: pd.DataFrame | None = None
 
     def preview(self) -> list[dict[str, Any]]:
         return [
@@ -273,7 +293,15 @@ def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Batch
         ctx._spec_fits = True
     plan = BatchPlan(number, people, decided=[])
     now = datetime.now(UTC)
-    skipped = skip_reasons(people, ctx.exclusion_rules(), now=now)
+    # Consent first: checked again right before any write, whatever the store held.
+    skipped = {
+        key: f"consent: {reason}"
+        for key, reason in consent.suppression_reasons(
+            ctx.store, [person.person_key for person in people]
+        ).items()
+    }
+    for key, reason in skip_reasons(people, ctx.exclusion_rules(), now=now).items():
+        skipped.setdefault(key, reason)
     keep = [person for person in people if person.person_key not in skipped]
     engagements = ctx.store.engagements_of([person.person_key for person in keep])
     frame = lead_candidates(keep, engagements, ctx.settings.qualification, now=now)
@@ -303,13 +331,35 @@ def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Batch
         rejected.setdefault(problem.record_key, []).append(problem)
     for key in sorted(rejected):
         plan.decided.append(SinkOutcome(key, "failed", problems=rejected[key]))
+    plan.frame = frame
+    matches = find_existing(ctx, frame, mapped.keys)
     ledger = ctx.store.deliveries(mapped.keys, spec.object_name)
     for key, full in zip(mapped.keys, mapped.records, strict=True):
         # An empty value is left out, not sent as null: an update must never wipe
         # what a salesperson typed into the lead (an email, a company).
         record = {name: value for name, value in full.items() if value is not None}
-        digest = payload_hash(record)
         known = ledger.get(key)
+        match = matches.get(key)
+        if match is not None and match.ambiguous:
+            reason = (
+                f"ambiguous: {len(match.candidates)} {match.object}s match by "
+                f"{match.matched_by.replace('_', ' ')}; link the right one by hand"
+            )
+            plan.decided.append(SinkOutcome(key, f"skipped: {reason}"))
+            continue
+        contact = contact_of(match)
+        if match is not None and contact is not None:
+            plan.contacts[key] = (contact, match.matched_by)
+            continue
+        if match is not None and match.object == "Lead" and match.matched_by != "external_id":
+            assert match.id is not None
+            plan.adopt[key] = match.id
+        if known is not None and known.status == "matched lead":
+            plan.adopted_before.add(key)
+        if key in plan.adopt or key in plan.adopted_before:
+            # Someone else's lead: add our fields to it, never overwrite theirs.
+            record = {name: value for name, value in record.items() if name.endswith("__c")}
+        digest = payload_hash(record)
         if known is not None and known.payload_hash == digest and known.status != "failed":
             plan.decided.append(SinkOutcome(key, "unchanged", known.destination_id, digest))
             continue
@@ -321,10 +371,157 @@ def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Batch
     return plan
 
 
+def find_existing(
+    ctx: LeadsContext, frame: pd.DataFrame, keys: list[str]
+) -> dict[str, salesforce.Match]:
+    """The org's Contacts and Leads these people already are, in one or two queries."""
+    matching = ctx.settings.crm.matching
+    if not matching.enabled or not keys:
+        return {}
+    spec = ctx.lead_spec()
+    assert spec.external_id is not None
+    rows = frame.set_index("person_key")
+    wanted = [
+        salesforce.MatchKey(
+            key,
+            email=_text(rows.at[key, "email"]),
+            handle=_text(rows.at[key, "handle"]),
+            profile_url=_text(rows.at[key, "profile_url"]),
+        )
+        for key in keys
+    ]
+    rules = salesforce.MatchRules(keys=frozenset(matching.keys), external_id_field=spec.external_id)
+    return salesforce.find_matches(ctx.crm_connection(), wanted, rules)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def contact_of(match: salesforce.Match | None) -> str | None:
+    """The Contact a match stands for: a Contact, or the one a converted Lead became."""
+    if match is None or match.ambiguous:
+        return None
+    if match.object == "Contact":
+        return match.id
+    return match.converted_contact_id if match.is_converted else None
+
+
 def top_engagement_line(row: EngagementRow) -> str:
     """What a salesperson reads first: the person's most telling engagement, one line."""
     said = f': "{" ".join(row.text.split())}"' if row.text else ""
     return f"{row.occurred_at:%Y-%m-%d} {row.kind}{said} {row.url or ''}".strip()
+
+
+def send_leads(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
+    """Upsert new and own leads by external id; update matched leads of others by id.
+
+    Assignment rules run for records this call creates, never for known ones. A create the
+    org's duplicate rule refuses is attached to the record the rule names instead.
+    """
+    conn = ctx.crm_connection()
+    spec = ctx.lead_spec()
+    assert spec.external_id is not None
+    sobject = spec.object_name
+    pairs = list(zip(plan.send_keys, plan.to_send, strict=True))
+    own = [(key, record) for key, record in pairs if key not in plan.adopt]
+    adopted = [(key, record) for key, record in pairs if key in plan.adopt]
+    outcomes: list[SinkOutcome] = []
+    if own:
+        outcomes += salesforce.upsert(
+            conn,
+            sobject,
+            spec.external_id,
+            [record for _, record in own],
+            [key for key, _ in own],
+            known=plan.known | plan.adopt.keys(),
+        )
+    duplicates = [o for o in outcomes if o.status == "duplicate"]
+    outcomes = [o for o in outcomes if o.status != "duplicate"]
+    records = dict(pairs)
+    contacts: dict[str, tuple[str, str]] = {}
+    for outcome in duplicates:
+        named = salesforce.duplicate_matches(outcome)
+        lead = next((rid for obj, rid in named if obj == "Lead"), None)
+        contact = next((rid for obj, rid in named if obj == "Contact"), None)
+        if contact:
+            contacts[outcome.record_key] = (contact, "duplicate rule")
+        elif lead:
+            plan.adopt[outcome.record_key] = lead
+            custom = {k: v for k, v in records[outcome.record_key].items() if k.endswith("__c")}
+            adopted.append((outcome.record_key, custom))
+        else:
+            outcomes.append(outcome)  # a duplicate rule naming nothing usable: as it came
+    if adopted:
+        updated = salesforce.update_records(
+            conn,
+            sobject,
+            [{"Id": plan.adopt[key], **record} for key, record in adopted],
+            [key for key, _ in adopted],
+        )
+        for outcome in updated:
+            if outcome.status in ("created", "updated"):
+                outcome.status = "matched lead"
+                outcome.destination_id = outcome.destination_id or plan.adopt[outcome.record_key]
+                outcome.payload_hash = payload_hash(dict(adopted)[outcome.record_key])
+        outcomes += updated
+    if contacts:
+        outcomes += log_on_contacts(ctx, plan, contacts)
+    # Those we adopted earlier keep that status, so later runs still touch our fields only.
+    for outcome in outcomes:
+        if outcome.status == "updated" and outcome.record_key in plan.adopted_before:
+            outcome.status = "matched lead"
+    return outcomes
+
+
+def log_on_contacts(
+    ctx: LeadsContext, plan: BatchPlan, contacts: dict[str, tuple[str, str]]
+) -> list[SinkOutcome]:
+    """A customer who engages gets a completed Task on their Contact, not a lead."""
+    if not contacts or plan.frame is None:
+        return []
+    conn = ctx.crm_connection()
+    spec = ctx.task_spec()
+    frame = plan.frame[plan.frame["person_key"].isin(list(contacts))]
+    day = pd.to_datetime(frame["last_engaged_at"], utc=True, errors="coerce").dt.strftime(
+        "%Y-%m-%d"
+    )
+    frame = frame.assign(
+        who_id=[contacts[key][0] for key in frame["person_key"]],
+        task_key=(frame["person_key"] + ":engaged:" + day.fillna("undated")).tolist(),
+        platform_name=[PLATFORM_NAMES.get(p, p) for p in frame["platform"]],
+    )
+    fields = salesforce.describe(conn, spec.object_name)
+    mapped = apply_spec(spec, frame, fields, key_column="person_key", system="salesforce")
+    outcomes = [
+        SinkOutcome(problem.record_key, "failed", problems=[problem]) for problem in mapped.rejected
+    ]
+    ledger = ctx.store.deliveries(mapped.keys, "Contact")
+    records, keys, hashes = [], [], {}
+    for key, full in zip(mapped.keys, mapped.records, strict=True):
+        record = {name: value for name, value in full.items() if value is not None}
+        digest = payload_hash(record)
+        known = ledger.get(key)
+        if known is not None and known.payload_hash == digest and known.status != "failed":
+            outcomes.append(SinkOutcome(key, "matched contact", contacts[key][0], digest))
+            continue
+        records.append(record)
+        keys.append(key)
+        hashes[key] = digest
+    if records:
+        assert spec.external_id is not None
+        task_keys = [str(record[spec.external_id]) for record in records]
+        by_task = dict(zip(task_keys, keys, strict=True))
+        for outcome in salesforce.upsert_tasks(conn, records, task_keys):
+            key = by_task[outcome.record_key]
+            if outcome.status in ("created", "updated"):
+                outcomes.append(SinkOutcome(key, "matched contact", contacts[key][0], hashes[key]))
+            else:
+                problems = [replace(problem, record_key=key) for problem in outcome.problems]
+                outcomes.append(
+                    SinkOutcome(key, "failed", problems=problems, retryable=outcome.retryable)
+                )
+    return outcomes
 
 
 def mapping_misfit(problems: list[str]) -> str:
@@ -352,11 +549,12 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
             ctx.would_write.append(row)
             key = row["record_key"]
             outcomes.append(SinkOutcome(key, row["status"], payload_hash=plan.hashes[key]))
-    elif plan.to_send:
+        for key, (contact, _) in plan.contacts.items():
+            outcomes.append(SinkOutcome(key, "would log on contact", contact))
+    elif plan.to_send or plan.contacts:
         try:
-            sent = salesforce.upsert(
-                conn, spec.object_name, spec.external_id, plan.to_send, plan.send_keys
-            )
+            sent = send_leads(ctx, plan)
+            sent += log_on_contacts(ctx, plan, plan.contacts)
         except ApiError as error:
             if is_systemic(error):
                 raise
@@ -371,12 +569,15 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
                 for key in plan.send_keys
             ]
         for outcome in sent:
-            outcome.payload_hash = plan.hashes.get(outcome.record_key)
+            outcome.payload_hash = outcome.payload_hash or plan.hashes.get(outcome.record_key)
         outcomes.extend(sent)
 
     failed = [p for outcome in outcomes for p in outcome.problems]
     # A skipped person has no record in the CRM: nothing to remember in the ledger.
-    ctx.store.record_deliveries(spec.object_name, [o for o in outcomes if not is_skip(o)])
+    ctx.store.record_deliveries(
+        spec.object_name, [o for o in outcomes if not is_skip(o) and o.status != "matched contact"]
+    )
+    ctx.store.record_deliveries("Contact", [o for o in outcomes if o.status == "matched contact"])
     if failed:
         ctx.store.add_dead_letters(PIPELINE, failed)
         ctx.dead_lettered += len(failed)
@@ -630,6 +831,8 @@ def run_summary(ctx: LeadsContext, outcomes: list[SinkOutcome], status: str) -> 
         "updated": counts.get("updated", 0),
         "unchanged": counts.get("unchanged", 0),
         "skipped": counts.get("skipped", 0),
+        "matched_contact": counts.get("matched contact", 0),
+        "matched_lead": counts.get("matched lead", 0),
         "failed": counts.get("failed", 0),
         "would_create": counts.get("would create", 0),
         "would_update": counts.get("would update", 0),
@@ -645,6 +848,9 @@ def run_summary(ctx: LeadsContext, outcomes: list[SinkOutcome], status: str) -> 
         "salesforce_api_usage": f"{usage[0]}/{usage[1]}" if usage else None,
         "gaps": list(ctx.gaps),
         "new_leads": sales_view(ctx.delivered),
+        "outcomes": [
+            {"record_key": row["record_key"], "status": row["status"]} for row in ctx.delivered
+        ],
     }
 
 
@@ -688,6 +894,7 @@ def leads(params: LeadsRun = LeadsRun()) -> dict[str, Any]:  # noqa: B008
     apply_rate_limits(settings)
     account = settings.account(params.account)
     store = StateStore.open(settings.state_url(), dry_run=params.dry_run)
+    consent.merge_config(store, settings.consent)
     ctx = LeadsContext(
         settings=settings,
         account=account,

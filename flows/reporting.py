@@ -57,6 +57,8 @@ def publish_leads_artifacts(
                 ("qualified (to deliver)", "qualified"),
                 ("leads created", "created"),
                 ("leads updated", "updated"),
+                ("existing leads matched (ours added)", "matched_lead"),
+                ("customers (Task on their Contact, no lead)", "matched_contact"),
                 ("unchanged (not sent)", "unchanged"),
                 ("skipped (exclusions, bots, opt-outs, decayed score)", "skipped"),
                 ("failed", "failed"),
@@ -87,13 +89,13 @@ def publish_leads_artifacts(
     rows = [
         {k: _cell(row.get(k)) for k in ("status", "name", "handle", "score", "url", "record_key")}
         for row in delivered
-        if row["status"] in ("created", "updated")
+        if row["status"] in ("created", "updated", "matched lead", "matched contact")
     ]
     if rows:
         create_table_artifact(
             key=f"{key}-leads",
             table=rows[:MAX_ROWS],
-            description=f"Leads created or updated ({len(rows)} in all)",
+            description=f"Leads created or updated, existing records matched ({len(rows)} in all)",
         )
     skipped = [
         {

@@ -33,7 +33,7 @@ from flows.leads import (
 from flows.params import RunTarget, as_is
 from flows.reporting import publish_tickets_artifacts
 from mappings import MappingSpec, apply_spec, load_spec
-from socialcrm import inbox, progress
+from socialcrm import consent, inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
 from socialcrm.qualify import PLATFORM_NAMES
 from socialcrm.records import Engagement, EngagementKind, RecordProblem, SinkOutcome
@@ -126,6 +126,8 @@ def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest
         if decision.route == "sales" and not message.from_brand
     ]
     # Engagements first: they are idempotent, and the cursor moves with the messages.
+    # A person who opted out still gets support, but their DMs are no sales signal.
+    sales, _ = consent.filter_suppressed(ctx.store, sales, key=lambda e: e.author.key)
     if sales:
         ctx.store.ingest(ctx.account.name, sales, ctx.settings.qualification)
         ctx.sales_people.update(e.author.key for e in sales)

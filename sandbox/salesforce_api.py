@@ -1,5 +1,6 @@
-"""Salesforce REST simulator: OAuth token, describe, sObject writes, collections, SOQL,
-Bulk API 2.0 ingest jobs (``sandbox.sf_bulk``).
+"""Salesforce REST simulator: OAuth token, describe, sObject writes and deletes,
+collections (create, update, upsert, delete), SOQL, Bulk API 2.0 ingest jobs
+(``sandbox.sf_bulk``), the Lead duplicate rule and a seeded existing org (``sandbox.sf_seed``).
 
 Faithful where sinks get hurt: error bodies are JSON arrays (``errorCode``) while
 collections answer HTTP 200 with per-record ``statusCode`` errors in request order;
@@ -24,8 +25,15 @@ from sandbox import soql
 from sandbox.faults import unable_to_lock
 from sandbox.sf_bulk import BulkIngest
 from sandbox.sf_query import QueryEngine
-from sandbox.sf_schema import OBJECTS, Field, SObject, record_error
-from sandbox.sf_store import Planned, RecordStore, SfError, json_body
+from sandbox.sf_schema import OBJECTS, Field, SObject, is_id, record_error
+from sandbox.sf_store import (
+    ENTITY_IS_DELETED,
+    ROLLED_BACK,
+    Planned,
+    RecordStore,
+    SfError,
+    json_body,
+)
 from sandbox.wire import Options, Request, Response, json_response
 
 CLIENT_ID = "sandbox-client-id"
@@ -71,12 +79,14 @@ class SalesforceSimulator:
             ("POST", "sobjects/:sobject", self.create_one),
             ("GET", "sobjects/:sobject/:id", self.get_one),
             ("PATCH", "sobjects/:sobject/:id", self.update_one),
+            ("DELETE", "sobjects/:sobject/:id", self.delete_one),
             ("PATCH", "sobjects/:sobject/:field/:value", self.upsert_one),
             ("GET", "query", self.queries.query),
             ("GET", "queryAll", self.queries.query),
             ("GET", "query/:locator", self.queries.query_more),
             ("POST", "composite/sobjects", self.collection_create),
             ("PATCH", "composite/sobjects", self.collection_update),
+            ("DELETE", "composite/sobjects", self.collection_delete),
             ("PATCH", "composite/sobjects/:sobject/:field", self.collection_upsert),
             ("POST", "jobs/ingest", self.bulk.create),
             ("GET", "jobs/ingest", self.bulk.list_jobs),
@@ -227,8 +237,19 @@ class SalesforceSimulator:
         self.store.unknown_fields(obj, body, skip)
         values, error = self.store.check(obj, body, existing, skip, {})
         if error:
-            raise SfError(400, error["statusCode"], error["message"], error["fields"])
+            raise SfError.of_record(400, error)
         return self.store.apply(obj, values, existing, req)
+
+    def _live(self, sobject: str, rid: str) -> tuple[SObject, dict[str, Any]]:
+        """The record at ``/sobjects/{type}/{id}``: 404 ``NOT_FOUND`` when there is none of
+        that type, 404 ``ENTITY_IS_DELETED`` when it is in the recycle bin."""
+        obj = self.store.object(sobject)
+        found = self.store.locate(rid)
+        if found is None or found[0].name != obj.name:
+            raise SfError(404, "NOT_FOUND", "The requested resource does not exist")
+        if found[2]:
+            raise SfError(404, "ENTITY_IS_DELETED", "entity is deleted", [])
+        return obj, found[1]
 
     def create_one(self, req: Request, version: str, sobject: str) -> Response:
         obj = self.store.object(sobject)
@@ -236,12 +257,7 @@ class SalesforceSimulator:
         return self._plain({"id": rid, "success": True, "errors": []}, 201)
 
     def get_one(self, req: Request, version: str, sobject: str, rid: str) -> dict[str, Any]:
-        obj = self.store.object(sobject)
-        record = self.store.records[obj.name].get(rid) or next(
-            (r for r in self.store.records[obj.name].values() if r["Id"][:15] == rid), None
-        )
-        if record is None:
-            raise SfError(404, "NOT_FOUND", "The requested resource does not exist")
+        obj, record = self._live(sobject, rid)
         rendered = self.store.render(obj, record, version)
         fields = req.param("fields")
         if fields:
@@ -252,11 +268,14 @@ class SalesforceSimulator:
         return rendered
 
     def update_one(self, req: Request, version: str, sobject: str, rid: str) -> Response:
-        obj = self.store.object(sobject)
-        existing = self.store.records[obj.name].get(rid)
-        if existing is None:
-            raise SfError(404, "NOT_FOUND", "The requested resource does not exist")
+        obj, existing = self._live(sobject, rid)
         self._write_one(req, obj, json_body(req), existing, {"id"})
+        return Response(204)
+
+    def delete_one(self, req: Request, version: str, sobject: str, rid: str) -> Response:
+        """204 with no body; the record goes to the recycle bin (``queryAll`` still sees it)."""
+        obj, record = self._live(sobject, rid)
+        self.store.delete(obj, record)
         return Response(204)
 
     def upsert_one(
@@ -342,6 +361,47 @@ class SalesforceSimulator:
         plan = self.plan_upsert(obj, f, records)
         return self.store.run_batch(req, all_or_none, self.lock(plan), upsert=True)
 
+    def collection_delete(self, req: Request, version: str) -> list[dict[str, Any]]:
+        """``DELETE /composite/sobjects?ids=a,b&allOrNone=false``: up to 200 ids of any
+        types, one DeleteResult per id in request order (HTTP 200 even if all failed). An id
+        already deleted, or one that never was, fails with ``ENTITY_IS_DELETED``."""
+        ids = [i.strip() for i in (req.param("ids") or "").split(",") if i.strip()]
+        if not ids:
+            raise SfError(400, "MISSING_ARGUMENT", "ids parameter must be specified")
+        if len(ids) > MAX_COLLECTION:
+            raise SfError(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+            )
+        all_or_none = (req.param("allOrNone") or "false").strip().lower() == "true"
+        locked = self.locked_rows(len(ids)) if self.locked_rows is not None else set()
+        planned: list[tuple[str, Any]] = []  # (id, (object, record) or an error)
+        seen: set[str] = set()
+        for i, rid in enumerate(ids):
+            found = self.store.locate(rid)
+            if not is_id(rid):
+                planned.append((rid, record_error("MALFORMED_ID", f"malformed id {rid}", [])))
+            elif found is None or found[2] or found[1]["Id"] in seen:
+                planned.append((rid, ENTITY_IS_DELETED))
+            elif i in locked:
+                planned.append((rid, unable_to_lock(found[1]["Id"])))
+            else:
+                seen.add(found[1]["Id"])
+                planned.append((rid, (found[0], found[1])))
+        failed = any(isinstance(target, dict) for _, target in planned)
+        results: list[dict[str, Any]] = []
+        for _, target in planned:
+            if isinstance(target, dict):
+                results.append({"success": False, "errors": [target]})
+            elif all_or_none and failed:
+                results.append({"success": False, "errors": [ROLLED_BACK]})
+            else:
+                obj, record = target
+                self.store.delete(obj, record)
+                results.append({"id": record["Id"], "success": True, "errors": []})
+        return results
+
     # --- per-record planning, shared with Bulk API 2.0 jobs (sandbox.sf_bulk) ------------
 
     def plan_create(self, records: list[tuple[SObject, dict[str, Any]]]) -> list[Planned]:
@@ -351,10 +411,13 @@ class SalesforceSimulator:
         plan: list[Planned] = []
         for obj, record in records:
             rid = next((str(v) for k, v in record.items() if k.lower() == "id"), None)
-            existing = self.store.records[obj.name].get(rid or "")
+            found = self.store.locate(rid or "")
+            existing = found[1] if found is not None and found[0].name == obj.name else None
             error = None
             if rid is None:
                 error = record_error("MISSING_ARGUMENT", "Id not specified in an update call", [])
+            elif existing is not None and found is not None and found[2]:
+                existing, error = None, ENTITY_IS_DELETED
             elif existing is None:
                 error = record_error(
                     "INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id", []
@@ -406,6 +469,15 @@ class SalesforceSimulator:
                 error = unable_to_lock(held)
             planned.append((obj, body, existing, skip, error))
         return planned
+
+    @property
+    def duplicate_rules(self) -> bool:
+        """Whether the org's (blocking, exact-email) Lead duplicate rule is active."""
+        return self.store.duplicate_rules
+
+    @duplicate_rules.setter
+    def duplicate_rules(self, on: bool) -> None:
+        self.store.duplicate_rules = bool(on)
 
     def limit_info(self) -> str:
         return f"api-usage={self.api_usage}/{self.options.sf_daily_limit}"

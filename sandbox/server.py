@@ -15,6 +15,11 @@ the optional ``.json`` (``PUT /api/v2/tickets/:id``), DM lookups under X
 (``GET /2/dm_conversations/:id/dm_events``). ``reads`` counts GET calls per system;
 ``writes`` counts every other method except the OAuth token call.
 
+Besides ``GET /_sandbox/state``: ``POST /_sandbox/crm`` seeds the Salesforce org with
+existing Contacts and Leads for some X people and returns the ground truth (``GET`` returns
+it again; ``sandbox.sf_seed``), ``GET /_sandbox/salesforce/queries`` lists the SOQL texts the
+org received.
+
 Faults (``sandbox.faults``) are drawn per API call after it is counted, never on
 ``/_sandbox/*`` nor on the OAuth token endpoint; ``faults`` in the state counts them per
 kind, ``fault_phases`` says how many resets and slow answers came before or after the
@@ -47,6 +52,7 @@ from sandbox.config_file import config_text
 from sandbox.faults import DropConnection, Fault, FaultInjector
 from sandbox.hostile import add_hostile
 from sandbox.salesforce_api import SalesforceSimulator
+from sandbox.sf_seed import CrmSeed, seed_crm
 from sandbox.tls import server_context
 from sandbox.wire import Options, Request, Response, json_response
 from sandbox.x_api import XSimulator, problem
@@ -65,8 +71,10 @@ class _World:
         latency_ms: float,
         *,
         hostile: bool = False,
+        sf_duplicate_rules: bool = True,
     ) -> None:
         self.lock = threading.Lock()
+        self.seed = seed
         self.options = Options(latency_ms=latency_ms)
         self.x_world = seeding.build_world(seed)
         self.inbox = dm_seed.seed_dms(self.x_world, seed)
@@ -75,6 +83,9 @@ class _World:
             self.hostile = add_hostile(self.x_world, self.inbox, seed)
         self.x = XSimulator(self.x_world, self.options, self.inbox)
         self.salesforce = SalesforceSimulator(self.options, seed)
+        self.salesforce.duplicate_rules = sf_duplicate_rules
+        self.crm_seed: CrmSeed | None = None
+        self.crm_truth: dict[str, Any] = {}
         self.zendesk = ZendeskSimulator(self.options, seed)
         self.calls: dict[str, Counter[str]] = {name: Counter() for name in SYSTEMS}
         self.faults = FaultInjector(seed ^ 0x5EED)
@@ -121,7 +132,26 @@ class _World:
             **self.options.as_dict(),
             "faults": self.faults.as_dict(),
             "sf_api_usage": self.salesforce.api_usage,
+            "sf_duplicate_rules": self.salesforce.duplicate_rules,
         }
+
+    def seed_crm(self, spec: CrmSeed | dict[str, Any] | bool = True) -> dict[str, Any]:
+        """Existing Contacts and Leads for some X people (``sandbox.sf_seed``); the truth.
+
+        Seeding twice with the same spec returns the same truth and adds nothing."""
+        wanted = CrmSeed.of(spec)
+        with self.lock:
+            if self.crm_seed is not None:
+                if wanted != self.crm_seed:
+                    raise ValueError("the org is already seeded with other counts")
+                return dict(self.crm_truth)
+            self.crm_truth = seed_crm(self.salesforce.store, self.x_world, self.seed, wanted)
+            self.crm_seed = wanted
+            return dict(self.crm_truth)
+
+    def soql_log(self) -> list[str]:
+        with self.lock:
+            return list(self.salesforce.queries.log)
 
     def generate(self, engagements: int, dms: int = 0) -> dict[str, Any]:
         with self.lock:
@@ -141,6 +171,9 @@ class _World:
             rate = opts.pop("fault_rate", None)
             spec = opts.pop("faults", {})
             usage = opts.pop("sf_api_usage", None)
+            duplicate_rules = opts.pop("sf_duplicate_rules", None)
+            if duplicate_rules is not None and not isinstance(duplicate_rules, bool):
+                raise ValueError("sf_duplicate_rules must be true or false")
             probe = Options()
             probe.update(**opts)
             checked = FaultInjector()
@@ -156,6 +189,8 @@ class _World:
             self.faults.configure(spec)
             if usage is not None:  # jump to "near the daily limit" without 15,000 calls
                 self.salesforce.api_usage = int(usage)
+            if duplicate_rules is not None:
+                self.salesforce.duplicate_rules = duplicate_rules
 
     def reset_calls(self) -> None:
         with self.lock:
@@ -229,6 +264,13 @@ class _World:
             body = json.loads(req.body or b"{}")
             if route == ("GET", "/_sandbox/state"):
                 return json_response(200, self.state())
+            if route == ("POST", "/_sandbox/crm"):  # body: counts per case, {} = defaults
+                return json_response(200, self.seed_crm(body or True))
+            if route == ("GET", "/_sandbox/crm"):
+                with self.lock:
+                    return json_response(200, dict(self.crm_truth))
+            if route == ("GET", "/_sandbox/salesforce/queries"):
+                return json_response(200, {"queries": self.soql_log()})
             if route == ("POST", "/_sandbox/generate"):
                 engagements, dms = int(body.get("engagements", 0)), int(body.get("dms", 0))
                 return json_response(200, self.generate(engagements, dms))
@@ -384,12 +426,29 @@ class Sandbox:
         closed Bulk API 2.0 job stays ``InProgress``), ``zendesk_rate_limit`` (per
         window, None = 700), ``zendesk_window_seconds``, ``zendesk_429_every`` (0 = off);
         ``faults`` (merged into the fault configuration, see ``sandbox.faults``; None turns
-        every rate off) and ``fault_rate`` (that rate on every system, default mixes).
+        every rate off) and ``fault_rate`` (that rate on every system, default mixes);
+        ``sf_duplicate_rules`` (the org's blocking Lead duplicate rule on Email, default on).
         """
         self._world.set_options(**opts)
 
     def reset_calls(self) -> None:
         self._world.reset_calls()
+
+    def seed_crm(self, spec: CrmSeed | dict[str, Any] | bool = True) -> dict[str, Any]:
+        """Existing Contacts and Leads for some of the X people, as ``POST /_sandbox/crm``
+        does; returns the ground truth by person key (``sandbox.sf_seed``). Deterministic
+        for a given sandbox seed; seeding again with the same spec changes nothing."""
+        return self._world.seed_crm(spec)
+
+    def crm_truth(self) -> dict[str, Any]:
+        """What ``seed_crm`` (or ``start_sandbox(crm_seed=...)``) seeded; {} if nothing."""
+        with self._world.lock:
+            return dict(self._world.crm_truth)
+
+    def soql_log(self) -> list[str]:
+        """Every SOQL text the org received, oldest first (``GET
+        /_sandbox/salesforce/queries``; the last 10,000)."""
+        return self._world.soql_log()
 
     def stop(self) -> None:
         for server in self._servers:
@@ -419,12 +478,17 @@ def start_sandbox(
     faults: dict[str, Any] | None = None,
     fault_rate: float | None = None,
     hostile: bool = False,
+    crm_seed: CrmSeed | dict[str, Any] | bool | None = None,
+    sf_duplicate_rules: bool = True,
 ) -> Sandbox:
     """Start the simulators; ``port=N`` puts X on N and Salesforce on N+1 (zendesk: N+2).
 
     ``fault_rate`` sets one rate with the default mix on every system; ``faults`` (applied
     after it) sets rates, mixes, ``slow_seconds`` and ``seed`` per system (``sandbox.faults``).
-    ``hostile`` adds the hostile X records of ``sandbox.hostile``.
+    ``hostile`` adds the hostile X records of ``sandbox.hostile``. ``crm_seed`` (True, or
+    counts per case) starts the org with existing Contacts and Leads for some X people
+    (``sandbox.sf_seed``; the truth is ``Sandbox.crm_truth()``); without it the org starts
+    empty. ``sf_duplicate_rules`` turns the org's Lead duplicate rule (on Email) on or off.
     """
     cleanup = None
     if workdir is None and write_config is not None:
@@ -432,7 +496,9 @@ def start_sandbox(
     if workdir is None:
         workdir = cleanup = Path(tempfile.mkdtemp(prefix="socialcrm-sandbox-"))
     context, ca_path = server_context(Path(workdir))
-    world = _World(seed, latency_ms, hostile=hostile)
+    world = _World(seed, latency_ms, hostile=hostile, sf_duplicate_rules=sf_duplicate_rules)
+    if crm_seed is not None and crm_seed is not False:
+        world.seed_crm(crm_seed)
     if fault_rate is not None:
         world.faults.set_rate(fault_rate)
     if faults:
@@ -482,6 +548,8 @@ def serve_forever(
     faults: dict[str, Any] | None = None,
     fault_rate: float | None = None,
     hostile: bool = False,
+    crm_seed: CrmSeed | dict[str, Any] | bool | None = None,
+    sf_duplicate_rules: bool = True,
 ) -> None:
     """Start, print one JSON line when ready, block until SIGINT/SIGTERM, stop cleanly."""
     sandbox = start_sandbox(
@@ -495,6 +563,8 @@ def serve_forever(
         faults=faults,
         fault_rate=fault_rate,
         hostile=hostile,
+        crm_seed=crm_seed,
+        sf_duplicate_rules=sf_duplicate_rules,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

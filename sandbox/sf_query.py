@@ -1,15 +1,28 @@
-"""SOQL execution against the record store, with query locators for ``nextRecordsUrl``."""
+"""SOQL execution against the record store, with query locators for ``nextRecordsUrl``.
+
+``query`` sees live records, ``queryAll`` the recycle bin too (``IsDeleted = true``). Every
+SOQL text received is kept in ``log`` (the last ``LOG_SIZE``), so a test can check what a
+client sent. The org's size limits hold: a SOQL statement of more than 100,000 characters is
+refused (``MALFORMED_QUERY``), and so is a request whose URI, with the query URL-encoded, is
+longer than 16,384 bytes (HTTP 414, as Salesforce's front end answers).
+"""
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote_plus
 
 from sandbox import soql
 from sandbox.sf_schema import STRING_TYPES, Field, find_object
 from sandbox.sf_store import RecordStore, SfError
-from sandbox.wire import Options, Request
+from sandbox.wire import Options, Request, Response
+
+SOQL_MAX_CHARS = 100_000
+URI_MAX_BYTES = 16_384
+LOG_SIZE = 10_000
 
 
 class QueryEngine:
@@ -18,11 +31,21 @@ class QueryEngine:
         self.options = options
         # locator -> (api version, sobject, rendered rows): the snapshot a cursor pages over
         self.locators: dict[str, tuple[str, str, list[dict[str, Any]]]] = {}
+        self.log: deque[str] = deque(maxlen=LOG_SIZE)
 
-    def query(self, req: Request, version: str) -> dict[str, Any]:
+    def query(self, req: Request, version: str) -> dict[str, Any] | Response:
         text = req.param("q")
         if not text:
             raise SfError(400, "MALFORMED_QUERY", "A query string has to be specified")
+        self.log.append(text)
+        if len(req.path) + len("?q=") + len(quote_plus(text)) > URI_MAX_BYTES:
+            return Response(414, b"URI Too Long", {"Content-Type": "text/plain"})
+        if len(text) > SOQL_MAX_CHARS:
+            raise SfError(
+                400,
+                "MALFORMED_QUERY",
+                f"SOQL statements cannot be longer than {SOQL_MAX_CHARS:,} characters.",
+            )
         parsed = soql.parse(text)
         obj = find_object(parsed.sobject)
         if obj is None:
@@ -56,11 +79,11 @@ class QueryEngine:
             _check_filter(f, comparison)
         for name, _, _ in parsed.order:
             canonical[name] = resolve(name, text.find(name)).name
-        rows = [
-            r
-            for r in self.store.records[obj.name].values()
-            if soql.matches(parsed.where, _getter(r, canonical))
-        ]
+        pool = list(self.store.records[obj.name].values())
+        if req.path.rstrip("/").endswith("/queryAll"):
+            pool += list(self.store.deleted[obj.name].values())
+        dates = {f.name for f in obj.fields if f.type == "date"}
+        rows = [r for r in pool if soql.matches(parsed.where, _getter(r, canonical, dates))]
         for name, descending, nulls_last in reversed(parsed.order):
             present = [r for r in rows if r.get(canonical[name]) is not None]
             absent = [r for r in rows if r.get(canonical[name]) is None]
@@ -111,7 +134,11 @@ class QueryEngine:
 def _check_filter(f: Field, comparison: soql.Comparison) -> None:
     if f.type == "textarea":
         raise SfError(400, "INVALID_FIELD", f"field '{f.name}' can not be filtered in a query call")
-    expected = "string" if f.type in STRING_TYPES else {"double": "number"}.get(f.type, f.type)
+    expected = (
+        "string"
+        if f.type in STRING_TYPES
+        else {"double": "number", "date": "datetime"}.get(f.type, f.type)
+    )
     for value in comparison.values:
         if value.kind not in (expected, "null") or (
             comparison.op == "like" and expected != "string"
@@ -126,8 +153,16 @@ def _check_filter(f: Field, comparison: soql.Comparison) -> None:
             )
 
 
-def _getter(record: dict[str, Any], canonical: dict[str, str]) -> Callable[[str], Any]:
-    return lambda name: record.get(canonical[name])
+def _getter(
+    record: dict[str, Any], canonical: dict[str, str], dates: set[str]
+) -> Callable[[str], Any]:
+    def get(name: str) -> Any:
+        value = record.get(canonical[name])
+        if value is not None and canonical[name] in dates:  # date literals parse as midnight
+            return f"{value}T00:00:00.000+0000"
+        return value
+
+    return get
 
 
 def _sorter(field: str) -> Callable[[dict[str, Any]], Any]:

@@ -1,4 +1,5 @@
-"""Lead and Contact metadata, Salesforce-style ids, and per-field value checks.
+"""Lead, Contact, Task, Campaign and CampaignMember metadata, Salesforce-style ids, and
+per-field value checks.
 
 The describe output is what a mapping validator reads, and the value checks produce the
 per-record error codes and message texts the real org produces, so a sink's error handling
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from sandbox.soql import parse_datetime
@@ -53,8 +55,9 @@ class Field:
             "boolean": "xsd:boolean",
             "double": "xsd:double",
             "datetime": "xsd:dateTime",
+            "date": "xsd:date",
         }.get(self.type, "xsd:string")
-        text_like = self.type not in ("boolean", "double", "datetime")
+        text_like = self.type not in ("boolean", "double", "datetime", "date")
         return {
             "aggregatable": self.type != "textarea",
             "aiPredictionField": False,
@@ -81,7 +84,7 @@ class Field:
             "filterable": self.type != "textarea",
             "filteredLookupInfo": None,
             "formulaTreatNullNumberAsZero": False,
-            "groupable": self.type not in ("textarea", "double", "datetime"),
+            "groupable": self.type not in ("textarea", "double", "datetime", "date"),
             "highScaleNumber": False,
             "htmlFormatted": False,
             "idLookup": self.id_lookup,
@@ -145,7 +148,17 @@ LEAD_STATUSES = (
     "Closed - Converted",
     "Closed - Not Converted",
 )
-STRING_TYPES = {"id", "string", "email", "phone", "url", "textarea", "picklist", "reference"}
+STRING_TYPES = {
+    "id",
+    "string",
+    "email",
+    "phone",
+    "url",
+    "textarea",
+    "picklist",
+    "combobox",
+    "reference",
+}
 PLATFORMS = ("X", "Mastodon", "Instagram", "Facebook", "LinkedIn", "Bluesky")
 OWNER = Field(
     "OwnerId",
@@ -166,10 +179,14 @@ SOCIAL_ID = Field(
     id_lookup=True,
 )
 SOCIAL_HANDLE = Field("Social_Handle__c", "Social Handle", "string", 80)
-COMMON_HEAD = (
-    Field(
+SOCIAL_URL = Field("Social_Profile_URL__c", "Social Profile URL", "url", 255)
+TASK_STATUSES = ("Not Started", "In Progress", "Completed", "Waiting on someone else", "Deferred")
+
+
+def _id_field(label: str) -> Field:
+    return Field(
         "Id",
-        "Lead ID",
+        label,
         "id",
         18,
         nillable=False,
@@ -177,7 +194,11 @@ COMMON_HEAD = (
         updateable=False,
         defaulted=True,
         id_lookup=True,
-    ),
+    )
+
+
+COMMON_HEAD = (
+    _id_field("Lead ID"),
     _system("IsDeleted", "Deleted", "boolean"),
     Field("Name", "Full Name", "string", 121, createable=False, updateable=False),
 )
@@ -225,10 +246,19 @@ SCHEMAS: dict[str, tuple[str, str, tuple[Field, ...]]] = {
                 updateable=False,
                 defaulted=True,
             ),
+            Field(
+                "ConvertedContactId",
+                "Converted Contact ID",
+                "reference",
+                18,
+                createable=False,
+                updateable=False,
+                reference_to=("Contact",),
+            ),
             *COMMON_TAIL,
             SOCIAL_ID,
             SOCIAL_HANDLE,
-            Field("Social_Profile_URL__c", "Social Profile URL", "url", 255),
+            SOCIAL_URL,
             Field(
                 "Social_Platform__c",
                 "Social Platform",
@@ -240,23 +270,14 @@ SCHEMAS: dict[str, tuple[str, str, tuple[Field, ...]]] = {
             Field("Engagement_Score__c", "Engagement Score", "double", precision=18, scale=2),
             Field("Engagement_Count__c", "Engagement Count", "double", precision=18, scale=0),
             Field("Last_Engaged_At__c", "Last Engaged At", "datetime"),
+            Field("Helpdesk_Ticket_URL__c", "Helpdesk Ticket URL", "url", 255),
         ),
     ),
     "Contact": (
         "003",
         "Contacts",
         (
-            Field(
-                "Id",
-                "Contact ID",
-                "id",
-                18,
-                nillable=False,
-                createable=False,
-                updateable=False,
-                defaulted=True,
-                id_lookup=True,
-            ),
+            _id_field("Contact ID"),
             *COMMON_HEAD[1:],
             Field("FirstName", "First Name", "string", 40),
             Field("LastName", "Last Name", "string", 80, nillable=False),
@@ -266,9 +287,139 @@ SCHEMAS: dict[str, tuple[str, str, tuple[Field, ...]]] = {
             *COMMON_TAIL,
             SOCIAL_ID,
             SOCIAL_HANDLE,
+            SOCIAL_URL,
+        ),
+    ),
+    "Task": (
+        "00T",
+        "Tasks",
+        (
+            _id_field("Activity ID"),
+            _system("IsDeleted", "Deleted", "boolean"),
+            Field("Subject", "Subject", "combobox", 255),
+            Field("ActivityDate", "Due Date Only", "date"),
+            Field(
+                "Status",
+                "Status",
+                "picklist",
+                255,
+                nillable=False,
+                defaulted=True,
+                restricted=True,
+                picklist=TASK_STATUSES,
+                default=TASK_STATUSES[0],
+            ),
+            Field(
+                "Priority",
+                "Priority",
+                "picklist",
+                255,
+                nillable=False,
+                defaulted=True,
+                restricted=True,
+                picklist=("High", "Normal", "Low"),
+                default="Normal",
+            ),
+            _system("IsClosed", "Closed", "boolean"),
+            Field("WhoId", "Name ID", "reference", 18, reference_to=("Contact", "Lead")),
+            Field(
+                "WhatId",
+                "Related To ID",
+                "reference",
+                18,
+                reference_to=("Account", "Campaign", "Case", "Opportunity"),
+            ),
+            Field("Type", "Type", "picklist", 255, picklist=("Call", "Email", "Meeting", "Other")),
+            Field(
+                "TaskSubtype",
+                "Task Subtype",
+                "picklist",
+                255,
+                updateable=False,
+                restricted=True,
+                picklist=("Task", "Email", "ListEmail", "Cadence", "Call", "LinkedIn"),
+            ),
+            Field("Description", "Comments", "textarea", 32000),
+            OWNER,
+            *COMMON_TAIL,
+            Field(
+                "Socialcrm_Key__c",
+                "Socialcrm Key",
+                "string",
+                255,
+                external_id=True,
+                unique=True,
+                id_lookup=True,
+            ),
+        ),
+    ),
+    "Campaign": (
+        "701",
+        "Campaigns",
+        (
+            _id_field("Campaign ID"),
+            _system("IsDeleted", "Deleted", "boolean"),
+            Field("Name", "Name", "string", 80, nillable=False),
+            Field("IsActive", "Active", "boolean", nillable=False, defaulted=True),
+            Field(
+                "Status",
+                "Status",
+                "picklist",
+                255,
+                picklist=("Planned", "In Progress", "Completed", "Aborted"),
+            ),
+            Field(
+                "Type",
+                "Type",
+                "picklist",
+                255,
+                picklist=("Conference", "Webinar", "Advertisement", "Email", "Social", "Other"),
+            ),
+            Field("Description", "Description", "textarea", 32000),
+            OWNER,
+            *COMMON_TAIL,
+        ),
+    ),
+    "CampaignMember": (
+        "00v",
+        "Campaign Members",
+        (
+            _id_field("Campaign Member ID"),
+            _system("IsDeleted", "Deleted", "boolean"),
+            Field(
+                "CampaignId",
+                "Campaign ID",
+                "reference",
+                18,
+                nillable=False,
+                updateable=False,
+                reference_to=("Campaign",),
+            ),
+            Field("LeadId", "Lead ID", "reference", 18, updateable=False, reference_to=("Lead",)),
+            Field(
+                "ContactId",
+                "Contact ID",
+                "reference",
+                18,
+                updateable=False,
+                reference_to=("Contact",),
+            ),
+            Field(
+                "Status",
+                "Status",
+                "picklist",
+                40,
+                defaulted=True,
+                picklist=("Sent", "Responded"),
+                default="Sent",
+            ),
+            _system("HasResponded", "Responded", "boolean"),
+            *COMMON_TAIL,
         ),
     ),
 }
+# Objects whose records Lead assignment rules (``Sforce-Auto-Assign``) may give an owner.
+ASSIGNABLE = ("Lead",)
 
 
 @dataclass
@@ -359,6 +510,33 @@ def find_object(name: str) -> SObject | None:
     return None
 
 
+# Key prefixes of standard objects the sandbox does not simulate (references to them are
+# accepted unchecked, but only where a field may point to that object).
+OTHER_PREFIXES = {
+    "001": "Account",
+    "005": "User",
+    "00G": "Group",
+    "006": "Opportunity",
+    "500": "Case",
+}
+
+
+def object_for_id(record_id: str) -> SObject | None:
+    """The object an id belongs to, by its three-character key prefix."""
+    for obj in OBJECTS.values():
+        if record_id.startswith(obj.key_prefix):
+            return obj
+    return None
+
+
+_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
+
+
+def is_id(text: str) -> bool:
+    """Looks like a record id (15 or 18 alphanumerics); says nothing of its existence."""
+    return bool(_ID.match(text))
+
+
 def sf_id(prefix: str, counter: int) -> str:
     """An 18-character id: 15 case-sensitive characters plus the case-folding checksum."""
     alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -403,6 +581,13 @@ def check_value(f: Field, value: Any) -> tuple[Any, dict[str, Any] | None]:
     if f.type == "datetime":
         normalized = parse_datetime(value) if isinstance(value, str) else None
         return (normalized, None) if normalized else (None, bad_type)
+    if f.type == "date":
+        if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d\d-\d\d", value.strip()):
+            return None, bad_type
+        try:
+            return date.fromisoformat(value.strip()).isoformat(), None
+        except ValueError:
+            return None, bad_type
     if isinstance(value, dict | list):
         return None, bad_type
     text = ("true" if value else "false") if isinstance(value, bool) else str(value)

@@ -4,8 +4,9 @@ The wire details a helpdesk sink must survive: HTTP Basic ``{email}/token:{token
 ``X-Rate-Limit`` headers on every answer and 429 + ``Retry-After`` with a plain-text body
 (never parse it); ``Idempotency-Key`` replays on ticket create (``x-idempotency-lookup``);
 ``external_id`` is a filter, not a unique key; offset and cursor pagination; bulk creates
-that answer with a job to poll. The ``.json`` suffix is optional on every route, and is
-dropped from call keys (``PUT /api/v2/tickets/:id``).
+that answer with a job to poll; the privacy tools of ``sandbox.zendesk_privacy`` (comment
+redaction, user and ticket deletion, soft then permanent). The ``.json`` suffix is
+optional on every route, and is dropped from call keys (``PUT /api/v2/tickets/:id``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from urllib.parse import urlencode
 
 from sandbox.wire import Options, Request, Response, json_response
 from sandbox.zendesk_jobs import JobQueue
+from sandbox.zendesk_privacy import PrivacyEndpoints
 from sandbox.zendesk_records import Ticket
 from sandbox.zendesk_store import AGENT_EMAIL, API_TOKEN, ZendeskError, ZendeskStore
 
@@ -62,6 +64,7 @@ class ZendeskSimulator:
             ("GET", "tickets/:id/comments", self.list_comments),
             ("GET", "job_statuses/:id", self.job_status),
         ]
+        self.table += PrivacyEndpoints(self).routes()
 
     @property
     def base_url(self) -> str:
@@ -201,7 +204,7 @@ class ZendeskSimulator:
 
     def get_user(self, req: Request, raw: str) -> Response:
         user = self.store.users.get(self._id(raw))
-        if user is None:
+        if user is None or user.permanently_deleted:  # a soft-deleted one shows active: false
             raise ZendeskError(404, {"error": "RecordNotFound", "description": "Not found"})
         return self._ok({"user": user.payload(self.base_url)})
 

@@ -23,7 +23,7 @@ RUN_AFTER_SECONDS = 1.0
 @dataclass
 class Job:
     id: str
-    kind: str  # tickets | users
+    kind: str  # tickets | users | delete_tickets
     items: list[Any]
     queued: float
     polls: int = 0
@@ -73,7 +73,14 @@ class JobQueue:
         results: list[dict[str, Any]] = []
         for index, item in enumerate(job.items):
             try:
-                if job.kind == "tickets":
+                if job.kind == "delete_tickets":
+                    # Permanent deletion of a soft-deleted ticket; result shape unverified.
+                    if self.store.deleted_tickets.pop(int(item), None) is None:
+                        raise ZendeskError(
+                            404, {"error": "RecordNotFound", "description": "Not found"}
+                        )
+                    results.append({"index": index, "id": int(item), "success": True})
+                elif job.kind == "tickets":
                     ticket, _ = self.store.create_ticket(item, now)
                     results.append({"index": index, "id": ticket.id, "account_id": 1})
                     if ticket.external_id is not None:

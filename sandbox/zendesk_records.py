@@ -12,6 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 STATUSES = ("new", "open", "pending", "hold", "solved", "closed")
+# The name Zendesk gives a permanently deleted user (GET /api/v2/deleted_users docs).
+PERMANENTLY_DELETED = "Permanently Deleted User"
+REDACTED = "\u2587"  # what a redacted character becomes in a comment
 API_VIA = {"channel": "api", "source": {"from": {}, "to": {}, "rel": None}}
 
 
@@ -31,6 +34,19 @@ class User:
     phone: str | None = None
     locale: str = "en-US"
     tags: list[str] = field(default_factory=list)
+    # Deleting a user only deactivates it (a "soft delete"); permanent deletion then
+    # scrubs its personal data, keeping the id that old tickets still point to.
+    active: bool = True
+    permanently_deleted: bool = False
+    deleted: float | None = None
+
+    def scrub(self, now: float) -> None:
+        """What permanent deletion leaves of a user: an id and a placeholder name."""
+        self.name = PERMANENTLY_DELETED
+        self.email = self.external_id = self.phone = None
+        self.tags = []
+        self.permanently_deleted = True
+        self.updated = now
 
     def payload(self, base_url: str) -> dict[str, Any]:
         return {
@@ -53,7 +69,7 @@ class User:
             "external_id": self.external_id,
             "tags": list(self.tags),
             "alias": None,
-            "active": True,
+            "active": self.active,
             "shared": False,
             "shared_agent": False,
             "last_login_at": None,

@@ -63,6 +63,8 @@ class ZendeskStore:
         self.base_url = ""  # set by the server once the port is known
         self.users: dict[int, User] = {}
         self.tickets: dict[int, Ticket] = {}
+        # Soft-deleted tickets wait here (invisible to the API) until permanently deleted.
+        self.deleted_tickets: dict[int, Ticket] = {}
         self._user_id = 421_941_800_000 + self.rng.randrange(10_000)
         self._event_id = 15_300_000_000_000 + self.rng.randrange(1_000_000)
         self._ticket_id = 0  # ticket ids are a per-account sequence starting at 1
@@ -89,13 +91,21 @@ class ZendeskStore:
         return user
 
     def find_user(self, *, external_id: Any = None, email: Any = None) -> User | None:
-        for user in self.users.values():
+        """An active user by external id, else by email (deleted users match nothing)."""
+        active = [user for user in self.users.values() if user.active]
+        for user in active:
             if external_id is not None and user.external_id == str(external_id):
                 return user
-        for user in self.users.values():
+        for user in active:
             if email and user.email and user.email.lower() == str(email).lower():
                 return user
         return None
+
+    def active_user(self, user_id: int) -> User:
+        user = self.users.get(user_id)
+        if user is None or not user.active:
+            raise not_found()
+        return user
 
     def _check_user_fields(self, data: dict[str, Any], target: User | None) -> None:
         email = data.get("email")
@@ -135,9 +145,7 @@ class ZendeskStore:
         return user, False
 
     def update_user(self, user_id: int, data: Any, now: float) -> User:
-        user = self.users.get(user_id)
-        if user is None:
-            raise not_found()
+        user = self.active_user(user_id)
         if not isinstance(data, dict):
             raise ZendeskError(400, {"error": "InvalidParameter", "description": "user missing"})
         self._check_user_fields(data, user)
@@ -164,7 +172,7 @@ class ZendeskStore:
             user.updated = now
 
     def search_users(self, external_id: str | None, query: str | None) -> list[User]:
-        users = sorted(self.users.values(), key=lambda u: u.id)
+        users = sorted((u for u in self.users.values() if u.active), key=lambda u: u.id)
         if external_id is not None:
             return [u for u in users if u.external_id == external_id]
         if not query:
@@ -186,7 +194,7 @@ class ZendeskStore:
     def _requester(self, data: dict[str, Any], now: float) -> User:
         if data.get("requester_id") is not None:
             user = self.users.get(_int_or(data["requester_id"], -1))
-            if user is None:
+            if user is None or not user.active:
                 # Wording unverified: an unknown requester id is refused as invalid.
                 message = "Requester: is invalid"
                 raise record_invalid({"requester": [{"description": message, "error": "Invalid"}]})
@@ -219,7 +227,7 @@ class ZendeskStore:
             spec = {"body": "" if spec is None else str(spec)}
         body = str(spec.get("body") or spec.get("html_body") or "")
         author = _int_or(spec.get("author_id"), default_author)
-        if author not in self.users:
+        if author not in self.users or not self.users[author].active:
             message = "Author: is invalid"  # wording unverified
             raise record_invalid({"base": [{"description": message, "error": "InvalidValue"}]})
         public = spec.get("public", True) is not False
@@ -348,7 +356,12 @@ class ZendeskStore:
             payload = ticket.payload(self.base_url)
             payload["comments"] = [c.payload() for c in ticket.comments]
             tickets.append(payload)
-        return {"users": users, "tickets": tickets}
+        deleted = []
+        for ticket in sorted(self.deleted_tickets.values(), key=lambda t: t.id):
+            payload = ticket.payload(self.base_url)
+            payload["comments"] = [c.payload() for c in ticket.comments]
+            deleted.append(payload)
+        return {"users": users, "tickets": tickets, "deleted_tickets": deleted}
 
 
 def _opt_str(value: Any) -> str | None:

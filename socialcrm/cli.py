@@ -98,6 +98,7 @@ def _run_flow(args: argparse.Namespace) -> int:
             print(f"socialcrm: run stopped: {error}", file=sys.stderr)
             return 1
         new_leads = summary.pop("new_leads", [])
+        summary.pop("outcomes", None)  # per record: in the run's artifacts, not this line
         if args.sales_csv:
             from flows.reporting import write_sales_csv
 
@@ -201,6 +202,55 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_erase(args: argparse.Namespace) -> int:
+    _quiet_prefect()
+    from flows.erase import EraseRun, ErasureIncomplete, erase
+    from socialcrm.erasure import ErasureError, parse_person
+
+    try:
+        person = parse_person(args.person).key
+    except ErasureError as error:
+        print(f"socialcrm: --person: {error}", file=sys.stderr)
+        return 2
+    params = EraseRun(config=args.config, account=args.account, person=person, dry_run=args.dry_run)
+    try:
+        summary = erase(params)
+    except ErasureIncomplete as error:
+        print(f"socialcrm: erase stopped, run it again once fixed: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, ensure_ascii=False))
+    return 0 if not str(summary.get("status", "")).startswith("skipped") else 1
+
+
+def _cmd_consent(args: argparse.Namespace) -> int:
+    from socialcrm import consent
+    from socialcrm.erasure import ErasureError, parse_person
+    from socialcrm.state import StateStore
+
+    try:
+        keys = [parse_person(ref).key for ref in args.person or []]
+    except ErasureError as error:
+        print(f"socialcrm: --person: {error}", file=sys.stderr)
+        return 2
+    if args.consent_command != "status" and not keys:
+        print("socialcrm: say who: --person x:12345 [--person ...]", file=sys.stderr)
+        return 2
+    settings = load_settings(args.config)
+    with StateStore.open(settings.state_url()) as store:
+        merged = consent.merge_config(store, settings.consent)
+        result: dict[str, Any] = {"merged_from_config": merged}
+        if args.consent_command == "opt-out":
+            result["added"] = consent.opt_out(store, keys, consent.OPT_OUT)
+        elif args.consent_command == "remove":
+            result["removed"] = consent.withdraw(store, keys)
+        elif args.consent_command == "check":
+            reasons = consent.suppression_reasons(store, keys)
+            result["people"] = [{"person": key, "suppressed": reasons.get(key)} for key in keys]
+        result["counts"] = consent.counts(store)
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
 def _cmd_prefect_blocks(args: argparse.Namespace) -> int:
     _quiet_prefect()
     if not os.environ.get("PREFECT_API_URL"):
@@ -236,7 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=0, help="0: a free port per system")
     sandbox.add_argument("--seed", type=int, default=7)
     sandbox.add_argument("--write-config", metavar="PATH", help="write a ready socialcrm config")
-    sandbox.add_argument("--latency-ms", type=float, default=0.0)
+    sandbox.add_argument(
+        "--latency-ms",
+        type=float,
+        default=50.0,
+        help="added to every call, as a real API's round trip (default 50; 0 for tests)",
+    )
     sandbox.add_argument("--fault-rate", type=float, help="share of calls that fail, everywhere")
     sandbox.add_argument("--faults", help='per system, JSON: {"x": {"rate": 0.2}, ...}')
     sandbox.add_argument("--hostile", action="store_true", help="add hostile records")
@@ -271,6 +326,34 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--id", type=int, action="append", help="a dead-letter id (repeatable)")
     again.add_argument("--all", action="store_true", help="every replayable dead letter")
     again.set_defaults(handler=_cmd_replay)
+
+    forget = commands.add_parser(
+        "erase",
+        help="erase a person from the store, the CRM and the helpdesk (consent policy)",
+        description="Erase a person everywhere we wrote about them, by the config's consent "
+        "policy, and keep them suppressed. Prints a JSON summary without personal data.",
+    )
+    forget.add_argument("--config", required=True)
+    forget.add_argument("--person", required=True, help='identity key, e.g. "x:12345"')
+    forget.add_argument("--account", help="hold off only this account's runs (default: all)")
+    forget.add_argument("--dry-run", action="store_true", help="list what would be done")
+    forget.set_defaults(handler=_cmd_erase)
+
+    agree = commands.add_parser("consent", help="the opt-out list (stored as keyed hashes)")
+    agree_commands = agree.add_subparsers(dest="consent_command", required=True)
+    for name, text in (
+        ("opt-out", "never write about these people again (until removed)"),
+        ("remove", "lift their opt-out or erasure suppression (they consent again)"),
+        ("check", "whether these people are suppressed, and why"),
+        ("status", "how many people are suppressed, by reason"),
+    ):
+        sub = agree_commands.add_parser(name, help=text)
+        sub.add_argument("--config", required=True)
+        if name != "status":
+            sub.add_argument(
+                "--person", action="append", required=True, help='identity key, e.g. "x:12345"'
+            )
+        sub.set_defaults(handler=_cmd_consent, person=None)
 
     prefect = commands.add_parser("prefect", help="set up a Prefect server for socialcrm")
     prefect_commands = prefect.add_subparsers(dest="prefect_command", required=True)

@@ -144,6 +144,24 @@ class SalesforceAuth(_Model):
         return self
 
 
+MatchKeyName = Literal["external_id", "email", "profile_url", "handle"]
+MATCH_KEY_NAMES: tuple[MatchKeyName, ...] = ("external_id", "email", "profile_url", "handle")
+
+
+class MatchingSettings(_Model):
+    """How a person is found among the org's Contacts and Leads before any write."""
+
+    enabled: bool = Field(True, description="Look up existing Contacts and Leads first")
+    keys: list[MatchKeyName] = Field(
+        default_factory=lambda: list(MATCH_KEY_NAMES),
+        description="Which keys may identify a person, strongest first",
+    )
+    contact_task_mapping: Path = Field(
+        Path("task.salesforce.yaml"),
+        description="The Task logged on a matched Contact (a customer gets no lead)",
+    )
+
+
 class SalesforceSettings(_Model):
     kind: Literal["salesforce"] = "salesforce"
     login_url: str = Field(description="Your My Domain URL, e.g. https://acme.my.salesforce.com")
@@ -164,6 +182,7 @@ class SalesforceSettings(_Model):
         "smaller ones through sObject Collections (200 a call)",
     )
     auto_assign: bool = Field(False, description="Run lead assignment rules on create")
+    matching: MatchingSettings = Field(default_factory=MatchingSettings)
     quota_headroom: float = Field(
         0.9,
         gt=0,
@@ -380,6 +399,38 @@ class Exclusions(_Model):
     bots: BotHeuristics = Field(default_factory=BotHeuristics)
 
 
+def _check_person_key(value: str) -> str:
+    key = value.strip()
+    if not re.fullmatch(r"[a-z][a-z0-9]*:[A-Za-z0-9_.@-]{1,100}", key):
+        raise ValueError('expected a person key like "x:12345" (platform, colon, user id)')
+    return key
+
+
+class ConsentSettings(_Model):
+    """Opt-outs, and what ``socialcrm erase`` does in each system.
+
+    Opt-outs and erasures are kept in the state store as keyed hashes; the ``opt_out`` list
+    here is merged into it at the start of a run (removing a key here does not opt them
+    back in: ``socialcrm consent remove`` does).
+    """
+
+    opt_out: list[Annotated[str, AfterValidator(_check_person_key)]] = Field(
+        default_factory=list,
+        description='Person keys ("x:12345") never to write about (merged in at run start)',
+    )
+    crm: Literal["delete", "anonymise", "keep"] = Field(
+        "delete",
+        description="On erase, the person's lead and our tasks: delete them, anonymise them "
+        "(LastName 'Erased', personal fields emptied), or keep them. Contacts are never "
+        "changed, only our tasks on them deleted",
+    )
+    helpdesk: Literal["redact", "delete", "keep"] = Field(
+        "redact",
+        description="On erase, their tickets: redact their words and name, close the tickets "
+        "and delete the requester for good; delete the tickets for good as well; or keep all",
+    )
+
+
 class StateSettings(_Model):
     url: str = Field(
         "sqlite:///.socialcrm/state.db",
@@ -407,6 +458,7 @@ class Settings(_Model):
     helpdesk: ZendeskSettings | None = None
     routing: RoutingSettings = RoutingSettings()
     state: StateSettings = StateSettings()
+    consent: ConsentSettings = ConsentSettings()
     qualification: Qualification = Qualification()
     exclusions: Exclusions = Exclusions()
     rate_limits: dict[Literal["x", "salesforce", "zendesk"], RateLimit] = Field(

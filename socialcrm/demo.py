@@ -52,7 +52,8 @@ def main() -> int:
         shutil.rmtree(DEMO_DIR)
     DEMO_DIR.mkdir(parents=True)
     config = DEMO_DIR / "socialcrm.yaml"
-    sandbox = start_sandbox(seed=7, write_config=config, workdir=DEMO_DIR)
+    # 50 ms a call, as the real APIs answer from a nearby region.
+    sandbox = start_sandbox(seed=7, write_config=config, workdir=DEMO_DIR, latency_ms=50)
     try:
         _line(
             f"Sandbox up: X API at {sandbox.urls['x']}, Salesforce at {sandbox.urls['salesforce']}"

@@ -7,6 +7,7 @@ with links to the posts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -52,6 +53,18 @@ CANDIDATE_COLUMNS = [
 # Beside CANDIDATE_COLUMNS: the distinct intent phrases found ("pricing; a demo", or
 # empty) and whether the decayed score reaches the threshold (the flow keeps those).
 SCORING_COLUMNS = ["intent_phrases", "qualified"]
+
+
+_EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+
+
+def email_in(bio: object) -> str | None:
+    """An address people put in their bio for contact ("biz: ana@acme.com"): the only email
+    a social profile gives, and one of the keys that finds an existing Contact or Lead."""
+    if not isinstance(bio, str):
+        return None
+    found = _EMAIL_IN_TEXT.search(bio)
+    return found.group(0).lower() if found else None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -145,7 +158,7 @@ def lead_candidates(
             "followers": profile.get("followers"),
             "following": profile.get("following"),
             "verified": profile.get("verified"),
-            "email": profile.get("email"),
+            "email": profile.get("email") or email_in(profile.get("bio")),
             "score": breakdown.score,
             "engagement_count": person.engagement_count,
             **{

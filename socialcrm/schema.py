@@ -117,3 +117,38 @@ intents = sa.Table(
     sa.Column("idempotency_key", sa.String(100), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# --- consent and erasure (migration 0003) ------------------------------------------------
+
+# Small settings of the store itself, e.g. the random salt of the suppression hashes.
+store_meta = sa.Table(
+    "store_meta",
+    metadata,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.String(500), nullable=False),
+)
+
+# People who opted out or were erased, by a keyed hash of their identity key only: the
+# list must never become a list of the very people who asked to be forgotten.
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("key_hash", sa.String(64), primary_key=True),
+    sa.Column("reason", sa.String(20), nullable=False),  # opt-out | erased
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# One line per erasure: when, a prefix of the person's hash, and what each system did, as
+# counts and statuses; never an id, a handle, a name or an email.
+erasure_audit = sa.Table(
+    "erasure_audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("person_hash", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("crm_policy", sa.String(20), nullable=False),
+    sa.Column("helpdesk_policy", sa.String(20), nullable=False),
+    sa.Column("outcome", sa.JSON, nullable=False),
+)

@@ -220,7 +220,8 @@ def test_a_spent_api_quota_stops_writing_cleanly_and_the_next_run_resumes(
     sandbox: Sandbox,
 ) -> None:
     config = configure(sandbox, crm={"quota_headroom": 0.5, "batch_size": 50})
-    sandbox.set_options(sf_daily_limit=8)  # the token, describe and ~2 writes fit under 4
+    # Under 7 calls: describe, then per batch of 50 two match queries and one write, twice.
+    sandbox.set_options(sf_daily_limit=14)
     stopped = leads(LeadsRun(config=config))
     assert stopped["status"].startswith("quota:")
     partial = len(sf_leads(sandbox))

@@ -59,6 +59,8 @@ def _start_sandbox(tmp_path: Path) -> tuple[subprocess.Popen[str], dict[str, Any
             "9",
             "--write-config",
             str(tmp_path / "socialcrm.yaml"),
+            "--latency-ms",
+            "0",
             "--fault-rate",
             "0.2",
             "--faults",

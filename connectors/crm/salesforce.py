@@ -1,4 +1,7 @@
-"""Salesforce sink, through simple-salesforce: auth, describe, upsert by external id.
+"""Salesforce sink, through simple-salesforce: auth, describe, upsert by external id,
+matching people to existing Contacts and Leads (``find_matches``), activities
+(``upsert_tasks``), campaign membership (``add_campaign_members``), updates and deletes by
+id (``update_records``, ``delete_records``) and SOQL reads (``query``).
 
 simple-salesforce cannot log in anywhere but ``*.salesforce.com`` and has no timeout nor
 retry, so we obtain the token ourselves, hand it a session from the shared HTTP layer,
@@ -19,11 +22,12 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote_plus
 
 import jwt
 import requests
@@ -57,6 +61,12 @@ BULK_DONE = ("JobComplete", "Failed", "Aborted")
 BULK_NULL = "#N/A"  # a CSV cell that sets the field to null
 # A Failed job's errorMessage starting so blames the data we sent (retrying cannot help).
 BULK_INPUT_ERRORS = ("InvalidBatch", "ClientInputError", "InvalidJob")
+DUPLICATES_DETECTED = "DUPLICATES_DETECTED"
+DUPLICATE = "duplicate"  # the outcome status of a record the org's duplicate rules refused
+# A GET /query URI and its headers must stay under 16,384 bytes (beyond: HTTP 414), well
+# below the 100,000-character SOQL limit; each query's URL-encoded text stays under this,
+# leaving room for the path and the headers (the bearer token, ~120 bytes).
+SOQL_URI_BUDGET = 14_000
 T = TypeVar("T")
 
 
@@ -292,26 +302,57 @@ def upsert(
     external_id_field: str,
     records: Sequence[dict[str, Any]],
     keys: Sequence[str],
+    *,
+    assign: bool | None = None,
+    known: Collection[str] = (),
 ) -> list[SinkOutcome]:
     """Upsert by external id: sObject Collections, 200 records a call, or for a batch of
     ``bulk_threshold`` records or more one Bulk API 2.0 job (a handful of calls in all).
 
     The upsert is idempotent (same external id, same record), so a retried call after a
-    timeout cannot create a duplicate. Returns one outcome per key, in order. Records that
-    failed for a passing reason (a row lock) are sent again a few times, by collections
-    once they are few.
+    timeout cannot create a duplicate. Returns one outcome per key, in order: ``created``,
+    ``updated``, ``failed``, or ``duplicate`` when the org's duplicate rules refused a new
+    record (see ``parse_collection_results``). Records that failed for a passing reason (a
+    row lock) are sent again a few times, by collections once they are few.
+
+    Assignment: ``assign`` (``None``: ``settings.auto_assign``) runs the org's lead
+    assignment rules on records created here (``Sforce-Auto-Assign: TRUE``). Salesforce runs
+    them on every record such a call updates too, reshuffling owners a salesperson set, so
+    records whose key is in ``known`` (the caller knows they exist: its ledger, a match) go
+    in calls of their own with ``FALSE``, as does everything when ``assign`` is off. A Bulk
+    API 2.0 job runs no default assignment rule, so records to assign always go by
+    collections; known records may go by Bulk.
+
+    A Bulk result names no matched record for a ``DUPLICATES_DETECTED`` row: those rows are
+    sent once more by collections, whose answer carries the ``duplicateResult``.
     """
+    assign_new = conn.settings.auto_assign if assign is None else assign
+    known_keys = set(known)
     by_key: dict[str, SinkOutcome] = {}
     pending = list(zip(keys, records, strict=True))
     for attempt in range(RECORD_ATTEMPTS):
         if attempt:
             conn.policy.sleep(min(2.0**attempt, 10.0))  # row locks clear in moments
-        by_bulk, by_collections = bulk_share(conn, external_id_field, pending)
         outcomes: list[SinkOutcome] = []
-        if by_bulk:
-            outcomes.extend(_bulk_upsert_once(conn, sobject, external_id_field, by_bulk))
-        if by_collections:
-            outcomes.extend(_upsert_once(conn, sobject, external_id_field, by_collections))
+        for existing in (False, True):
+            group = [(k, r) for k, r in pending if (k in known_keys) == existing]
+            if not group:
+                continue
+            rules = assign_new and not existing
+            by_bulk, by_collections = bulk_share(conn, external_id_field, group, assign=rules)
+            if by_bulk:
+                bulk_outcomes = _bulk_upsert_once(conn, sobject, external_id_field, by_bulk)
+                unnamed = {
+                    o.record_key
+                    for o in bulk_outcomes
+                    if o.status == DUPLICATE and o.destination_id is None
+                }
+                outcomes.extend(o for o in bulk_outcomes if o.record_key not in unnamed)
+                by_collections = [*by_collections, *((k, r) for k, r in by_bulk if k in unnamed)]
+            if by_collections:
+                outcomes.extend(
+                    _upsert_once(conn, sobject, external_id_field, by_collections, assign=rules)
+                )
         for outcome in outcomes:
             by_key[outcome.record_key] = outcome
         pending = [(k, r) for k, r in pending if by_key[k].retryable]
@@ -325,12 +366,14 @@ def _upsert_once(
     sobject: str,
     external_id_field: str,
     items: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    assign: bool,
 ) -> list[SinkOutcome]:
     keys = [key for key, _ in items]
     records = [record for _, record in items]
     outcomes: list[SinkOutcome] = []
     size = COLLECTION_LIMIT
-    headers = {"Sforce-Auto-Assign": "TRUE" if conn.settings.auto_assign else "FALSE"}
+    headers = {"Sforce-Auto-Assign": "TRUE" if assign else "FALSE"}
     path = f"composite/sobjects/{sobject}/{external_id_field}"
     for start in range(0, len(records), size):
         chunk = records[start : start + size]
@@ -353,8 +396,30 @@ def _upsert_once(
     return outcomes
 
 
-def parse_collection_results(results: Any, keys: Sequence[str], sobject: str) -> list[SinkOutcome]:
-    """One outcome per record from a collection answer (always HTTP 200, even if all failed)."""
+def parse_collection_results(
+    results: Any,
+    keys: Sequence[str],
+    sobject: str,
+    *,
+    success: str | None = None,
+    done: Mapping[str, str] | None = None,
+) -> list[SinkOutcome]:
+    """One outcome per record from a collection answer (always HTTP 200, even if all failed).
+
+    A success is ``success`` (default: ``created``/``updated`` from the upsert's ``created``
+    flag). ``done`` maps error codes that mean the work is already done to a status (a
+    delete of a record already gone). A record refused only by the org's duplicate rules
+    (``DUPLICATES_DETECTED``) is not a failure but an outcome of its own, because
+    ``SinkOutcome`` has no field for it:
+
+    - ``status`` is ``"duplicate"``;
+    - ``destination_id`` is the existing record the rule matched (a Contact before a Lead,
+      else the first one listed): attach to it instead of creating;
+    - ``problems`` holds one ``RecordProblem`` whose reason starts ``DUPLICATES_DETECTED:``
+      and whose ``payload`` is ``{"duplicate_rule": ..., "matches": [{"object", "id"}...]}``
+      (every matched record; ``duplicate_matches`` reads it back);
+    - it is not retryable: sending it again meets the same rule.
+    """
     if not isinstance(results, list) or len(results) != len(keys):
         got = len(results) if isinstance(results, list) else type(results).__name__
         raise ApiError(
@@ -366,10 +431,20 @@ def parse_collection_results(results: Any, keys: Sequence[str], sobject: str) ->
     outcomes = []
     for key, result in zip(keys, results, strict=True):
         if isinstance(result, dict) and result.get("success"):
-            status = "created" if result.get("created") else "updated"
+            status = success or ("created" if result.get("created") else "updated")
             outcomes.append(SinkOutcome(key, status, destination_id=result.get("id")))
             continue
-        errors = result.get("errors") if isinstance(result, dict) else None
+        raw = result.get("errors") if isinstance(result, dict) else None
+        errors = [e for e in raw if isinstance(e, dict)] if isinstance(raw, list) else []
+        codes = {str(e.get("statusCode")) for e in errors}
+        if errors and codes == {DUPLICATES_DETECTED}:
+            outcomes.append(_duplicate_outcome(key, errors[0]))
+            continue
+        if errors and done and codes <= set(done):
+            status = done[str(errors[0].get("statusCode"))]
+            destination = result.get("id") if isinstance(result, dict) else None
+            outcomes.append(SinkOutcome(key, status, destination_id=destination or None))
+            continue
         problems = [
             RecordProblem(
                 record_key=key,
@@ -379,12 +454,52 @@ def parse_collection_results(results: Any, keys: Sequence[str], sobject: str) ->
                 reason=f"{error.get('statusCode', 'ERROR')}: {error.get('message', '')}",
             )
             for error in errors or [{}]
-            if isinstance(error, dict)
         ]
-        codes = {str(e.get("statusCode")) for e in errors or [] if isinstance(e, dict)}
         retryable = bool(codes) and codes <= TRANSIENT_RECORD_ERRORS
         outcomes.append(SinkOutcome(key, "failed", problems=problems, retryable=retryable))
     return outcomes
+
+
+def duplicate_matches(outcome: SinkOutcome) -> list[tuple[str, str]]:
+    """(object, id) of every record a ``duplicate`` outcome's rule matched; [] otherwise."""
+    found: list[tuple[str, str]] = []
+    for problem in outcome.problems:
+        matches = (problem.payload or {}).get("matches")
+        for match in matches if isinstance(matches, list) else []:
+            if isinstance(match, dict) and match.get("id"):
+                found.append((str(match.get("object") or ""), str(match["id"])))
+    return found
+
+
+def _duplicate_outcome(key: str, error: dict[str, Any]) -> SinkOutcome:
+    """A ``DUPLICATES_DETECTED`` error (with its ``duplicateResult``) as an outcome."""
+    result = error.get("duplicateResult")
+    result = result if isinstance(result, dict) else {}
+    matches: list[dict[str, str]] = []
+    for match_result in result.get("matchResults") or []:
+        if not isinstance(match_result, dict):
+            continue
+        entity = str(match_result.get("entityType") or "")
+        for match in match_result.get("matchRecords") or []:
+            record = match.get("record") if isinstance(match, dict) else None
+            if not isinstance(record, dict) or not record.get("Id"):
+                continue
+            kind = (record.get("attributes") or {}).get("type") or entity
+            pair = {"object": str(kind), "id": str(record["Id"])}
+            if pair not in matches:
+                matches.append(pair)
+    preferred = next((m["id"] for m in matches if m["object"] == "Contact"), None)
+    if preferred is None and matches:
+        preferred = matches[0]["id"]
+    shown = ", ".join(f"{m['object']} {m['id']}" for m in matches) or "no record named"
+    problem = RecordProblem(
+        record_key=key,
+        stage="delivery",
+        system=SYSTEM,
+        reason=f"{DUPLICATES_DETECTED}: {error.get('message', '')} (matches: {shown})",
+        payload={"duplicate_rule": result.get("duplicateRule"), "matches": matches},
+    )
+    return SinkOutcome(key, DUPLICATE, destination_id=preferred, problems=[problem])
 
 
 # --- Bulk API 2.0 ----------------------------------------------------------------------
@@ -393,12 +508,17 @@ Item = tuple[str, dict[str, Any]]
 
 
 def bulk_share(
-    conn: SalesforceConnection, external_id_field: str, items: Sequence[Item]
+    conn: SalesforceConnection,
+    external_id_field: str,
+    items: Sequence[Item],
+    *,
+    assign: bool | None = None,
 ) -> tuple[list[Item], list[Item]]:
     """Split a batch into (by Bulk API 2.0, by sObject Collections).
 
-    Everything goes by collections below ``bulk_threshold``, and when leads are auto-assigned
-    (a Bulk job runs only an assignment rule named by id, never the org's default one).
+    Everything goes by collections below ``bulk_threshold``, and when leads are to be
+    auto-assigned (``assign``, default ``settings.auto_assign``: a Bulk job runs only an
+    assignment rule named by id, never the org's default one).
     Results of a job come back unordered and are matched on the external id, so records
     without one or sharing one (Salesforce compares them case-insensitively) go by
     collections, as do records holding a value CSV cannot say the way JSON does: an empty
@@ -407,7 +527,7 @@ def bulk_share(
     """
     if len(items) < conn.settings.bulk_threshold:
         return [], list(items)
-    if conn.settings.auto_assign:
+    if conn.settings.auto_assign if assign is None else assign:
         log.info("salesforce: auto_assign is on, so %d records go by collections", len(items))
         return [], list(items)
     seen: dict[str, int] = {}
@@ -587,6 +707,9 @@ def _bulk_outcomes(
             log.warning("salesforce bulk job %s: a failure for a record we did not send", job_id)
             continue
         code, message, fields = parse_bulk_error(row.get("sf__Error", ""))
+        if code == DUPLICATES_DETECTED:  # no matched id in a CSV: ``upsert`` asks again
+            found[key] = _duplicate_outcome(key, {"message": message})
+            continue
         problem = RecordProblem(
             record_key=key,
             stage="delivery",
@@ -787,3 +910,512 @@ def soql_quote(value: str) -> str:
         .replace("\f", "\\f")
     )
     return f"'{escaped}'"
+
+
+# --- SOQL reads ---------------------------------------------------------------------------
+
+
+def query(conn: SalesforceConnection, soql: str) -> list[dict[str, Any]]:
+    """Every record of a SOQL query, following ``nextRecordsUrl`` page by page.
+
+    Each page is one read under the retry policy (and counted in ``conn.reads``), so a
+    dropped connection costs one page, not the whole walk. Build ``soql`` with
+    ``soql_quote`` for every value that came from outside; keep it under the URI limit
+    (``in_queries`` splits long ``IN`` lists).
+    """
+    page = conn.call("GET /query", lambda sf: sf.query(soql), write=False)
+    records = list(page.get("records") or [])
+    while not page.get("done", True) and page.get("nextRecordsUrl"):
+        url = str(page["nextRecordsUrl"])
+
+        def more(sf: Salesforce, url: str = url) -> Any:
+            return sf.query_more(url, identifier_is_url=True)
+
+        page = conn.call("GET /query/:locator", more, write=False)
+        records.extend(page.get("records") or [])
+    return records
+
+
+def in_queries(
+    sobject: str,
+    select: Sequence[str],
+    conditions: Sequence[tuple[str, Iterable[str]]],
+    *,
+    budget: int = SOQL_URI_BUDGET,
+) -> list[str]:
+    """``SELECT … FROM sobject WHERE f1 IN (…) OR f2 IN (…)`` split into as few queries as
+    fit: each one's URL-encoded text is at most ``budget`` characters (a GET URI must stay
+    under 16,384 bytes; SOQL itself allows 100,000 characters). Every value is quoted with
+    ``soql_quote``; duplicates are sent once. No values: no query."""
+    head = f"SELECT {', '.join(dict.fromkeys(select))} FROM {sobject} WHERE "
+
+    def cost(text: str) -> int:
+        return len(quote_plus(text))  # per character, so costs of parts add up exactly
+
+    queries: list[str] = []
+    current: dict[str, list[str]] = {}
+    size = cost(head)
+
+    def flush() -> None:
+        nonlocal current, size
+        if current:
+            where = " OR ".join(f"{name} IN ({', '.join(lits)})" for name, lits in current.items())
+            queries.append(head + where)
+        current, size = {}, cost(head)
+
+    for name, values in conditions:
+        for value in dict.fromkeys(values):
+            literal = soql_quote(value)
+            for _ in range(2):
+                if name in current:
+                    extra = cost(", " + literal)
+                else:
+                    extra = cost(f"{' OR ' if current else ''}{name} IN ({literal})")
+                if not current or size + extra <= budget:
+                    break
+                flush()
+            if cost(head) + extra > budget:
+                raise ValueError(f"a value for {name} is too long for one query")
+            current.setdefault(name, []).append(literal)
+            size += extra
+    flush()
+    return queries
+
+
+# --- matching people to records already in the org ----------------------------------------
+
+MatchedBy = Literal["external_id", "email", "profile_url", "handle"]
+# Strongest first: the order in which keys decide, inside each object.
+MATCH_KEYS: tuple[MatchedBy, ...] = ("external_id", "email", "profile_url", "handle")
+
+
+@dataclass(frozen=True, slots=True)
+class MatchKey:
+    """What we know of one person to look them up in the org.
+
+    ``external_id`` is the value of the external id field (``None``: the ``person_key``, the
+    identity key we write there). The others are optional; empty ones are not looked up.
+    """
+
+    person_key: str
+    external_id: str | None = None
+    email: str | None = None
+    handle: str | None = None
+    profile_url: str | None = None
+
+    def value(self, key: MatchedBy) -> str | None:
+        """The normalised value of one key (how records' values are compared to it)."""
+        if key == "external_id":
+            raw = self.person_key if self.external_id is None else self.external_id
+            return raw.strip() or None
+        if key == "email":
+            return normalize_email(self.email)
+        if key == "handle":
+            return normalize_handle(self.handle)
+        return normalize_profile_url(self.profile_url)
+
+
+@dataclass(frozen=True, slots=True)
+class MatchRules:
+    """Which keys ``find_matches`` uses, in which objects, through which fields.
+
+    ``objects`` is in precedence order (Contact first: a customer is not a lead again).
+    A key whose field an object lacks (per describe) is skipped for that object.
+    ``ignore_claimed``: a handle or profile URL match on a record that carries another
+    person's external id does not count (handles change hands; ids do not).
+    """
+
+    keys: frozenset[MatchedBy] = frozenset(MATCH_KEYS)
+    objects: tuple[str, ...] = ("Contact", "Lead")
+    external_id_field: str = "Social_Profile_Id__c"
+    email_field: str = "Email"
+    handle_field: str = "Social_Handle__c"
+    profile_url_field: str = "Social_Profile_URL__c"
+    ignore_claimed: bool = True
+
+    def field_for(self, key: MatchedBy) -> str:
+        return {
+            "external_id": self.external_id_field,
+            "email": self.email_field,
+            "handle": self.handle_field,
+            "profile_url": self.profile_url_field,
+        }[key]
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The existing record a person is, and why we think so.
+
+    ``id`` is ``None`` when the deciding key found several records (``candidates`` lists
+    them): the caller must not guess. ``is_converted``/``converted_contact_id`` say a Lead
+    was converted (it can no longer be updated; its Contact can).
+    """
+
+    object: str
+    id: str | None
+    matched_by: MatchedBy
+    owner_id: str | None = None
+    is_converted: bool = False
+    converted_contact_id: str | None = None
+    candidates: tuple[str, ...] = ()
+
+    @property
+    def ambiguous(self) -> bool:
+        return self.id is None
+
+
+def normalize_email(value: str | None) -> str | None:
+    text = (value or "").strip().casefold()
+    return text if "@" in text else None
+
+
+def normalize_handle(value: str | None) -> str | None:
+    """``@Ana_Lopez`` and ``ana_lopez`` are the same handle."""
+    text = (value or "").strip().lstrip("@").strip().casefold()
+    return text or None
+
+
+def normalize_profile_url(value: str | None) -> str | None:
+    """Scheme, ``www.``, a trailing slash and case do not matter; ``twitter.com`` is
+    ``x.com``."""
+    text = (value or "").strip().casefold()
+    text = re.sub(r"^https?://", "", text)
+    text = re.sub(r"^(www\.|mobile\.)", "", text).rstrip("/")
+    if text.startswith("twitter.com/"):
+        text = "x.com/" + text[len("twitter.com/") :]
+    return text or None
+
+
+def _query_values(key: MatchedBy, person: MatchKey) -> list[str]:
+    """The literal values to ask the org for: what records may hold for this person
+    (SOQL compares text case-insensitively; ``normalize_*`` decides what matches)."""
+    if key == "external_id":
+        value = person.value("external_id")
+        return [value] if value else []
+    if key == "email":
+        email = person.value("email")
+        return [email] if email else []
+    if key == "handle":
+        handle = person.value("handle")
+        return [handle, "@" + handle] if handle else []
+    raw = (person.profile_url or "").strip().rstrip("/")
+    if not raw:
+        return []
+    variants = [raw, raw + "/"]
+    path = re.sub(r"^https?://(www\.)?(x|twitter)\.com/", "", raw, flags=re.IGNORECASE)
+    if path != raw:  # an X profile: the other host's spelling too (records predate x.com)
+        variants += [f"https://x.com/{path}", f"https://twitter.com/{path}"]
+    return list(dict.fromkeys(variants))
+
+
+def _normalized(key: MatchedBy, value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    if key == "external_id":
+        return value.strip() or None  # case-sensitive, like the shipped field
+    if key == "email":
+        return normalize_email(value)
+    if key == "handle":
+        return normalize_handle(value)
+    return normalize_profile_url(value)
+
+
+def find_matches(
+    conn: SalesforceConnection,
+    people: Sequence[MatchKey],
+    rules: MatchRules | None = None,
+) -> dict[str, Match]:
+    """The existing Contact or Lead each person already is, by person key (people who match
+    nothing are absent).
+
+    One SOQL query per object (more only when the ``IN`` lists outgrow a URI: see
+    ``in_queries``), every value quoted with ``soql_quote``, all pages read.
+
+    Precedence: objects in ``rules.objects`` order (Contact beats Lead); inside an object,
+    external id, then email, then profile URL, then handle. The first (object, key) that
+    finds anything decides: one record is the match; two or more different records are
+    reported as ambiguous (``Match.id`` is ``None``, ``candidates`` lists them), never
+    guessed. Handles and emails compare case-insensitively, a handle's leading ``@`` does
+    not count, profile URLs compare as ``normalize_profile_url`` says; external ids compare
+    exactly. A key whose field an object lacks is skipped for that object (logged), so an
+    org without, say, ``Social_Profile_URL__c`` on Contact still matches by the rest.
+    """
+    rules = rules or MatchRules()
+    unique = list({person.person_key: person for person in people}.values())
+    found: dict[str, Match] = {}
+    if not unique:
+        return found
+    for sobject in rules.objects:
+        fields = describe(conn, sobject)
+        active: list[MatchedBy] = []
+        for key in MATCH_KEYS:
+            name = rules.field_for(key)
+            if key not in rules.keys:
+                continue
+            if name not in fields or fields[name].type == "textarea":  # absent, unfilterable
+                log.info(
+                    "salesforce matching: %s has no filterable field %s; not matching by %s",
+                    sobject,
+                    name,
+                    key,
+                )
+                continue
+            active.append(key)
+        if not active:
+            continue
+        ext_field = rules.external_id_field if rules.external_id_field in fields else None
+        select = [
+            "Id",
+            *(n for n in ("OwnerId", "IsConverted", "ConvertedContactId") if n in fields),
+        ]
+        select += [rules.field_for(key) for key in active]
+        if ext_field:
+            select.append(ext_field)
+        open_people = [p for p in unique if p.person_key not in found]
+        conditions = []
+        for key in active:
+            name = rules.field_for(key)
+            limit = fields[name].length or 255
+            values = [v for p in open_people for v in _query_values(key, p) if len(v) <= limit]
+            conditions.append((name, values))
+        records: list[dict[str, Any]] = []
+        soqls = in_queries(sobject, select, conditions)
+        for soql in soqls:
+            records.extend(query(conn, soql))
+        index: dict[MatchedBy, dict[str, list[dict[str, Any]]]] = {key: {} for key in active}
+        for record in records:
+            for key in active:
+                value = _normalized(key, record.get(rules.field_for(key)))
+                if value is not None:
+                    index[key].setdefault(value, []).append(record)
+        for person in open_people:
+            match = _decide(sobject, person, active, index, ext_field, rules)
+            if match is not None:
+                found[person.person_key] = match
+        log.info(
+            "salesforce matching: %s: %d people, %d queries, %d records, %d matched so far",
+            sobject,
+            len(open_people),
+            len(soqls),
+            len(records),
+            len(found),
+        )
+    return found
+
+
+def _decide(
+    sobject: str,
+    person: MatchKey,
+    active: Sequence[MatchedBy],
+    index: Mapping[MatchedBy, Mapping[str, list[dict[str, Any]]]],
+    ext_field: str | None,
+    rules: MatchRules,
+) -> Match | None:
+    own = person.value("external_id")
+    for key in active:
+        value = person.value(key)
+        if value is None:
+            continue
+        hits = index[key].get(value, [])
+        if key in ("handle", "profile_url") and rules.ignore_claimed and ext_field:
+            hits = [
+                r
+                for r in hits
+                if not (r.get(ext_field) or "").strip() or r[ext_field].strip() == own
+            ]
+        ids = list(dict.fromkeys(str(r["Id"]) for r in hits))
+        if not ids:
+            continue
+        if len(ids) > 1:
+            return Match(sobject, None, key, candidates=tuple(sorted(ids)))
+        record = hits[0]
+        return Match(
+            object=sobject,
+            id=ids[0],
+            matched_by=key,
+            owner_id=record.get("OwnerId"),
+            is_converted=bool(record.get("IsConverted")),
+            converted_contact_id=record.get("ConvertedContactId"),
+        )
+    return None
+
+
+# --- Tasks, campaign members, updates and deletes -------------------------------------------
+
+TASK_KEY_FIELD = "Socialcrm_Key__c"
+ALREADY_MEMBER = "already a campaign member"
+
+
+def upsert_tasks(
+    conn: SalesforceConnection,
+    tasks: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    *,
+    external_id_field: str = TASK_KEY_FIELD,
+) -> list[SinkOutcome]:
+    """Completed Tasks (activities on a Contact or Lead, ``WhoId``), idempotent: upserted by
+    ``external_id_field`` (``Socialcrm_Key__c``), so a rerun never adds a second Task.
+
+    Each task's external id defaults to its key and its ``Status`` to ``Completed``; give
+    ``Subject``, ``WhoId``, ``ActivityDate`` (``YYYY-MM-DD``), ``Description``, ``Type``,
+    ``TaskSubtype``... as the org names them. Fields the org lets us set on create only
+    (``TaskSubtype``) are left out for Tasks that already exist (one query finds them),
+    since Salesforce refuses the whole record otherwise. Assignment rules never run.
+    Returns one outcome per key, in order (``created``/``updated``/``failed``).
+    """
+    fields = describe(conn, "Task")
+    if external_id_field not in fields:
+        raise ApiError(
+            SYSTEM,
+            "GET /sobjects/Task/describe",
+            f"the org's Task has no field {external_id_field}: deploy the socialcrm "
+            "Salesforce metadata (deploy/salesforce) before writing activities",
+            record_keys=list(keys),
+        )
+    records = [
+        {external_id_field: key, "Status": "Completed", **task}
+        for key, task in zip(keys, tasks, strict=True)
+    ]
+    create_only = {n for n, f in fields.items() if f.createable and not f.updateable}
+    known: set[str] = set()
+    if any(create_only & set(record) for record in records):
+        values = [str(record[external_id_field]) for record in records]
+        soqls = in_queries("Task", [external_id_field], [(external_id_field, values)])
+        existing = {
+            str(r.get(external_id_field) or "").casefold()
+            for soql in soqls
+            for r in query(conn, soql)
+        }
+        for key, record in zip(keys, records, strict=True):
+            if str(record[external_id_field]).casefold() in existing:
+                known.add(key)
+                for name in create_only & set(record):
+                    del record[name]
+    return upsert(conn, "Task", external_id_field, records, keys, assign=False, known=known)
+
+
+def add_campaign_members(
+    conn: SalesforceConnection,
+    campaign_id: str,
+    status: str | None = None,
+    *,
+    lead_ids: Sequence[str] = (),
+    contact_ids: Sequence[str] = (),
+) -> list[SinkOutcome]:
+    """Put Leads and Contacts in a campaign (``CampaignMember`` records, 200 a call).
+
+    Idempotent: a person already in the campaign (``DUPLICATE_VALUE`` "Already a campaign
+    member.") is ``unchanged`` (without a member id: the answer names none). Outcomes are
+    keyed by the Lead or Contact id, one per distinct id, leads first. ``status`` is the
+    member status (``None``: the campaign's default, e.g. ``Sent``).
+    """
+    items: list[tuple[str, dict[str, Any]]] = []
+    for field_name, ids in (("LeadId", lead_ids), ("ContactId", contact_ids)):
+        for record_id in dict.fromkeys(ids):
+            record: dict[str, Any] = {"CampaignId": campaign_id, field_name: record_id}
+            if status is not None:
+                record["Status"] = status
+            items.append((record_id, record))
+
+    def parse(results: Any, keys: Sequence[str]) -> list[SinkOutcome]:
+        outcomes = parse_collection_results(results, keys, "CampaignMember", success="created")
+        for i, (outcome, result) in enumerate(zip(outcomes, results, strict=True)):
+            errors = result.get("errors") if isinstance(result, dict) else None
+            if (
+                outcome.status == "failed"
+                and errors
+                and all(
+                    isinstance(e, dict)
+                    and e.get("statusCode") == "DUPLICATE_VALUE"
+                    and ALREADY_MEMBER in str(e.get("message", "")).casefold()
+                    for e in errors
+                )
+            ):
+                outcomes[i] = SinkOutcome(outcome.record_key, "unchanged")
+        return outcomes
+
+    return _collection_write(conn, "POST", "CampaignMember", items, parse)
+
+
+def update_records(
+    conn: SalesforceConnection,
+    sobject: str,
+    records: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+) -> list[SinkOutcome]:
+    """Update records by ``Id`` (each record carries its ``Id``), 200 a call, without
+    running assignment rules. One outcome per key, in order: ``updated`` or ``failed`` (a
+    deleted record fails with ``ENTITY_IS_DELETED``, not retryable)."""
+    items = []
+    for key, record in zip(keys, records, strict=True):
+        if not record.get("Id"):
+            raise ValueError(f"update_records: the record for {key} has no Id")
+        items.append((key, record))
+
+    def parse(results: Any, chunk_keys: Sequence[str]) -> list[SinkOutcome]:
+        return parse_collection_results(results, chunk_keys, sobject, success="updated")
+
+    return _collection_write(conn, "PATCH", sobject, items, parse)
+
+
+def delete_records(
+    conn: SalesforceConnection, sobject: str, ids: Sequence[str]
+) -> list[SinkOutcome]:
+    """Delete records by id (``DELETE /composite/sobjects?ids=…``, 200 a call; they go to
+    the org's recycle bin, with what Salesforce deletes along). One outcome per distinct id,
+    keyed and ``destination_id`` by the id: ``deleted``, also when it was already gone
+    (``ENTITY_IS_DELETED``/``NOT_FOUND``), so erasing twice is no error; else ``failed``."""
+    items: list[Item] = [(record_id, {}) for record_id in dict.fromkeys(ids)]
+    gone = {"ENTITY_IS_DELETED": "deleted", "NOT_FOUND": "deleted"}
+
+    def parse(results: Any, chunk_keys: Sequence[str]) -> list[SinkOutcome]:
+        outcomes = parse_collection_results(
+            results, chunk_keys, sobject, success="deleted", done=gone
+        )
+        for outcome in outcomes:
+            if outcome.status == "deleted":
+                outcome.destination_id = outcome.record_key
+        return outcomes
+
+    return _collection_write(conn, "DELETE", sobject, items, parse)
+
+
+def _collection_write(
+    conn: SalesforceConnection,
+    method: str,
+    sobject: str,
+    items: Sequence[Item],
+    parse: Callable[[Any, Sequence[str]], list[SinkOutcome]],
+) -> list[SinkOutcome]:
+    """sObject Collections create (POST), update (PATCH) or delete (DELETE), 200 records a
+    call, ``allOrNone`` false; records that failed for a passing reason go again."""
+    by_key: dict[str, SinkOutcome] = {}
+    pending = list(items)
+    call = f"{method} /composite/sobjects"
+    headers = {"Sforce-Auto-Assign": "FALSE"}
+    for attempt in range(RECORD_ATTEMPTS):
+        if attempt:
+            conn.policy.sleep(min(2.0**attempt, 10.0))
+        for start in range(0, len(pending), COLLECTION_LIMIT):
+            chunk = pending[start : start + COLLECTION_LIMIT]
+            chunk_keys = [key for key, _ in chunk]
+            request: dict[str, Any] = {"method": method}
+            if method == "DELETE":
+                request["params"] = {"ids": ",".join(chunk_keys), "allOrNone": "false"}
+            else:
+                request["headers"] = headers
+                request["json"] = {
+                    "allOrNone": False,
+                    "records": [{"attributes": {"type": sobject}, **r} for _, r in chunk],
+                }
+
+            def send(sf: Salesforce, request: dict[str, Any] = request) -> Any:
+                return sf.restful("composite/sobjects", **request)
+
+            results = conn.call(call, send, write=True, keys=chunk_keys)
+            for outcome in parse(results, chunk_keys):
+                by_key[outcome.record_key] = outcome
+        pending = [(k, r) for k, r in pending if by_key[k].retryable]
+        if not pending:
+            break
+    return [by_key[key] for key, _ in items]

@@ -8,8 +8,10 @@ the message id in their body, so a comment whose write went unconfirmed can be f
 
 from __future__ import annotations
 
+import html
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,3 +265,203 @@ def ticket_comments(client: ZendeskClient, ticket_id: int) -> list[dict[str, Any
         path = str(next_page).replace(client.settings.base_url.rstrip("/"), "")
         params = None
     return comments
+
+
+# --- privacy: finding a person's records, redaction, deletion for good --------------------
+
+REDACTED = "\u2587"  # what Zendesk puts in place of each redacted character
+_TAG = re.compile(r"(<[^<>]*>)")
+_LINKING_TAGS = re.compile(r"^<(a|img)\b", re.IGNORECASE)
+_REDACT_ATTRIBUTE = re.compile(r"\sredact(?=[\s/>])")
+
+
+def _gone(error: ApiError) -> bool:
+    return error.status == 404
+
+
+def users_by_external_id(client: ZendeskClient, external_id: str) -> list[dict[str, Any]]:
+    """Active users holding this external id (deleted users are not found)."""
+    body, _ = client.request(
+        "GET",
+        "/api/v2/users/search",
+        template="/api/v2/users/search",
+        params={"external_id": external_id},
+    )
+    return [u for u in body.get("users") or [] if isinstance(u, dict)]
+
+
+def requested_tickets(client: ZendeskClient, user_id: int) -> list[dict[str, Any]]:
+    """Tickets a user is the requester of; none when the user is gone."""
+    tickets: list[dict[str, Any]] = []
+    path: str | None = f"/api/v2/users/{user_id}/tickets/requested"
+    params: dict[str, Any] | None = {"per_page": 100}
+    while path:
+        try:
+            body, _ = client.request(
+                "GET", path, template="/api/v2/users/:id/tickets/requested", params=params
+            )
+        except ApiError as error:
+            if _gone(error):
+                return tickets
+            raise
+        tickets.extend(t for t in body.get("tickets") or [] if isinstance(t, dict))
+        next_page = body.get("next_page")
+        path = (
+            str(next_page).replace(client.settings.base_url.rstrip("/"), "") if next_page else None
+        )
+        params = None
+    return tickets
+
+
+def find_ticket(client: ZendeskClient, ticket_id: int) -> dict[str, Any] | None:
+    """The ticket, or None when it was deleted."""
+    try:
+        return get_ticket(client, ticket_id)
+    except ApiError as error:
+        if _gone(error):
+            return None
+        raise
+
+
+def update_ticket(client: ZendeskClient, ticket_id: int, fields: dict[str, Any]) -> dict[str, Any]:
+    """Set ticket fields (``None`` clears one, e.g. ``external_id``)."""
+    body, _ = client.request(
+        "PUT",
+        f"/api/v2/tickets/{ticket_id}",
+        template="/api/v2/tickets/:id",
+        body={"ticket": fields},
+    )
+    return dict(body.get("ticket") or {})
+
+
+def _with_redact_attribute(tag: str) -> str:
+    """``<a href="...">`` -> ``<a href="..." redact>``: Zendesk drops the element itself
+    (its link target may name the person); the text inside needs its own ``<redact>``."""
+    inner, closing = tag[:-1], ">"
+    if inner.endswith("/"):
+        inner, closing = inner[:-1], "/>"
+    return f"{inner.rstrip()} redact{closing}"
+
+
+def redaction_markup(html_body: str, terms: Sequence[str] | None) -> str | None:
+    """The comment's ``html_body`` with ``<redact>`` around what must go, for
+    ``comment_redactions``; None when there is nothing (left) to redact.
+
+    ``terms`` None redacts every word of the comment (and drops its links and images);
+    otherwise only the terms, as whole words in any case.
+    """
+    pattern = None
+    if terms is not None:
+        variants = {
+            html.escape(t, quote=q) for t in terms if t and t.strip() for q in (True, False)
+        }
+        if not variants:
+            return None
+        alternatives = "|".join(re.escape(v) for v in sorted(variants, key=len, reverse=True))
+        pattern = re.compile(rf"(?<![\w@])@?(?:{alternatives})(?![\w])", re.IGNORECASE)
+    changed = False
+    pieces: list[str] = []
+    for piece in _TAG.split(html_body):
+        if not piece:
+            continue
+        if piece.startswith("<"):
+            if (
+                _LINKING_TAGS.match(piece)
+                and not _REDACT_ATTRIBUTE.search(piece)
+                and (pattern is None or pattern.search(html.unescape(piece)))
+            ):
+                piece = _with_redact_attribute(piece)
+                changed = True
+            pieces.append(piece)
+            continue
+        if pattern is None:
+            text = piece.strip()
+            if text and set(html.unescape(text)) - {REDACTED} - set(" \t\r\n"):
+                start = piece.index(text[0])
+                end = start + len(text)
+                piece = f"{piece[:start]}<redact>{text}</redact>{piece[end:]}"
+                changed = True
+        else:
+            piece, hits = pattern.subn(lambda m: f"<redact>{m[0]}</redact>", piece)
+            changed = changed or hits > 0
+        pieces.append(piece)
+    return "".join(pieces) if changed else None
+
+
+def redact_comment(
+    client: ZendeskClient, ticket_id: int, comment_id: int, html_body: str
+) -> dict[str, Any]:
+    """Redact a comment for good (``PUT /api/v2/comment_redactions/{id}``: works on closed
+    tickets too, unlike the older ``.../comments/{id}/redact``)."""
+    body, _ = client.request(
+        "PUT",
+        f"/api/v2/comment_redactions/{comment_id}",
+        template="/api/v2/comment_redactions/:id",
+        body={"ticket_id": ticket_id, "html_body": html_body},
+    )
+    return dict(body.get("comment") or {})
+
+
+def delete_user(client: ZendeskClient, user_id: int) -> bool:
+    """Soft-delete a user; False when already deleted. Zendesk refuses while the user is
+    the requester of a ticket that is not closed."""
+    try:
+        client.request("DELETE", f"/api/v2/users/{user_id}", template="/api/v2/users/:id")
+    except ApiError as error:
+        if _gone(error):
+            return False
+        raise
+    return True
+
+
+def delete_user_for_good(client: ZendeskClient, user_id: int) -> bool:
+    """Permanently delete a soft-deleted user (GDPR); False when already done."""
+    try:
+        client.request(
+            "DELETE", f"/api/v2/deleted_users/{user_id}", template="/api/v2/deleted_users/:id"
+        )
+    except ApiError as error:
+        if _gone(error):
+            return False
+        raise
+    return True
+
+
+def delete_ticket_for_good(client: ZendeskClient, ticket_id: int, *, polls: int = 30) -> bool:
+    """Delete a ticket, then delete it for good (a job, waited for); False when it was
+    already gone."""
+    soft = True
+    try:
+        client.request("DELETE", f"/api/v2/tickets/{ticket_id}", template="/api/v2/tickets/:id")
+    except ApiError as error:
+        if not _gone(error):
+            raise
+        soft = False  # already soft-deleted, or gone entirely
+    try:
+        body, _ = client.request(
+            "DELETE",
+            f"/api/v2/deleted_tickets/{ticket_id}",
+            template="/api/v2/deleted_tickets/:id",
+        )
+    except ApiError as error:
+        if _gone(error):
+            return soft
+        raise
+    job = dict(body.get("job_status") or {})
+    for _ in range(polls):
+        if job.get("status") in ("completed", "failed", "killed"):
+            break
+        client.policy.sleep(1.0)
+        job_body, _ = client.request(
+            "GET", f"/api/v2/job_statuses/{job.get('id')}", template="/api/v2/job_statuses/:id"
+        )
+        job = dict(job_body.get("job_status") or {})
+    failed = [r for r in job.get("results") or [] if isinstance(r, dict) and r.get("error")]
+    if job.get("status") != "completed" or failed:
+        reason = failed[0].get("error") if failed else job.get("status") or "no answer"
+        raise ApiError(
+            SYSTEM,
+            "DELETE /api/v2/deleted_tickets/:id",
+            f"permanent deletion of ticket {ticket_id} did not complete: {reason}",
+        )
+    return True

@@ -1,0 +1,96 @@
+"""Leads sales trusts: against an org that already knows some of the engaged people.
+
+The sandbox seeds Contacts and Leads for some X people (by external id, email, handle,
+profile URL; a Contact next to our own Lead; ties; converted leads; handles that changed
+hands) and says, per person, what a correct matcher finds. One run must agree with it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from truth import PLAIN_SCORING, engagement_counts, qualified
+
+from flows.leads import LeadsRun, leads
+from sandbox.server import Sandbox, start_sandbox
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    box = start_sandbox(
+        seed=11, write_config=tmp_path / "socialcrm.yaml", workdir=tmp_path, crm_seed=True
+    )
+    assert box.config_path is not None
+    data = yaml.safe_load(box.config_path.read_text())
+    data["accounts"][0]["recent_posts"] = 100
+    data["qualification"] = {**(data.get("qualification") or {}), **PLAIN_SCORING}
+    box.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    yield box
+    box.stop()
+
+
+def expected_outcome(entry: dict[str, Any], bio_email: bool) -> str:
+    """What the run's artifact must say for one seeded person."""
+    if entry.get("ambiguous"):
+        return "skipped"
+    if entry.get("matched_by") == "email" and not bio_email:
+        return "created"  # an address we cannot know: nothing to match on
+    if entry.get("object") == "Contact" or entry.get("is_converted"):
+        return "matched contact"
+    if entry.get("object") == "Lead":
+        return "updated" if entry["matched_by"] == "external_id" else "matched lead"
+    return "created"
+
+
+def test_existing_contacts_and_leads_are_matched_not_duplicated(sandbox: Sandbox) -> None:
+    truth: dict[str, Any] = sandbox.crm_truth()
+    state = sandbox.state()
+    must = qualified(engagement_counts(state), state)
+    seeded = {key: entry for key, entry in truth.items() if key in must}
+    assert len({entry["case"] for entry in seeded.values()}) >= 6, "the seed covers the cases"
+    bios = {f"x:{user['id']}": user.get("bio") or "" for user in state["x"]["users"]}
+
+    summary = leads(LeadsRun(config=str(sandbox.config_path)))
+    assert summary["failed"] == 0
+
+    outcomes = {row["record_key"]: row["status"] for row in summary["outcomes"]}
+    org = sandbox.state()["salesforce"]
+    by_external_id = Counter(lead.get("Social_Profile_Id__c") for lead in org["Lead"])
+    for key, entry in seeded.items():
+        bio_email = bool(entry.get("email")) and entry["email"].lower() in bios[key].lower()
+        want = expected_outcome(entry, bio_email)
+        got = outcomes.get(key, "")
+        assert got.split(":")[0] == want, (key, entry["case"], got)
+        if want == "matched contact":
+            contact = entry["id"] if entry["object"] == "Contact" else entry["converted_contact_id"]
+            tasks = [t for t in org["Task"] if t.get("WhoId") == contact]
+            assert len(tasks) == 1 and tasks[0]["Status"] == "Completed", key
+            assert tasks[0]["Socialcrm_Key__c"].startswith(f"{key}:engaged:")
+            assert "Engagement score" in (tasks[0].get("Description") or "")
+        if want in ("matched contact", "skipped"):
+            # No lead of ours for a customer, nor a guess among tied leads.
+            seeded_own = sum(
+                1
+                for r in entry["records"]
+                if r.get("via") == "external_id" and r.get("object") == "Lead"
+            )
+            assert by_external_id[key] == seeded_own, (key, entry["case"])
+        if want == "matched lead":
+            lead = next(lead for lead in org["Lead"] if lead["Id"] == entry["id"])
+            assert lead["Social_Profile_Id__c"] == key
+            assert by_external_id[key] == 1
+            # Theirs stays theirs: the name and company sales typed are untouched.
+            assert lead["Company"] != "[not provided]"
+    assert all(n == 1 for key, n in by_external_id.items() if key), "a duplicate lead"
+
+    # A second run writes nothing new: no second Task, no lead, the same outcomes.
+    again = leads(LeadsRun(config=str(sandbox.config_path)))
+    assert again["created"] == 0
+    assert len(sandbox.state()["salesforce"]["Task"]) == len(org["Task"])
