@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
+from itertools import repeat
 from typing import Any
 from urllib.parse import quote
 
@@ -19,12 +20,14 @@ import pandas as pd
 
 from mappings import text
 from mappings.columnar import (
+    NAN,
     SEPARATOR,
+    TRIMMED,
+    Joined,
     collapse_spaces,
-    column_apply,
-    regex_step,
-    rows_matching,
-    strip_chars,
+    joined_case,
+    object_array,
+    text_series,
 )
 
 Scalar = str | int | float | bool | None
@@ -38,7 +41,7 @@ class TransformContext:
 
     frame: pd.DataFrame
     lookups: Mapping[str, Mapping[str, Scalar]]
-    memo: dict[tuple[str, int], Any] = field(default_factory=dict)
+    memo: dict[Any, Any] = field(default_factory=dict)
 
 
 def null_series(index: pd.Index) -> pd.Series:
@@ -85,16 +88,22 @@ def fill_null(series: pd.Series, other: Any) -> pd.Series:
     Falls back to object dtype when the types differ: pandas 3 refuses to write a number
     into a ``str`` column.
     """
-    missing = series.isna()
+    missing = series.isna().to_numpy()
     if not missing.any():
         return series
     if isinstance(other, pd.Series):
         if is_text(series):
-            other = as_text(other)
-        elif series.dtype != other.dtype:
+            values = series.to_numpy().copy()
+            values[missing] = as_text(other).to_numpy()[missing]
+            return text_series(values, series.index)
+        if series.dtype != other.dtype:
             series, other = series.astype(object), other.astype(object)
         return series.where(~missing, other)
-    if (isinstance(other, str) and is_text(series)) or (
+    if isinstance(other, str) and is_text(series):
+        values = series.to_numpy().copy()
+        values[missing] = other
+        return text_series(values, series.index)
+    if (
         isinstance(other, int | float)
         and not isinstance(other, bool)
         and pd.api.types.is_float_dtype(series.dtype)
@@ -116,70 +125,189 @@ def parse_datetime(series: pd.Series) -> pd.Series:
 def format_datetime(parsed: pd.Series, unit: str = "ms") -> pd.Series:
     """UTC timestamps as Salesforce text (``unit="ms"``) or ``YYYY-MM-DD`` (``unit="D"``).
 
-    ``numpy.datetime_as_string`` formats the whole array in C; ``dt.strftime`` would call
-    Python per value.
+    The digits are table lookups (numpy) written into one ASCII buffer, split once into
+    the values: ``dt.strftime`` would call Python per value, and
+    ``numpy.datetime_as_string`` plus the suffix and the conversion to ``str`` take about
+    twice as long. Years outside 0-9999, which it prints its own way, are left to it.
     """
-    naive = parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
-    strings = np.datetime_as_string(naive, unit=unit)  # type: ignore[call-overload]
-    printed = pd.Series(strings, index=parsed.index, dtype="str")
+    micros = parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
+    missing = np.isnat(micros)
+    printed = np.full(len(micros), NAN, dtype=object)
+    present = np.flatnonzero(~missing)
+    if len(present):
+        printed[present] = _iso_strings(micros[present], unit)
+    return text_series(printed, parsed.index)
+
+
+_MICROS_A_DAY = 86_400_000_000
+
+
+@cache
+def _digits(width: int) -> np.ndarray:
+    """ASCII digits of 0 .. 10**width - 1, zero-padded: one row per number."""
+    numbers = np.arange(10**width)
+    places = 10 ** np.arange(width - 1, -1, -1)
+    return (48 + numbers[:, None] // places % 10).astype(np.uint8)
+
+
+def _civil_dates(first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """``YYYY-MM-DD`` as ASCII rows for the days ``first`` .. ``last`` since 1970-01-01.
+
+    Howard Hinnant's civil_from_days; returns (rows, years).
+    """
+    shifted = np.arange(first, last + 1, dtype=np.int64) + 719_468
+    era = np.floor_divide(shifted, 146_097)
+    day_of_era = shifted - era * 146_097
+    year_of_era = (
+        day_of_era - day_of_era // 1460 + day_of_era // 36_524 - day_of_era // 146_096
+    ) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    month_index = (5 * day_of_year + 2) // 153
+    day = day_of_year - (153 * month_index + 2) // 5 + 1
+    month = np.where(month_index < 10, month_index + 3, month_index - 9)
+    year = year_of_era + era * 400 + (month <= 2)
+    rows = np.full((len(shifted), 10), ord("-"), dtype=np.uint8)
+    rows[:, 0:4] = _digits(4)[np.clip(year, 0, 9999)]
+    rows[:, 5:7] = _digits(2)[month]
+    rows[:, 8:10] = _digits(2)[day]
+    return rows, year
+
+
+def _iso_strings(micros: np.ndarray, unit: str) -> np.ndarray:
+    """``datetime64[us]`` values (no NaT) as ISO text, an object array of ``str``."""
+    days, in_day = np.divmod(micros.astype(np.int64), _MICROS_A_DAY)
+    first, last = int(days.min()), int(days.max())
+    if last - first > 1_000_000:  # dates spread over millennia: numpy prints them
+        return _numpy_iso_strings(micros, unit)
+    dates, years = _civil_dates(first, last)
+    template = "0000-00-00"
     if unit == "ms":
-        printed = printed + SALESFORCE_DATETIME_SUFFIX
-    return printed.where(parsed.notna())
+        template += "T00:00:00.000" + SALESFORCE_DATETIME_SUFFIX
+    template += SEPARATOR
+    rows = np.tile(np.frombuffer(template.encode("ascii"), dtype=np.uint8), (len(days), 1))
+    rows[:, 0:10] = dates[days - first]
+    if unit == "ms":
+        millis = (in_day // 1000).astype(np.int32)
+        seconds = millis // 1000
+        rows[:, 11:13] = _digits(2)[seconds // 3600]
+        rows[:, 14:16] = _digits(2)[seconds // 60 % 60]
+        rows[:, 17:19] = _digits(2)[seconds % 60]
+        rows[:, 20:23] = _digits(3)[millis % 1000]
+    out = object_array(rows.tobytes().decode("ascii").split(SEPARATOR)[:-1], len(days))
+    odd = np.flatnonzero(((years < 0) | (years > 9999))[days - first])
+    if len(odd):
+        out[odd] = _numpy_iso_strings(micros[odd], unit)
+    return out
+
+
+def _numpy_iso_strings(micros: np.ndarray, unit: str) -> np.ndarray:
+    strings = np.datetime_as_string(micros, unit=unit)  # type: ignore[call-overload]
+    suffix = SALESFORCE_DATETIME_SUFFIX if unit == "ms" else ""
+    return object_array((text + suffix for text in strings.tolist()), len(micros))
 
 
 def keep_unparsed(converted: pd.Series, original: pd.Series) -> pd.Series:
     """Where a conversion failed on a non-null value, keep the value so validation reports it."""
-    failed = converted.isna() & original.notna()
+    failed = (converted.isna() & original.notna()).to_numpy()
     if not failed.any():
         return converted
+    if is_text(converted) and is_text(original):
+        values = converted.to_numpy().copy()
+        values[failed] = original.to_numpy()[failed]
+        return text_series(values, converted.index)
     return converted.astype(object).where(~failed, original.astype(object))
 
 
 # --- the transforms --------------------------------------------------------------------
 
 
-def trim(series: pd.Series, _arg: Any, _ctx: TransformContext) -> pd.Series:
-    return strip_chars(as_text(series), text.TRIM_CHARS)
+def trim(series: pd.Series, _arg: Any, ctx: TransformContext) -> pd.Series:
+    joined = Joined.of(as_text(series), ctx.memo)
+    found = joined.units().items_starting_or_ending_with(TRIMMED)
+    items = joined.items
+    stripped = [items[i].strip(text.TRIM_CHARS) or None for i in found.tolist()]
+    return joined.patch(found, stripped, ctx.memo).as_series()
 
 
-def lowercase(series: pd.Series, _arg: Any, _ctx: TransformContext) -> pd.Series:
-    return as_text(series).str.lower()
+def lowercase(series: pd.Series, _arg: Any, ctx: TransformContext) -> pd.Series:
+    return joined_case(as_text(series), memo=ctx.memo)
 
 
-def uppercase(series: pd.Series, _arg: Any, _ctx: TransformContext) -> pd.Series:
-    return as_text(series).str.upper()
+def uppercase(series: pd.Series, _arg: Any, ctx: TransformContext) -> pd.Series:
+    return joined_case(as_text(series), upper=True, memo=ctx.memo)
 
 
-def clean_name(series: pd.Series, _arg: Any, _ctx: TransformContext) -> pd.Series:
+def clean_name(series: pd.Series, _arg: Any, ctx: TransformContext) -> pd.Series:
     """Display names carry emoji, flags and invisible joiners; a CRM name must not.
 
     Letters of every script and their combining marks stay; a name left without a single
-    letter ("🚀🚀", ".", "_") is no name at all and becomes null. Runs as whole-column
-    passes (mappings.columnar): per-value regex calls were the engine's main cost.
+    letter ("🚀🚀", ".", "_") is no name at all and becomes null. Runs as table lookups
+    over the joined column's UTF-16 code units (``text.clean_names``), with the regex
+    passes as the fallback: per-value regex calls were the engine's main cost.
     """
-    cleaned = column_apply(
-        as_text(series),
-        [regex_step(text.name_noise(), ""), text.drop_astral_noise, collapse_spaces],
-    )
-    return cleaned.where(~rows_matching(cleaned, text.NO_LETTER_VALUE))
+    joined = Joined.of(as_text(series), ctx.memo)
+    if not joined.count:
+        return joined.as_series()
+    vectorised = text.clean_names(joined.text)
+    if vectorised is None:  # two lone surrogates side by side: the regex passes
+        cleaned = joined.text
+        noise = text.name_noise()
+        if noise.search(cleaned):
+            cleaned = noise.sub("", cleaned)
+        cleaned = collapse_spaces(text.drop_astral_noise(cleaned))
+        result = Joined.of(joined.split(cleaned))
+        empty = result.items_matching(text.NO_LETTER_VALUE)
+        return result.patch(empty, [None] * len(empty)).as_series()
+    cleaned, no_letter = vectorised
+    words = cleaned[1:-1].split(SEPARATOR)
+    values = np.full(len(joined.values), NAN, dtype=object)
+    values[joined.positions()] = object_array(words, joined.count)
+    values[joined.row_of(np.flatnonzero(no_letter))] = NAN
+    out = text_series(values, joined.series.index)
+    # split_name reads the cleaned values from here instead of the column.
+    ctx.memo[(NAMES, id(out))] = (out, words, joined.rows, no_letter)
+    return out
+
+
+NAMES = "names"
+"""Memo key of a ``clean_name`` result's joined text, for ``split_name``."""
 
 
 def split_name(series: pd.Series, part: str, ctx: TransformContext) -> pd.Series:
     """One word is a last name (Salesforce requires LastName, FirstName is optional)."""
     key = ("split_name", id(series))
     parts = ctx.memo.get(key)
-    if parts is None:
-        # FirstName and LastName split the same column: split once (the engine keeps the
-        # input alive for the whole apply, so its id is stable).
-        values = column_apply(as_text(series), [collapse_spaces])
-        first_word = column_apply(values, [regex_step(text.FROM_FIRST_SPACE, "")])
-        rest = column_apply(values, [regex_step(text.FIRST_WORD, SEPARATOR)])
-        several = rest.str.len() > 0
-        first = first_word.where(several)
-        last = rest.where(several, first_word)
-        parts = (first, last.where(last.str.len() > 0), series)
+    if parts is None or parts[2] is not series:
+        # FirstName and LastName split the same column: split once (the memo keeps the
+        # input alive, so its id stays its own).
+        parts = (*_split_names(series, ctx), series)
         ctx.memo[key] = parts
     return parts[0] if part == "first" else parts[1]
+
+
+def _split_names(series: pd.Series, ctx: TransformContext) -> tuple[pd.Series, pd.Series]:
+    names = ctx.memo.get((NAMES, id(series)))
+    if names is not None and names[0] is series:
+        _, words, rows, empty = names
+    else:
+        joined = Joined.of(as_text(series), ctx.memo)
+        collapsed = collapse_spaces(joined.text)
+        words = joined.items if collapsed == joined.text else collapsed[1:-1].split(SEPARATOR)
+        rows, empty = joined.rows, None
+    pieces = list(map(str.partition, words, repeat(" ")))
+    firsts = [first if rest else NAN for first, _, rest in pieces]
+    lasts = [rest or first or NAN for first, _, rest in pieces]
+    where = slice(None) if rows is None else rows
+    nameless = np.zeros(0, dtype=np.int64)
+    if empty is not None and empty.any():  # clean_name left no letter: null
+        nameless = np.flatnonzero(empty) if rows is None else rows[empty]
+    columns = []
+    for items in (firsts, lasts):
+        values = np.full(len(series), NAN, dtype=object)
+        values[where] = object_array(items, len(items))
+        values[nameless] = NAN
+        columns.append(text_series(values, series.index))
+    return columns[0], columns[1]
 
 
 def truncate(series: pd.Series, length: int, _ctx: TransformContext) -> pd.Series:
@@ -200,9 +328,21 @@ def url(series: pd.Series, template: str, _ctx: TransformContext) -> pd.Series:
 
 
 def lookup(series: pd.Series, arg: LookupArg, ctx: TransformContext) -> pd.Series:
-    """Exact match first, then case-insensitive; null stays null, unmatched -> default."""
-    table = ctx.lookups[arg.table] if isinstance(arg.table, str) else arg.table
+    """Exact match first, then case-insensitive; null stays null, unmatched -> default.
+
+    A lookup column holds few distinct values: each is looked up once.
+    """
     values = as_text(series)
+    codes, uniques = pd.factorize(values)
+    if not len(uniques):
+        return _lookup_values(values, arg, ctx)
+    found = _lookup_values(pd.Series(uniques, dtype=values.dtype), arg, ctx)
+    taken = pd.api.extensions.take(found.array, codes, allow_fill=True)
+    return pd.Series(taken, index=values.index)
+
+
+def _lookup_values(values: pd.Series, arg: LookupArg, ctx: TransformContext) -> pd.Series:
+    table = ctx.lookups[arg.table] if isinstance(arg.table, str) else arg.table
     found = values.map(dict(table))
     unmatched = found.isna() & values.notna()
     if unmatched.any():
@@ -240,12 +380,23 @@ def _round(numbers: pd.Series, digits: int) -> pd.Series:
     return rounded.where(np.isfinite(rounded) | ~np.isfinite(numbers), numbers)
 
 
-def to_datetime(series: pd.Series, _arg: Any, _ctx: TransformContext) -> pd.Series:
-    return keep_unparsed(format_datetime(parse_datetime(series)), series)
+FORMATTED = "formatted"
+"""Memo key of the rows ``to_datetime``/``to_date`` printed (the cast does not parse them)."""
 
 
-def to_date(series: pd.Series, _arg: Any, _ctx: TransformContext) -> pd.Series:
-    return keep_unparsed(format_datetime(parse_datetime(series), unit="D"), series)
+def _to_datetime(series: pd.Series, unit: str, ctx: TransformContext) -> pd.Series:
+    parsed = parse_datetime(series)
+    printed = keep_unparsed(format_datetime(parsed, unit=unit), series)
+    ctx.memo[(FORMATTED, unit, id(printed))] = (printed, parsed.notna().to_numpy())
+    return printed
+
+
+def to_datetime(series: pd.Series, _arg: Any, ctx: TransformContext) -> pd.Series:
+    return _to_datetime(series, "ms", ctx)
+
+
+def to_date(series: pd.Series, _arg: Any, ctx: TransformContext) -> pd.Series:
+    return _to_datetime(series, "D", ctx)
 
 
 # --- argument validation ------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import importlib.util
 import json
 import random
 import unicodedata
@@ -26,9 +28,12 @@ from mappings import (
     load_spec,
     parse_spec,
 )
+from mappings import text as text_module
+from mappings.columnar import collapse_spaces
 from mappings.engine import EMAIL, WEB_URL
 from mappings.spec import TransformStep
-from mappings.transforms import TransformContext
+from mappings.transforms import TransformContext, format_datetime
+from mappings.validate import _INVALID_WEB_URL
 from socialcrm.records import DestinationField
 
 PLATFORMS = ("X", "Mastodon", "Instagram", "Facebook", "LinkedIn", "Bluesky")
@@ -732,3 +737,301 @@ def test_apply_never_raises_and_every_text_fits(rows: list[dict[str, Any]]) -> N
             if isinstance(value, str) and limit:
                 assert _units(value) <= limit, (name, value)
                 assert value.strip() and "\x00" not in value
+
+
+# --- the fast engine equals the per-row baseline (bench/baseline_mapping.py) -----------------
+
+
+def _load_baseline() -> Any:
+    """``bench/baseline_mapping.py``, the naive per-row mapping (bench is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "baseline_mapping.py"
+    module_spec = importlib.util.spec_from_file_location("bench_baseline_mapping", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+BASELINE = _load_baseline()
+
+_HOSTILE_PIECES = [
+    *"aBzé ßİΣς1_.@-'$+^",
+    "  ",
+    "\t",
+    "\n",
+    "\r",
+    "\x00",
+    "\x07",
+    "\x1f",
+    "\x7f",
+    "\x85",
+    "\xa0",
+    "\u2028",
+    "\u3000",
+    "\u200b",
+    "\u200d",
+    "\ufeff",
+    "\u202e",
+    "\ufe0f",
+    "🚀",
+    "🇪",
+    "👨\u200d💻",
+    "𠀋",
+    "𝓙",
+    "𝟙",
+    "\U000e0101",
+    "\U0001f3fb",
+    "\ud800",
+    "\udfff",
+    "\ud83d",
+    "\ude80",  # lone surrogates; side by side they look like one emoji in UTF-16
+    "ﷺ",
+    "٣",
+    "²",
+    "漢",
+    "ع",
+    "ा",
+    "http://",
+    "HTTPS://",
+    "httpſ://",
+    ".com",
+    "x.io",
+    "mastodon",
+    "X",
+    " Bluesky ",
+    "2026-11-20T10:00:00+00:00",
+    "2026-02-30T10:00:00+00:00",
+    "2026-11-20",
+    "+0000",
+]
+
+
+def hostile_frame(n: int, seed: int) -> pd.DataFrame:
+    """Lead candidates whose text is glued from hostile pieces, typed as the flow types them."""
+    rnd = random.Random(seed)
+
+    def text(pieces: int) -> str | None:
+        if rnd.random() < 0.15:
+            return None
+        return "".join(rnd.choice(_HOSTILE_PIECES) for _ in range(rnd.randint(0, pieces)))
+
+    rows = []
+    for i in range(n):
+        rows.append(
+            person(
+                record_key=None if rnd.random() < 0.02 else f"row{i}",
+                person_key=rnd.choice([f"x:{i}", None, "k" * 81, text(8), "🚀" * 41]),
+                platform=rnd.choice([text(3), "x", "mastodon", " Bluesky ", "myspace"]),
+                handle=rnd.choice([text(6), "h" * rnd.randint(70, 90)]),
+                display_name=rnd.choice([text(10), *_NAME_POOL]),
+                location=rnd.choice([text(12), "🌍" * rnd.randint(15, 25), "L" * 45]),
+                profile_url=rnd.choice([text(4), f"https://x.com/u{i}"]),
+                email=rnd.choice([text(5), f" U{i}@Example.COM "]),
+                score=rnd.choice([None, rnd.random() * 100, float("inf"), 1e308, 2.675, -0.05]),
+                engagement_count=rnd.choice([None, rnd.randint(0, 500)]),
+                last_engaged_at=rnd.choice(
+                    [
+                        text(2),
+                        None,
+                        "2026-11-20T12:30:15.123456+02:00",
+                        "2026-11-20T10:00:00.000+0000",
+                        "2026-13-45T99:99:99.000+0000",
+                        "9999-12-31T23:59:59+00:00",
+                    ]
+                ),
+                engagement_summary=rnd.choice([text(30), text(300) or "", "x" * 33_000]),
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def _outcome(result: Any) -> tuple[Any, ...]:
+    return (
+        result.keys,
+        result.records,
+        [(p.record_key, p.field, p.reason, p.payload) for p in result.rejected],
+        [(p.record_key, p.field, p.reason) for p in result.warnings],
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_engine_equals_the_per_row_baseline_on_hostile_rows(
+    lead_spec: MappingSpec, seed: int
+) -> None:
+    frame = hostile_frame(2_000, seed)
+    got = apply_spec(lead_spec, frame, LEAD)
+    want = BASELINE.map_rows(lead_spec, frame, LEAD)
+    assert got.rejected and got.warnings  # the rows are hostile enough to exercise both
+    assert _outcome(got) == _outcome(want)
+    json.dumps(got.records, allow_nan=False)
+    assert list(got.frame.index) == got.keys
+
+
+def test_engine_equals_the_per_row_baseline_without_metadata(lead_spec: MappingSpec) -> None:
+    frame = hostile_frame(1_500, seed=4)
+    assert _outcome(apply_spec(lead_spec, frame)) == _outcome(BASELINE.map_rows(lead_spec, frame))
+
+
+def test_engine_equals_the_per_row_baseline_on_the_ticket_spec() -> None:
+    spec = load_spec(SPEC_DIR / "ticket.zendesk.yaml")
+    rnd = random.Random(5)
+    frame = pd.DataFrame(
+        {
+            "record_key": [f"c{i}" for i in range(500)],
+            "platform_name": [rnd.choice(["X", None]) for _ in range(500)],
+            "channel_name": [rnd.choice(["DM", "mention"]) for _ in range(500)],
+            "handle": [rnd.choice(["ann", None, "🚀", " "]) for _ in range(500)],
+            "first_line": [rnd.choice(["help", None, "x" * 200, "\x00"]) for _ in range(500)],
+            "priority": [rnd.choice(["low", "URGENT", "weird", None]) for _ in range(500)],
+            "route": [rnd.choice(["support", "sales", None]) for _ in range(500)],
+            "display_name": [rnd.choice([*_NAME_POOL, None]) for _ in range(500)],
+        }
+    )
+    fields = {
+        "subject": DestinationField("subject", "string", length=150, nillable=False),
+        "priority": DestinationField(
+            "priority", "picklist", restricted_picklist=True, picklist_values=("low", "normal")
+        ),
+        "type": DestinationField("type", "string"),
+        "requester_name": DestinationField("requester_name", "string", length=20),
+    }
+    got = apply_spec(spec, frame, fields)
+    assert _outcome(got) == _outcome(BASELINE.map_rows(spec, frame, fields))
+
+
+_PIECE = st.sampled_from(_HOSTILE_PIECES)
+_HOSTILE_TEXT = st.one_of(st.none(), st.lists(_PIECE, max_size=12).map("".join))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "display_name": _HOSTILE_TEXT,
+                "handle": _HOSTILE_TEXT,
+                "email": _HOSTILE_TEXT,
+                "location": _HOSTILE_TEXT,
+                "platform": _HOSTILE_TEXT,
+                "profile_url": _HOSTILE_TEXT,
+                "last_engaged_at": _HOSTILE_TEXT,
+                "engagement_summary": _HOSTILE_TEXT,
+            }
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_engine_equals_the_per_row_baseline_on_generated_rows(
+    rows: list[dict[str, Any]],
+) -> None:
+    spec = load_spec(SPEC_DIR / "lead.salesforce.yaml")
+    frame = pd.DataFrame(
+        [person(person_key=f"x:{i}", **row) for i, row in enumerate(rows)], columns=_COLUMNS
+    )
+    for column in rows[0]:
+        frame[column] = frame[column].astype("str")
+    assert _outcome(apply_spec(spec, frame, LEAD)) == _outcome(BASELINE.map_rows(spec, frame, LEAD))
+
+
+# --- pieces of the fast engine against their plain definitions -------------------------------
+
+
+def test_vectorised_dates_print_like_numpy() -> None:
+    rng = np.random.default_rng(3)
+    micros = np.concatenate(
+        [
+            rng.integers(-(10**17), 10**17, 5_000),  # years about -1200 .. 5100
+            rng.integers(-(2**62) // 2_000, 2**62 // 2_000, 500),  # far outside 0 .. 9999
+            np.array([0, -1, 253_402_300_799_999_999, 253_402_300_800_000_000]),
+        ]
+    ).astype("datetime64[us]")
+    stamps = pd.Series(micros).dt.tz_localize("UTC")
+    for unit, suffix in (("ms", "+0000"), ("D", "")):
+        expected = [text + suffix for text in np.datetime_as_string(micros, unit=unit).tolist()]
+        assert format_datetime(stamps, unit=unit).tolist() == expected
+
+
+def test_vectorised_names_equal_the_regex_passes() -> None:
+    names = [*_NAME_POOL, "a\ud83d\ude80b c", "\ud800 Lee", "  ", "Ⅻ Ray", "𝓙𝓸𝓱𝓷 Doe"]
+    joined = "\x00" + "\x00".join(name.replace("\x00", "") for name in names) + "\x00"
+    assert text_module.clean_names(joined) is None  # two lone surrogates side by side
+    names = [name for name in names if "\ud83d" not in name]
+    joined = "\x00" + "\x00".join(name.replace("\x00", "") for name in names) + "\x00"
+    found = text_module.clean_names(joined)
+    assert found is not None
+    cleaned, no_letter = found
+    regex = text_module.name_noise().sub("", joined)
+    regex = collapse_spaces(text_module.drop_astral_noise(regex))
+    assert cleaned == regex
+    expected = [BASELINE.clean_name(name) is None for name in names]
+    assert no_letter.tolist() == expected
+
+
+@pytest.mark.parametrize(
+    "value", ["http://x", "HTTPS://x.io/a?b", "httpſ://x", "ftp://x", "https://", "http://a b", ""]
+)
+def test_joined_url_check_agrees_with_the_url_rule(value: str) -> None:
+    invalid = _INVALID_WEB_URL.match("\x00" + value + "\x00") is not None
+    assert invalid == (WEB_URL.fullmatch(value) is None)
+
+
+def test_records_carry_any_field_name(lead_spec: MappingSpec) -> None:
+    spec = parse_spec(
+        {
+            "object": "Lead",
+            "fields": {
+                'it\'s "odd"': {"source": "handle"},
+                "x}{y": {"value": "k"},
+                "class": {"source": "score"},
+            },
+        }
+    )
+    result = apply_spec(spec, frame_of(person()))
+    assert result.records == [{'it\'s "odd"': "ann_dev", "x}{y": "k", "class": 7.25}]
+
+
+def test_a_date_that_only_looks_right_is_dropped_in_any_batch(lead_spec: MappingSpec) -> None:
+    fine = person(person_key="x:1")
+    odd = person(person_key="x:2", last_engaged_at="2026-13-45T99:99:99.000+0000")
+    for rows in ([fine, odd], [odd]):
+        result = apply_spec(lead_spec, frame_of(*rows), LEAD)
+        assert result.records[-1]["Last_Engaged_At__c"] is None
+        assert [w.field for w in result.warnings] == ["Last_Engaged_At__c"]
+
+
+def test_mapping_leaves_the_garbage_collector_as_it_found_it(lead_spec: MappingSpec) -> None:
+    frame = frame_of(person())
+    try:
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            apply_spec(lead_spec, frame, LEAD)
+            assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
+
+
+def test_fields_with_few_distinct_values_map_like_the_baseline(lead_spec: MappingSpec) -> None:
+    """Columns holding a few values are mapped once per value: rows must not notice."""
+    rnd = random.Random(6)
+    pool = [
+        *_NAME_POOL,
+        *("x", "mastodon", " Bluesky ", "myspace", None, "\x00", "a\x00b", "\ud800", "x\udfffy"),
+        *(" U1@Example.COM ", "ann(at)example", "h" * 85, "L" * 45, "🌍" * 21, "\u3000"),
+    ]
+    frame = pd.DataFrame(
+        [
+            person(
+                record_key=f"row{i}",
+                person_key=f"x:{i}",
+                **{
+                    column: rnd.choice(pool)
+                    for column in ("platform", "location", "email", "display_name", "handle")
+                },
+            )
+            for i in range(3_000)
+        ]
+    )
+    got = apply_spec(lead_spec, frame, LEAD)
+    assert got.rejected and got.warnings
+    assert _outcome(got) == _outcome(BASELINE.map_rows(lead_spec, frame, LEAD))

@@ -1,0 +1,1 @@
+"""Benchmarks: each module times a part of socialcrm against a plain baseline, side by side."""
