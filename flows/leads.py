@@ -108,6 +108,7 @@ class LeadsContext:
     would_write: list[dict[str, Any]] = field(default_factory=list)
     gaps: list[str] = field(default_factory=list)
     serial: threading.Lock = field(default_factory=threading.Lock)
+    campaign_members: int = 0
     _spec: MappingSpec | None = None
     _spec_fits: bool = False
     _exclusions: ExclusionRules | None = None
@@ -474,6 +475,42 @@ def send_leads(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
     return outcomes
 
 
+def join_campaign(ctx: LeadsContext, outcomes: list[SinkOutcome]) -> None:
+    """New leads and newly matched records join the configured campaign, once each.
+
+    A membership that fails does not undo the lead: it is logged and counted, and the
+    next change of the lead tries again (joining twice is harmless).
+    """
+    campaign = ctx.settings.crm.campaign
+    if campaign is None:
+        return
+    fresh = [o for o in outcomes if o.destination_id and o.status in JOINING]
+    leads = [o.destination_id for o in fresh if o.status != "matched contact"]
+    contacts = [o.destination_id for o in fresh if o.status == "matched contact"]
+    if not leads and not contacts:
+        return
+    joined = salesforce.add_campaign_members(
+        ctx.crm_connection(),
+        campaign.id,
+        campaign.member_status,
+        lead_ids=[i for i in leads if i],
+        contact_ids=[i for i in contacts if i],
+    )
+    failed = [o for o in joined if o.status == "failed"]
+    with ctx.serial:
+        ctx.campaign_members += len(joined) - len(failed)
+    if failed:
+        _logger().warning(
+            "campaign %s: %d memberships failed: %s",
+            campaign.id,
+            len(failed),
+            "; ".join(p.describe() for o in failed[:3] for p in o.problems),
+        )
+
+
+JOINING = ("created", "matched lead", "matched contact")
+
+
 def log_on_contacts(
     ctx: LeadsContext, plan: BatchPlan, contacts: dict[str, tuple[str, str]]
 ) -> list[SinkOutcome]:
@@ -571,6 +608,7 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
         for outcome in sent:
             outcome.payload_hash = outcome.payload_hash or plan.hashes.get(outcome.record_key)
         outcomes.extend(sent)
+        join_campaign(ctx, sent)
 
     failed = [p for outcome in outcomes for p in outcome.problems]
     # A skipped person has no record in the CRM: nothing to remember in the ledger.
@@ -833,6 +871,7 @@ def run_summary(ctx: LeadsContext, outcomes: list[SinkOutcome], status: str) -> 
         "skipped": counts.get("skipped", 0),
         "matched_contact": counts.get("matched contact", 0),
         "matched_lead": counts.get("matched lead", 0),
+        "campaign_members": ctx.campaign_members,
         "failed": counts.get("failed", 0),
         "would_create": counts.get("would create", 0),
         "would_update": counts.get("would update", 0),

@@ -162,6 +162,15 @@ class MatchingSettings(_Model):
     )
 
 
+class CampaignSettings(_Model):
+    """Put every new lead (and every matched customer) in one Salesforce campaign."""
+
+    id: str = Field(pattern=r"^701[A-Za-z0-9]{12}([A-Za-z0-9]{3})?$", description="Campaign Id")
+    member_status: str | None = Field(
+        None, description="CampaignMember status, e.g. Responded; empty: the campaign's default"
+    )
+
+
 class SalesforceSettings(_Model):
     kind: Literal["salesforce"] = "salesforce"
     login_url: str = Field(description="Your My Domain URL, e.g. https://acme.my.salesforce.com")
@@ -183,6 +192,9 @@ class SalesforceSettings(_Model):
     )
     auto_assign: bool = Field(False, description="Run lead assignment rules on create")
     matching: MatchingSettings = Field(default_factory=MatchingSettings)
+    campaign: CampaignSettings | None = Field(
+        None, description="Optional campaign for new leads and matched customers"
+    )
     quota_headroom: float = Field(
         0.9,
         gt=0,

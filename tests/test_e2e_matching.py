@@ -94,3 +94,32 @@ def test_existing_contacts_and_leads_are_matched_not_duplicated(sandbox: Sandbox
     again = leads(LeadsRun(config=str(sandbox.config_path)))
     assert again["created"] == 0
     assert len(sandbox.state()["salesforce"]["Task"]) == len(org["Task"])
+
+
+def test_new_leads_and_matched_customers_join_the_campaign_once(sandbox: Sandbox) -> None:
+    from connectors.crm import salesforce
+    from socialcrm.config import load_settings
+
+    assert sandbox.config_path is not None
+    conn = salesforce.connect(load_settings(sandbox.config_path).crm)
+    campaign = conn.sf.Campaign.create({"Name": "Social engagement Q4", "IsActive": True})
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["crm"]["campaign"] = {"id": campaign["id"]}
+    sandbox.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    summary = leads(LeadsRun(config=str(sandbox.config_path)))
+    outcomes = {row["record_key"]: row["status"] for row in summary["outcomes"]}
+    org = sandbox.state()["salesforce"]
+    members = [m for m in org["CampaignMember"] if m["CampaignId"] == campaign["id"]]
+    joined_leads = Counter(m.get("LeadId") for m in members if m.get("LeadId"))
+    joined_contacts = Counter(m.get("ContactId") for m in members if m.get("ContactId"))
+    assert all(n == 1 for n in [*joined_leads.values(), *joined_contacts.values()])
+    ids = {lead["Social_Profile_Id__c"]: lead["Id"] for lead in org["Lead"]}
+    created = {ids[key] for key, status in outcomes.items() if status == "created"}
+    assert created and created <= set(joined_leads)
+    assert sum(1 for s in outcomes.values() if s == "matched contact") == len(joined_contacts)
+    assert summary["campaign_members"] == len(members)
+
+    leads(LeadsRun(config=str(sandbox.config_path)))
+    again = [m for m in sandbox.state()["salesforce"]["CampaignMember"]]
+    assert len(again) == len(org["CampaignMember"])
