@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
+	mkdir -p $(PREFECT_HOME)
 
 demo: $(STAMP)
 	$(BIN)/python -m socialcrm.demo
