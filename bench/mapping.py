@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bench.baseline_mapping import map_rows
+from connectors.crm.salesforce import parse_describe
 from mappings import SPEC_DIR, MappingResult, MappingSpec, apply_spec, load_spec
 from sandbox.sf_schema import OBJECTS
 from socialcrm.qualify import CANDIDATE_COLUMNS, KIND_PLURALS, PLATFORM_NAMES
@@ -278,25 +279,7 @@ def candidate_frame(n: int, seed: int = 0) -> pd.DataFrame:
 
 def lead_fields() -> dict[str, DestinationField]:
     """The sandbox's Lead describe, read the way ``connectors.crm.salesforce`` reads it."""
-    described = OBJECTS["Lead"].describe("62.0")["fields"]
-    return {
-        f["name"]: DestinationField(
-            name=f["name"],
-            type=f.get("type", "string"),
-            label=f.get("label", f["name"]),
-            length=f.get("length") or None,
-            nillable=bool(f.get("nillable", True)),
-            createable=bool(f.get("createable", False)),
-            updateable=bool(f.get("updateable", False)),
-            defaulted_on_create=bool(f.get("defaultedOnCreate", False)),
-            external_id=bool(f.get("externalId", False)),
-            restricted_picklist=bool(f.get("restrictedPicklist", False)),
-            picklist_values=tuple(
-                p["value"] for p in f.get("picklistValues") or [] if p.get("active", True)
-            ),
-        )
-        for f in described
-    }
+    return parse_describe(OBJECTS["Lead"].describe("62.0"))
 
 
 # --- measuring -------------------------------------------------------------------------------

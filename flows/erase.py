@@ -467,16 +467,15 @@ def erase(params: EraseRun) -> dict[str, Any]:
     # The leads and tickets runs of the accounts wait: none may write about the person
     # between the moment we look and the moment the store forgets them.
     guard = ExitStack()
-    for account in accounts:
-        for pipeline in ("leads", "tickets"):
-            if not guard.enter_context(store.lock(f"{pipeline}:{account.name}")):
-                guard.close()
-                store.close()
-                summary["status"] = (
-                    f"skipped: a {pipeline} run for account {account.name} is in progress"
-                )
-                logger.warning(summary["status"])
-                return summary
+    names = [f"{pipeline}:{a.name}" for a in accounts for pipeline in ("leads", "tickets")]
+    busy = guard.enter_context(store.locks(names))
+    if busy:
+        guard.close()
+        store.close()
+        pipeline, name = busy.split(":", 1)
+        summary["status"] = f"skipped: a {pipeline} run for account {name} is in progress"
+        logger.warning(summary["status"])
+        return summary
     try:
         consent.merge_config(store, settings.consent)
         footprint, needles = erasure.find_footprint(store, person)

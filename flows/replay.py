@@ -66,15 +66,15 @@ def replay(params: ReplayRun = ReplayRun()) -> dict[str, Any]:  # noqa: B008
     # The same locks as the leads and tickets runs: a replay must not comment on a ticket
     # while a tickets run of the account does.
     guard = ExitStack()
-    for name in (f"leads:{account.name}", f"tickets:{account.name}"):
-        if not guard.enter_context(store.lock(name)):
-            guard.close()
-            store.close()
-            summary["status"] = (
-                f"skipped: a {name.split(':')[0]} run for account {account.name} is in progress"
-            )
-            logger.warning(summary["status"])
-            return summary
+    busy = guard.enter_context(store.locks([f"leads:{account.name}", f"tickets:{account.name}"]))
+    if busy:
+        guard.close()
+        store.close()
+        summary["status"] = (
+            f"skipped: a {busy.split(':')[0]} run for account {account.name} is in progress"
+        )
+        logger.warning(summary["status"])
+        return summary
     try:
         if people:
             store.mark_pending(people)

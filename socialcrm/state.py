@@ -11,7 +11,7 @@ import fcntl
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,6 +253,16 @@ class StateStore:
                 yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextmanager
+    def locks(self, names: Sequence[str]) -> Iterator[str | None]:
+        """Hold every lock of ``names`` or none; yields the first one someone else holds."""
+        with ExitStack() as held:
+            for name in names:
+                if not held.enter_context(self.lock(name)):
+                    yield name
+                    return
+            yield None
 
     # cursors -------------------------------------------------------------------------
 

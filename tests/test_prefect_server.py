@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -498,6 +499,8 @@ def test_a_run_started_like_the_ui_run_button_is_executed_by_the_worker(
     assert summary["type"] == "markdown"
     assert summary["data"].startswith("# Leads run for `brand`: completed")
     assert f"| leads created | {len(keys)} |" in summary["data"]
+    skipped = re.search(r"\| skipped \([^|]*\) \| (\d+) \|", summary["data"])
+    assert skipped and len(keys) + int(skipped.group(1)) == LEAD_LIMIT
     assert "| failed | 0 |" in summary["data"]
     table = by_key["leads-brand-leads"]
     assert table["type"] == "table"

@@ -137,6 +137,7 @@ def test_an_approved_review_writes_exactly_the_previewed_leads(sandbox: Sandbox)
         for field in ("LastName", "Social_Handle__c", "Engagement_Score__c"):
             assert lead.get(field) == row.get(field), field
     assert summary["created"] == len(preview)
+    assert len(preview) + summary["skipped"] == 12  # the 12 handled: written or skipped
     assert summary["status"] == "completed: approved in review (looks right)"
 
 

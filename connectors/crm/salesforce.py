@@ -267,6 +267,28 @@ def classify(call: str, exc: BaseException) -> ApiError | None:
     return ApiError(SYSTEM, call, text, status=status, action=action, error_code=code or None)
 
 
+def parse_describe(body: Any) -> dict[str, DestinationField]:
+    """The fields of a describe answer, as the mapping engine checks them."""
+    return {
+        f["name"]: DestinationField(
+            name=f["name"],
+            type=f.get("type", "string"),
+            label=f.get("label", f["name"]),
+            length=f.get("length") or None,
+            nillable=bool(f.get("nillable", True)),
+            createable=bool(f.get("createable", False)),
+            updateable=bool(f.get("updateable", False)),
+            defaulted_on_create=bool(f.get("defaultedOnCreate", False)),
+            external_id=bool(f.get("externalId", False)),
+            restricted_picklist=bool(f.get("restrictedPicklist", False)),
+            picklist_values=tuple(
+                p["value"] for p in f.get("picklistValues") or [] if p.get("active", True)
+            ),
+        )
+        for f in (body or {}).get("fields", [])
+    }
+
+
 def describe(conn: SalesforceConnection, sobject: str) -> dict[str, DestinationField]:
     """Field metadata of an object, cached for the connection's life (one run)."""
     if sobject not in conn._describe:
@@ -275,24 +297,7 @@ def describe(conn: SalesforceConnection, sobject: str) -> dict[str, DestinationF
             lambda sf: sf.restful(f"sobjects/{sobject}/describe"),
             write=False,
         )
-        conn._describe[sobject] = {
-            f["name"]: DestinationField(
-                name=f["name"],
-                type=f.get("type", "string"),
-                label=f.get("label", f["name"]),
-                length=f.get("length") or None,
-                nillable=bool(f.get("nillable", True)),
-                createable=bool(f.get("createable", False)),
-                updateable=bool(f.get("updateable", False)),
-                defaulted_on_create=bool(f.get("defaultedOnCreate", False)),
-                external_id=bool(f.get("externalId", False)),
-                restricted_picklist=bool(f.get("restrictedPicklist", False)),
-                picklist_values=tuple(
-                    p["value"] for p in f.get("picklistValues") or [] if p.get("active", True)
-                ),
-            )
-            for f in (body or {}).get("fields", [])
-        }
+        conn._describe[sobject] = parse_describe(body)
     return conn._describe[sobject]
 
 
