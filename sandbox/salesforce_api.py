@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote
 from sandbox import soql
 from sandbox.faults import unable_to_lock
 from sandbox.sf_bulk import BulkIngest
-from sandbox.sf_query import QueryEngine
+from sandbox.sf_query import COMPOSITE_HEADER, QueryEngine
 from sandbox.sf_schema import OBJECTS, Field, SObject, is_id, record_error
 from sandbox.sf_store import (
     ENTITY_IS_DELETED,
@@ -84,6 +84,7 @@ class SalesforceSimulator:
             ("GET", "query", self.queries.query),
             ("GET", "queryAll", self.queries.query),
             ("GET", "query/:locator", self.queries.query_more),
+            ("POST", "composite", self.composite),
             ("POST", "composite/sobjects", self.collection_create),
             ("PATCH", "composite/sobjects", self.collection_update),
             ("DELETE", "composite/sobjects", self.collection_delete),
@@ -107,6 +108,70 @@ class SalesforceSimulator:
                 key = f"{method} /services/data/v{version}" + (f"/{template}" if template else "")
                 return key, lambda h=handler, a=args: self._data_call(req, version, h, a)
         return None
+
+    # --- composite: several requests in one call ---------------------------------------
+
+    def composite(self, req: Request, version: str) -> dict[str, Any]:
+        """``POST /composite``: up to 25 subrequests in order, at most 5 of them queries;
+        one API call. The sandbox runs reads only (``GET`` query, queryAll, query more):
+        what the connector sends; other methods answer the subrequest with an error. A
+        subrequest's URL is in the body, so no URI limit applies to its query, only SOQL's
+        own 100,000 characters."""
+        body = json_body(req)
+        subs = body.get("compositeRequest") if isinstance(body, dict) else None
+        if not isinstance(subs, list) or not subs:
+            raise SfError(400, "JSON_PARSER_ERROR", "compositeRequest: a list of subrequests")
+        if len(subs) > 25:
+            raise SfError(
+                400, "LIMIT_EXCEEDED", "Limit Exceeded: a composite request takes 25 subrequests"
+            )
+        queries = [s for s in subs if isinstance(s, dict) and "/query" in str(s.get("url"))]
+        if len(queries) > 5:
+            raise SfError(
+                400, "LIMIT_EXCEEDED", "Limit Exceeded: at most 5 query subrequests per request"
+            )
+        answers = []
+        for sub in subs:
+            ref = str(sub.get("referenceId") or "") if isinstance(sub, dict) else ""
+            status, payload = self._subrequest(req, sub)
+            answers.append(
+                {"body": payload, "httpHeaders": {}, "httpStatusCode": status, "referenceId": ref}
+            )
+        return {"compositeResponse": answers}
+
+    def _subrequest(self, req: Request, sub: Any) -> tuple[int, Any]:
+        if not isinstance(sub, dict) or not sub.get("referenceId") or not sub.get("url"):
+            return 400, [{"errorCode": "INVALID_INPUT", "message": "method, url, referenceId"}]
+        method = str(sub.get("method") or "").upper()
+        path, _, raw_query = str(sub["url"]).partition("?")
+        m = re.match(r"^/services/data/v(\d+\.\d)/(query|queryAll)(/[^/?]+)?/?$", path)
+        if method == "GET" and not m:
+            return 404, [
+                {"errorCode": "NOT_FOUND", "message": "The requested resource does not exist"}
+            ]
+        if method != "GET" or not m:
+            return 400, [
+                {
+                    "errorCode": "NOT_SUPPORTED",
+                    "message": f"the sandbox runs query subrequests only, not {method} {path}",
+                }
+            ]
+        sub_req = Request(
+            "GET", path, Request.parse_query(raw_query), {**req.headers, COMPOSITE_HEADER: "1"}
+        )
+        result: dict[str, Any] | Response
+        try:
+            if m[3]:
+                result = self.queries.query_more(sub_req, m[1], m[3].strip("/"))
+            else:
+                result = self.queries.query(sub_req, m[1])
+        except SfError as exc:
+            return exc.status, exc.body
+        except soql.SoqlError as exc:
+            return 400, [{"message": exc.message, "errorCode": exc.code}]
+        if isinstance(result, Response):
+            return result.status, json.loads(result.body or b"null")
+        return 200, result
 
     def _plain(self, payload: Any, status: int = 200) -> Response:
         return json_response(status, payload, content_type=JSON)

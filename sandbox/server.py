@@ -13,7 +13,8 @@ version the client used and template the rest (``PATCH
 ``POST /services/oauth2/token``); Zendesk paths without
 the optional ``.json`` (``PUT /api/v2/tickets/:id``), DM lookups under X
 (``GET /2/dm_conversations/:id/dm_events``). ``reads`` counts GET calls per system;
-``writes`` counts every other method except the OAuth token call.
+``writes`` counts every other method except the OAuth token call and Salesforce's
+``POST /composite``, which the sandbox runs for queries only (a read).
 
 Besides ``GET /_sandbox/state``: ``POST /_sandbox/crm`` seeds the Salesforce org with
 existing Contacts and Leads for some X people and returns the ground truth (``GET`` returns
@@ -97,11 +98,9 @@ class _World:
             users = [u.truth() for u in world.users.values() if not u.suspended]
             suspended = [u.truth() for u in world.users.values() if u.suspended]
             calls = {name: dict(sorted(c.items())) for name, c in self.calls.items()}
-            reads = {
-                n: sum(v for k, v in c.items() if k.startswith("GET ")) for n, c in calls.items()
-            }
+            reads = {n: sum(v for k, v in c.items() if _reads(k)) for n, c in calls.items()}
             writes = {
-                n: sum(v for k, v in c.items() if not k.startswith("GET ") and k != TOKEN_KEY)
+                n: sum(v for k, v in c.items() if not _reads(k) and k != TOKEN_KEY)
                 for n, c in calls.items()
             }
             x_state: dict[str, Any] = {
@@ -464,6 +463,10 @@ class Sandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _reads(key: str) -> bool:
+    return key.startswith("GET ") or key.endswith("/composite")
 
 
 def start_sandbox(

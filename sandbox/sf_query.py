@@ -22,6 +22,8 @@ from sandbox.wire import Options, Request, Response
 
 SOQL_MAX_CHARS = 100_000
 URI_MAX_BYTES = 16_384
+# Set (internally) on a query run as a composite subrequest: its text came in a body.
+COMPOSITE_HEADER = "x-sandbox-composite-subrequest"
 LOG_SIZE = 10_000
 
 
@@ -38,7 +40,8 @@ class QueryEngine:
         if not text:
             raise SfError(400, "MALFORMED_QUERY", "A query string has to be specified")
         self.log.append(text)
-        if len(req.path) + len("?q=") + len(quote_plus(text)) > URI_MAX_BYTES:
+        in_uri = req.header(COMPOSITE_HEADER) is None
+        if in_uri and len(req.path) + len("?q=") + len(quote_plus(text)) > URI_MAX_BYTES:
             return Response(414, b"URI Too Long", {"Content-Type": "text/plain"})
         if len(text) > SOQL_MAX_CHARS:
             raise SfError(
@@ -83,7 +86,8 @@ class QueryEngine:
         if req.path.rstrip("/").endswith("/queryAll"):
             pool += list(self.store.deleted[obj.name].values())
         dates = {f.name for f in obj.fields if f.type == "date"}
-        rows = [r for r in pool if soql.matches(parsed.where, _getter(r, canonical, dates))]
+        keep = soql.compile_condition(parsed.where)
+        rows = [r for r in pool if keep(_getter(r, canonical, dates))]
         for name, descending, nulls_last in reversed(parsed.order):
             present = [r for r in rows if r.get(canonical[name]) is not None]
             absent = [r for r in rows if r.get(canonical[name]) is None]

@@ -342,38 +342,62 @@ def _fold(value: Any) -> Any:
 
 def matches(condition: Condition | None, get: Callable[[str], Any]) -> bool:
     """Evaluate with SOQL semantics: text comparisons ignore case, ``= null`` means unset."""
+    return compile_condition(condition)(get)
+
+
+Predicate = Callable[[Callable[[str], Any]], bool]
+
+
+def compile_condition(condition: Condition | None) -> Predicate:
+    """A predicate to run on every record: values folded once, ``IN`` lists as sets (an org
+    answers a 2,000-value ``IN`` over 100,000 records without scanning the list each time)."""
     if condition is None:
-        return True
+        return lambda get: True
     if isinstance(condition, BoolOp):
+        parts = [compile_condition(part) for part in condition.parts]
         if condition.op == "not":
-            return not matches(condition.parts[0], get)
-        results = (matches(part, get) for part in condition.parts)
-        return all(results) if condition.op == "and" else any(results)
-    actual = _fold(get(condition.field))
+            return lambda get: not parts[0](get)
+        if condition.op == "and":
+            return lambda get: all(part(get) for part in parts)
+        return lambda get: any(part(get) for part in parts)
+    name, op = condition.field, condition.op
     wanted = [_fold(v.value) for v in condition.values]
-    op = condition.op
+    if op in ("in", "notin"):
+        hashable = {w for w in wanted if w is not None}
+        has_null = any(w is None for w in wanted)
+
+        def member(get: Callable[[str], Any]) -> bool:
+            actual = _fold(get(name))
+            if actual is None:
+                return has_null
+            try:
+                return actual in hashable
+            except TypeError:
+                return actual in wanted
+
+        return member if op == "in" else (lambda get: not member(get))
     if op == "=":
-        return actual == wanted[0]
+        return lambda get: _fold(get(name)) == wanted[0]
     if op == "!=":
-        return actual != wanted[0]
-    if op == "in":
-        return actual in wanted
-    if op == "notin":
-        return actual not in wanted
-    if actual is None:
-        return False
+        return lambda get: _fold(get(name)) != wanted[0]
     if op == "like":
-        like = condition.values[0].like or ""
-        return re.fullmatch(like, str(actual), re.IGNORECASE | re.DOTALL) is not None
+        pattern = re.compile(condition.values[0].like or "", re.IGNORECASE | re.DOTALL)
+        return lambda get: (v := get(name)) is not None and pattern.fullmatch(str(v)) is not None
     target = wanted[0]
-    if target is None:
-        return False
-    try:
-        return {
-            "<": actual < target,
-            "<=": actual <= target,
-            ">": actual > target,
-            ">=": actual >= target,
-        }[op]
-    except TypeError:
-        return False
+    compare = {
+        "<": lambda a, b: a < b,
+        "<=": lambda a, b: a <= b,
+        ">": lambda a, b: a > b,
+        ">=": lambda a, b: a >= b,
+    }[op]
+
+    def ordered(get: Callable[[str], Any]) -> bool:
+        actual = _fold(get(name))
+        if actual is None or target is None:
+            return False
+        try:
+            return bool(compare(actual, target))
+        except TypeError:
+            return False
+
+    return ordered

@@ -406,3 +406,50 @@ def test_state_lists_leads_and_counts_write_calls(
     assert any(r["Social_Profile_Id__c"] == "x:state-1" for r in state["salesforce"]["Lead"])
     assert state["salesforce"]["Contact"] == []
     assert sf.api_usage["api-usage"].total == 15000
+
+
+def test_composite_runs_queries_in_one_call_and_answers_each_on_its_own(
+    sandbox: Sandbox, http: requests.Session, token: str
+) -> None:
+    base = f"{sandbox.urls['salesforce']}/services/data/v60.0"
+    headers = {"Authorization": f"Bearer {token}"}
+    query = "/services/data/v60.0/query/?q="
+
+    def composite(subrequests: list[dict[str, Any]]) -> requests.Response:
+        body = {"allOrNone": False, "compositeRequest": subrequests}
+        return http.post(f"{base}/composite", json=body, headers=headers, timeout=10)
+
+    handles = ", ".join(f"'h{n:05d}'" for n in range(3000))  # far over a URI's 16,384 bytes
+    answer = composite(
+        [
+            {"method": "GET", "url": query + "SELECT+Id+FROM+Lead+LIMIT+1", "referenceId": "a"},
+            {"method": "GET", "url": query + "SELECT+Nope+FROM+Lead", "referenceId": "b"},
+            {"method": "GET", "url": "/services/data/v60.0/nothing/here", "referenceId": "c"},
+            {
+                "method": "GET",
+                "url": query + f"SELECT Id FROM Lead WHERE Social_Handle__c IN ({handles})",
+                "referenceId": "d",
+            },
+        ]
+    )
+    assert answer.status_code == 200
+    items = answer.json()["compositeResponse"]
+    assert [(i["referenceId"], i["httpStatusCode"]) for i in items] == [
+        ("a", 200),
+        ("b", 400),
+        ("c", 404),
+        ("d", 200),
+    ]
+    assert set(items[0]["body"]) >= {"totalSize", "done", "records"}
+    assert items[1]["body"][0]["errorCode"] == "INVALID_FIELD"
+    recording = RECORDINGS / "composite_subrequest_not_found.json"
+    if recording.exists():
+        recorded = json.loads(recording.read_text())["body"]["compositeResponse"][0]
+        assert set(items[2]) == set(recorded)
+        assert items[2]["body"] == recorded["body"]
+    six = [
+        {"method": "GET", "url": query + "SELECT+Id+FROM+Lead", "referenceId": f"q{n}"}
+        for n in range(6)
+    ]
+    refused = composite(six)  # five queries at most per composite request
+    assert refused.status_code == 400 and refused.json()[0]["errorCode"] == "LIMIT_EXCEEDED"

@@ -67,6 +67,11 @@ DUPLICATE = "duplicate"  # the outcome status of a record the org's duplicate ru
 # below the 100,000-character SOQL limit; each query's URL-encoded text stays under this,
 # leaving room for the path and the headers (the bearer token, ~120 bytes).
 SOQL_URI_BUDGET = 14_000
+# Several queries travel in one POST /composite (one API call however many it holds, at
+# most 5 queries each). Their text is in the body, so only SOQL's own limit of 100,000
+# characters applies; the budget (URL-encoded) keeps a margin below it.
+COMPOSITE_QUERIES = 5
+COMPOSITE_SOQL_BUDGET = 90_000
 T = TypeVar("T")
 
 
@@ -929,6 +934,11 @@ def query(conn: SalesforceConnection, soql: str) -> list[dict[str, Any]]:
     (``in_queries`` splits long ``IN`` lists).
     """
     page = conn.call("GET /query", lambda sf: sf.query(soql), write=False)
+    return _all_pages(conn, page)
+
+
+def _all_pages(conn: SalesforceConnection, page: dict[str, Any]) -> list[dict[str, Any]]:
+    """A query's first page plus every later one, one read per ``nextRecordsUrl``."""
     records = list(page.get("records") or [])
     while not page.get("done", True) and page.get("nextRecordsUrl"):
         url = str(page["nextRecordsUrl"])
@@ -938,6 +948,50 @@ def query(conn: SalesforceConnection, soql: str) -> list[dict[str, Any]]:
 
         page = conn.call("GET /query/:locator", more, write=False)
         records.extend(page.get("records") or [])
+    return records
+
+
+def query_many(conn: SalesforceConnection, soqls: Sequence[str]) -> list[dict[str, Any]]:
+    """Every record of several queries, five to a ``POST /composite`` call.
+
+    Used where a batch needs more than one query (matching a few thousand people): the org
+    counts each composite call once, and the queries' text is in the body, not the URI, so
+    ``in_queries(..., budget=COMPOSITE_SOQL_BUDGET)`` may make each one long. A query the
+    org refuses raises ``ApiError`` with its error code; later pages follow
+    ``nextRecordsUrl`` one call each, as in ``query``.
+    """
+    if len(soqls) == 1 and len(quote_plus(soqls[0])) <= SOQL_URI_BUDGET:
+        return query(conn, soqls[0])
+    records: list[dict[str, Any]] = []
+    prefix = f"/services/data/v{conn.settings.api_version}/query/?q="
+    for start in range(0, len(soqls), COMPOSITE_QUERIES):
+        group = soqls[start : start + COMPOSITE_QUERIES]
+        body = {
+            "allOrNone": False,
+            "compositeRequest": [
+                {"method": "GET", "url": prefix + quote_plus(soql), "referenceId": f"q{i}"}
+                for i, soql in enumerate(group)
+            ],
+        }
+
+        def send(sf: Salesforce, body: dict[str, Any] = body) -> Any:
+            return sf.restful("composite", method="POST", json=body)
+
+        answer = conn.call("POST /composite", send, write=False)
+        for item in (answer or {}).get("compositeResponse") or []:
+            status = int(item.get("httpStatusCode") or 0)
+            page = item.get("body")
+            if status >= 300 or not isinstance(page, dict):
+                errors = page if isinstance(page, list) else []
+                first = errors[0] if errors and isinstance(errors[0], dict) else {}
+                raise ApiError(
+                    SYSTEM,
+                    "POST /composite",
+                    f"query {item.get('referenceId')}: {first.get('message') or page}",
+                    status=status or None,
+                    error_code=first.get("errorCode"),
+                )
+            records.extend(_all_pages(conn, page))
     return records
 
 
@@ -1133,8 +1187,9 @@ def find_matches(
     """The existing Contact or Lead each person already is, by person key (people who match
     nothing are absent).
 
-    One SOQL query per object (more only when the ``IN`` lists outgrow a URI: see
-    ``in_queries``), every value quoted with ``soql_quote``, all pages read.
+    One SOQL query per object when it fits a URI; else long queries (up to SOQL's own
+    limit, see ``in_queries``) five to a composite call (``query_many``). Every value
+    quoted with ``soql_quote``, all pages read.
 
     Precedence: objects in ``rules.objects`` order (Contact beats Lead); inside an object,
     external id, then email, then profile URL, then handle. The first (object, key) that
@@ -1183,10 +1238,8 @@ def find_matches(
             limit = fields[name].length or 255
             values = [v for p in open_people for v in _query_values(key, p) if len(v) <= limit]
             conditions.append((name, values))
-        records: list[dict[str, Any]] = []
-        soqls = in_queries(sobject, select, conditions)
-        for soql in soqls:
-            records.extend(query(conn, soql))
+        soqls = in_queries(sobject, select, conditions, budget=COMPOSITE_SOQL_BUDGET)
+        records = query_many(conn, soqls)
         index: dict[MatchedBy, dict[str, list[dict[str, Any]]]] = {key: {} for key in active}
         for record in records:
             for key in active:
