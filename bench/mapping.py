@@ -271,7 +271,14 @@ def candidate_frame(n: int, seed: int = 0) -> pd.DataFrame:
         "top_post_url": [f"https://x.com/brand/status/{s}" for s in status_ids],
     }
     frame = pd.DataFrame({name: columns[name] for name in CANDIDATE_COLUMNS})
-    return frame.assign(record_key=frame["person_key"])
+    # What the leads flow adds: 2% of the people also asked sales in a DM that is a ticket.
+    tickets: list[str | None] = [None] * n
+    for i in np.flatnonzero(rng.random(n) < 0.02).tolist():
+        tickets[i] = f"https://acme.zendesk.com/agent/tickets/{i + 1}"
+    return frame.assign(
+        record_key=frame["person_key"],
+        helpdesk_ticket_url=pd.Series(tickets, index=frame.index, dtype="str"),
+    )
 
 
 # --- destination metadata ------------------------------------------------------------------

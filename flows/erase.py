@@ -358,13 +358,21 @@ def _erase_ticket(
         _delete_ticket(ctx, client, ticket_id, counts)
         return
     refs = [f"[ref {key}]" for key in ctx.footprint.own_message_keys]
+    # The tickets flow's note naming their CRM record (``[ref crm Lead/00Q…]``).
+    refs += [
+        f"[ref crm {sobject}/{record_id}]"
+        for sobject in (LEAD, "Contact")
+        for record_id in ctx.footprint.destination_ids(sobject)
+    ]
     for comment in zendesk.ticket_comments(client, ticket_id):
         body = str(comment.get("body") or "")
         # Their own words go entirely; others' words only lose the person's identifiers.
         # Every comment the pipeline wrote carries its message's [ref]: in a group
         # conversation's ticket, the requester's comments may be other people's messages.
-        whole = any(ref in body for ref in refs) or (
-            comment.get("author_id") in requesters and "[ref " not in body
+        whole = (
+            any(ref in body for ref in refs)
+            or (comment.get("author_id") in requesters and "[ref " not in body)
+            or (theirs and "[ref crm " in body)
         )
         markup = zendesk.redaction_markup(
             str(comment.get("html_body") or ""), None if whole else ctx.needles.terms()

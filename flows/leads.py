@@ -27,6 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from connectors.crm import salesforce
+from connectors.helpdesk import zendesk
 from connectors.http import Action, ApiError, Pacing, set_pacing
 from connectors.social import x
 from flows.params import RunTarget, as_is
@@ -41,6 +42,7 @@ from socialcrm.routing import RoutingRules, load_rules, route
 from socialcrm.state import EngagementRow, PersonRow, StateStore, payload_hash
 
 PIPELINE = "leads"
+TICKET_LEDGER = "zendesk:ticket"  # the tickets flow's ledger of conversations -> tickets
 REVIEW_POLL_SECONDS = 5
 # Streams walked at once; the X client paces them all by the API's rate-limit windows.
 PARALLEL_STREAMS = 4
@@ -306,6 +308,8 @@ def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Batch
     keep = [person for person in people if person.person_key not in skipped]
     engagements = ctx.store.engagements_of([person.person_key for person in keep])
     frame = lead_candidates(keep, engagements, ctx.settings.qualification, now=now)
+    links = ticket_links(ctx, frame["person_key"].tolist())
+    frame = frame.assign(helpdesk_ticket_url=pd.Series(links, index=frame.index, dtype="str"))
     threshold = ctx.settings.qualification.threshold
     for key, score in frame.loc[~frame["qualified"], ["person_key", "score"]].itertuples(
         index=False
@@ -370,6 +374,18 @@ def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Batch
         plan.to_send.append(record)
         plan.send_keys.append(key)
     return plan
+
+
+def ticket_links(ctx: LeadsContext, person_keys: list[str]) -> list[str | None]:
+    """The helpdesk link of each person's latest sales conversation, if it is a ticket."""
+    helpdesk = ctx.settings.helpdesk
+    if helpdesk is None or not person_keys:
+        return [None] * len(person_keys)
+    tickets = inbox.sales_tickets(ctx.store, TICKET_LEDGER, person_keys)
+    return [
+        zendesk.ticket_url(helpdesk, tickets[key].ticket_id) if key in tickets else None
+        for key in person_keys
+    ]
 
 
 def find_existing(
@@ -509,6 +525,7 @@ def join_campaign(ctx: LeadsContext, outcomes: list[SinkOutcome]) -> None:
 
 
 JOINING = ("created", "matched lead", "matched contact")
+DELIVERED = ("created", "updated", "unchanged", "matched lead", "matched contact")
 
 
 def log_on_contacts(
@@ -620,7 +637,7 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
         ctx.store.add_dead_letters(PIPELINE, failed)
         ctx.dead_lettered += len(failed)
         ctx.problems.extend(failed)
-    delivered = [o.record_key for o in outcomes if o.status in ("created", "updated", "unchanged")]
+    delivered = [o.record_key for o in outcomes if o.status in DELIVERED]
     ctx.store.resolve_dead_letters(delivered, PIPELINE)
     # Transient failures stay pending: the next run tries them again by itself.
     retry = {o.record_key for o in outcomes if o.retryable}

@@ -22,6 +22,7 @@ from connectors.helpdesk import zendesk
 from connectors.http import Action, ApiError
 from connectors.social import x, x_dm
 from flows.leads import (
+    TICKET_LEDGER,
     LeadsContext,
     _logger,
     apply_rate_limits,
@@ -35,13 +36,15 @@ from flows.reporting import publish_tickets_artifacts
 from mappings import MappingSpec, apply_spec, load_spec
 from socialcrm import consent, inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
+from socialcrm.inbox import SalesTicket
 from socialcrm.qualify import PLATFORM_NAMES
 from socialcrm.records import Engagement, EngagementKind, RecordProblem, SinkOutcome
 from socialcrm.routing import RoutingRules, load_rules, route
-from socialcrm.state import StateStore
+from socialcrm.state import Delivery, StateStore
 
 PIPELINE = "tickets"
-TICKET = "zendesk:ticket"
+TICKET = TICKET_LEDGER
+CRM_LINK = "zendesk:crm-link"  # conversation -> the ticket that got a note with the CRM link
 COMMENT = "zendesk:comment"
 REQUESTER = "zendesk:user"
 REOPEN_FROM = {"solved", "pending", "hold"}
@@ -80,6 +83,10 @@ class TicketsContext:
     rows: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     delivered: set[str] = field(default_factory=set)
+    # Senders of sales messages whose conversation got its ticket in this run: their lead
+    # (or Task) is written again to carry the ticket's link.
+    newly_ticketed: set[str] = field(default_factory=set)
+    crm_links: dict[str, str] = field(default_factory=dict)  # conversation -> CRM record URL
     _spec: MappingSpec | None = None
 
     def zendesk(self) -> zendesk.ZendeskClient:
@@ -345,6 +352,8 @@ def _deliver_conversation(
             ticket["status"] = "open"
             reopened = True
     ctx.count("tickets " + status)
+    if status == "created" and any(m.route == "sales" for m in messages):
+        ctx.newly_ticketed.add(messages[0].person_key)
     if reopened:
         ctx.count("tickets reopened")
     ctx.rows.append(
@@ -441,6 +450,115 @@ def _comment_done(ctx: TicketsContext, message: inbox.StoredMessage, ticket_id: 
     ctx.store.resolve_dead_letters([message.message_key], PIPELINE)
 
 
+def link_tickets_to_crm(ctx: TicketsContext, leads_ctx: LeadsContext) -> None:
+    """The ticket of each sales conversation gets one internal note naming the CRM record.
+
+    Driven by the store, not by this run: a link that failed, or a lead written by the
+    leads flow, is linked by the next run. A new record (a lead converted into a Contact)
+    or a follow-up ticket gets a new note; nothing else is written twice.
+    """
+    if ctx.dry_run:
+        return
+    store = ctx.store
+    tickets = inbox.sales_tickets(store, TICKET)
+    if not tickets:
+        return
+    people = sorted(tickets)
+    lead_object = leads_ctx.lead_spec().object_name
+    leads = store.deliveries(people, lead_object)
+    contacts = store.deliveries(people, "Contact")
+    done = store.deliveries([link_key(t) for t in tickets.values()], CRM_LINK)
+    todo: list[tuple[SalesTicket, str, str]] = []
+    for person in people:
+        ticket = tickets[person]
+        # A Contact outranks a lead: a lead that was converted is that Contact now.
+        found = _crm_record(person, ("Contact", contacts), (lead_object, leads))
+        if found is None:
+            continue
+        linked = done.get(link_key(ticket))
+        if (
+            linked is not None
+            and linked.destination_id == ticket.ticket_id
+            and (linked.payload_hash == "/".join(found) or linked.status == "failed")
+        ):
+            continue  # noted already, or refused for good (the run that tried said why)
+        todo.append((ticket, *found))
+    if not todo:
+        return
+    client = ctx.zendesk()
+    conn = leads_ctx.crm_connection()
+    for ticket, sobject, record_id in todo:
+        url = conn.record_url(sobject, record_id)
+        try:
+            _note_crm_record(ctx, client, ticket, sobject, record_id, url)
+        except ApiError as error:
+            if is_systemic(error):
+                raise
+            reason = f"CRM link note on ticket {ticket.ticket_id}: {error}"
+            _logger().warning("%s: %s", ticket.conversation_key, reason)
+            ctx.problems.append(
+                RecordProblem(ticket.conversation_key, "crm-link", "zendesk", reason)
+            )
+            if error.action is not Action.RETRY:
+                store.record_deliveries(
+                    CRM_LINK, [SinkOutcome(link_key(ticket), "failed", ticket.ticket_id)]
+                )
+            continue
+        ctx.crm_links[ticket.conversation_key] = url
+    for row in ctx.rows:
+        if row.get("conversation") in ctx.crm_links:
+            row["crm_record"] = ctx.crm_links[row["conversation"]]
+    _logger().info("cross-links: %d tickets got their CRM record", len(ctx.crm_links))
+
+
+def link_key(ticket: SalesTicket) -> str:
+    """Per conversation and person: a group conversation links each sales sender."""
+    return f"{ticket.conversation_key}|{ticket.person_key}"
+
+
+def _crm_record(person: str, *ledgers: tuple[str, dict[str, Delivery]]) -> tuple[str, str] | None:
+    """(object, id) of the first ledger that holds the person's record."""
+    for sobject, ledger in ledgers:
+        record = ledger.get(person)
+        if record is not None and record.destination_id and record.status != "failed":
+            return sobject, record.destination_id
+    return None
+
+
+def _note_crm_record(
+    ctx: TicketsContext,
+    client: zendesk.ZendeskClient,
+    ticket: SalesTicket,
+    sobject: str,
+    record_id: str,
+    url: str,
+) -> None:
+    """One private note; an intent and a marker make a retried or crashed write land once."""
+    store, key = ctx.store, link_key(ticket)
+    marker = f"[ref crm {sobject}/{record_id}]"
+    what = "an existing Contact" if sobject == "Contact" else "a Lead"
+    body = (
+        f"Sales context: the person who asked sales in this conversation is {what} in "
+        f"Salesforce: {url}\n\n— socialcrm {marker}"
+    )
+    ticket_id = int(ticket.ticket_id)
+
+    def landed() -> bool:
+        existing = zendesk.ticket_comments(client, ticket_id)
+        return any(marker in str(c.get("body") or c.get("plain_body") or "") for c in existing)
+
+    if not (key in inbox.open_intents(store, [key], CRM_LINK) and landed()):
+        inbox.open_intent(store, key, CRM_LINK, "comment", marker)
+        zendesk.add_comment(
+            client, ticket_id, {"body": body, "public": False}, key=key, already_applied=landed
+        )
+        ctx.count("crm links added")
+    store.record_deliveries(
+        CRM_LINK, [SinkOutcome(key, "created", ticket.ticket_id, f"{sobject}/{record_id}")]
+    )
+    inbox.close_intent(store, key, CRM_LINK)
+
+
 @flow(name="tickets", flow_run_name=run_namer("tickets"), log_prints=False)
 def tickets(params: TicketsRun = TicketsRun()) -> dict[str, Any]:  # noqa: B008
     """Pull direct messages and keep one helpdesk ticket per conversation.
@@ -493,8 +611,13 @@ def tickets(params: TicketsRun = TicketsRun()) -> dict[str, Any]:  # noqa: B008
             deliver_conversations(as_is(ctx), batch, number)
             if remaining is not None and remaining <= 0:
                 break
-        if ctx.sales_people:
-            lead_outcomes = deliver_pending_leads(leads_ctx, only=sorted(ctx.sales_people))
+        if ctx.newly_ticketed and not ctx.dry_run:
+            store.mark_pending(ctx.newly_ticketed)
+        if ctx.sales_people or ctx.newly_ticketed:
+            lead_outcomes = deliver_pending_leads(
+                leads_ctx, only=sorted(ctx.sales_people | ctx.newly_ticketed)
+            )
+        link_tickets_to_crm(ctx, leads_ctx)
     except ApiError as error:
         status = stop_status(error)
         _logger().error("run stopped: %s", error)
@@ -534,6 +657,7 @@ def tickets_summary(
         "failed": ctx.counts.get("failed messages", 0)
         + len([p for p in ctx.problems if p.stage == "source"]),
         "would_create": sum(1 for r in ctx.rows if r["status"] == "would create"),
+        "crm_links": ctx.counts.get("crm links added", 0),
         "leads_created": lead_counts.get("created", 0),
         "leads_updated": lead_counts.get("updated", 0),
         "api_calls": {

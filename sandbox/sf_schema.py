@@ -351,6 +351,7 @@ SCHEMAS: dict[str, tuple[str, str, tuple[Field, ...]]] = {
                 unique=True,
                 id_lookup=True,
             ),
+            Field("Helpdesk_Ticket_URL__c", "Helpdesk Ticket URL", "url", 255),
         ),
     ),
     "Campaign": (

@@ -222,3 +222,58 @@ def open_intents(store: StateStore, record_keys: Sequence[str], destination: str
                 ).scalars()
             )
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class SalesTicket:
+    """A helpdesk ticket for a conversation in which the person also asked sales."""
+
+    person_key: str
+    conversation_key: str
+    ticket_id: str
+
+
+def sales_tickets(
+    store: StateStore, ticket_destination: str, person_keys: Sequence[str] | None = None
+) -> dict[str, SalesTicket]:
+    """Each person's latest conversation with a sales message and a delivered ticket.
+
+    The cross-links between CRM and helpdesk come from here: the lead (or the Contact's
+    Task) gets this ticket's link, and this ticket gets a note with the CRM record.
+    """
+    messages, ledger = schema.messages, schema.deliveries
+    latest = sa.func.max(messages.c.sent_at).label("latest")
+    query = (
+        sa.select(
+            messages.c.person_key, messages.c.conversation_key, ledger.c.destination_id, latest
+        )
+        .join(
+            ledger,
+            sa.and_(
+                ledger.c.record_key == messages.c.conversation_key,
+                ledger.c.destination == ticket_destination,
+            ),
+        )
+        .where(
+            messages.c.route == "sales",
+            messages.c.from_brand.is_(False),
+            ledger.c.destination_id.is_not(None),
+        )
+        .group_by(messages.c.person_key, messages.c.conversation_key, ledger.c.destination_id)
+    )
+    if person_keys is not None and not person_keys:
+        return {}
+    chunks: list[Sequence[str] | None] = (
+        [None] if person_keys is None else list(_chunks(list(person_keys)))
+    )
+    found: dict[str, tuple[Any, SalesTicket]] = {}
+    with store.transaction() as connection:
+        for chunk in chunks:
+            narrowed = query if chunk is None else query.where(messages.c.person_key.in_(chunk))
+            for row in connection.execute(narrowed):
+                ticket = SalesTicket(row.person_key, row.conversation_key, str(row.destination_id))
+                when = _aware(row.latest)
+                held = found.get(row.person_key)
+                if held is None or (when, ticket.conversation_key) > held[0]:
+                    found[row.person_key] = ((when, ticket.conversation_key), ticket)
+    return {key: ticket for key, (_, ticket) in found.items()}

@@ -103,6 +103,11 @@ class Delivery:
     status: str
 
 
+# What the ledger remembers: where a record went. A matched record (someone else's lead,
+# a Contact) is remembered too, so later runs treat it the same way and erasure finds it.
+LEDGER_STATUSES = frozenset({"created", "updated", "failed", "matched lead", "matched contact"})
+
+
 @dataclass(slots=True)
 class DeadLetter:
     id: int
@@ -621,7 +626,7 @@ class StateStore:
                 )
             }
             for outcome in outcomes:
-                if outcome.status not in ("created", "updated", "failed"):
+                if outcome.status not in LEDGER_STATUSES:
                     continue
                 row = known.get(outcome.record_key)
                 failed = outcome.status == "failed"

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 from truth import bots
 
 from flows.tickets import TicketsRun, tickets
@@ -234,3 +235,70 @@ def test_mentions_asking_for_help_become_tickets_only_when_switched_on(
     new_asking = {i for i in asking if i not in known}
     assert new_asking, "the generator should write some mentions asking for help"
     assert held == new_asking
+
+
+def test_a_sales_dm_links_its_ticket_and_the_crm_record_both_ways(tmp_path: Path) -> None:
+    """Issue 7, item 7: ticket link on the lead (or the Contact's Task), CRM link on the
+    ticket, each written once. Seed 11's org already knows two of the sales senders: one
+    as a Lead by external id, one as a Contact by handle."""
+    box = start_sandbox(
+        seed=11, write_config=tmp_path / "socialcrm.yaml", workdir=tmp_path, crm_seed=True
+    )
+    try:
+        summary = run(box)
+        state = box.state()
+        zendesk_url = yaml.safe_load(box.config_path.read_text())["helpdesk"]["base_url"]
+        # Each sales sender's latest conversation with a sales message is the one linked.
+        latest: dict[str, tuple[str, str]] = {}
+        for event in customer_messages(box):
+            if route(RULES, event["text"]).route == "sales":
+                person = f"x:{event['sender_id']}"
+                when = (event["created_at"], event["dm_conversation_id"])
+                latest[person] = max(latest.get(person, when), when)
+        tickets = {key.split(":", 2)[2]: found[0] for key, found in helpdesk(box).items()}
+        ticket_of = {person: tickets[conv] for person, (_, conv) in latest.items()}
+        sf = state["salesforce"]
+        leads = {lead["Social_Profile_Id__c"]: lead for lead in sf["Lead"]}
+        truth = box.crm_truth()
+        contacts = {
+            key: entry["id"]
+            for key, entry in truth.items()
+            if key in latest and entry.get("object") == "Contact"
+        }
+        assert contacts, "the seed has a sales sender who already is a Contact"
+        linked = 0
+        per_ticket: Counter[int] = Counter()
+        for person, ticket in ticket_of.items():
+            url = f"{zendesk_url.rstrip('/')}/agent/tickets/{ticket['id']}"
+            notes = [c for c in ticket["comments"] if not c.get("public", True)]
+            if person in contacts:
+                tasks = [t for t in sf["Task"] if t.get("WhoId") == contacts[person]]
+                assert [t.get("Helpdesk_Ticket_URL__c") for t in tasks] == [url]
+                target = f"/lightning/r/Contact/{contacts[person]}/view"
+                assert person not in leads, "a Contact got a lead"
+            elif person in leads:
+                assert leads[person]["Helpdesk_Ticket_URL__c"] == url
+                target = f"/lightning/r/Lead/{leads[person]['Id']}/view"
+            else:
+                continue  # a bot, an ambiguous match: no record, no note (counted below)
+            mine = [note for note in notes if target in note["body"]]
+            assert len(mine) == 1, f"{person}: {len(mine)} CRM notes on ticket {ticket['id']}"
+            handle = next(u["username"] for u in state["x"]["users"] if f"x:{u['id']}" == person)
+            assert handle.lower() not in mine[0]["body"].lower(), "the note holds no personal data"
+            per_ticket[ticket["id"]] += 1
+            linked += 1
+        # A group conversation gets a note per sales sender, and nothing more.
+        for ticket in tickets.values():
+            notes = [c for c in ticket["comments"] if not c.get("public", True)]
+            assert len(notes) == per_ticket[ticket["id"]]
+        assert linked >= len(contacts) + 1 and summary["crm_links"] == linked
+        assert truth and any(truth.get(p, {}).get("matched_by") == "external_id" for p in latest), (
+            "the seed has a sales sender who already is our Lead"
+        )
+
+        box.reset_calls()
+        again = run(box)
+        assert again["crm_links"] == 0 and zendesk_writes(box) == 0
+        assert int(box.state()["writes"].get("salesforce", 0)) == 0
+    finally:
+        box.stop()

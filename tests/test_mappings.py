@@ -70,6 +70,7 @@ def lead_fields() -> dict[str, DestinationField]:
             picklist_values=PLATFORMS,
         ),
         DestinationField("Engagement_Score__c", "double"),
+        DestinationField("Helpdesk_Ticket_URL__c", "url", length=255),
         DestinationField("Engagement_Count__c", "double"),
         DestinationField("Last_Engaged_At__c", "datetime"),
     ]
@@ -111,6 +112,7 @@ def person(**overrides: Any) -> dict[str, Any]:
         "last_engaged_at": "2026-11-20T10:00:00+00:00",
         "engagement_summary": "reply: love it\nhttps://x.com/brand/status/1",
         "top_post_url": "https://x.com/brand/status/1",
+        "helpdesk_ticket_url": "https://acme.zendesk.com/agent/tickets/7",
     }
     row.update(overrides)
     if "person_key" in overrides and "record_key" not in overrides:
@@ -385,6 +387,7 @@ def test_apply_maps_a_lead(lead_spec: MappingSpec) -> None:
             "Engagement_Score__c": 7.2,
             "Engagement_Count__c": 3.0,
             "Last_Engaged_At__c": "2026-11-20T10:00:00.000+0000",
+            "Helpdesk_Ticket_URL__c": "https://acme.zendesk.com/agent/tickets/7",
         }
     ]
     assert list(result.frame.index) == result.keys
@@ -622,6 +625,11 @@ def reference_lead(row: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str
         except ValueError:
             warned.append("Last_Engaged_At__c")
     out["Last_Engaged_At__c"] = when
+    ticket = _ref_text(row["helpdesk_ticket_url"])
+    if ticket is not None and not WEB_URL.fullmatch(ticket):
+        warned.append("Helpdesk_Ticket_URL__c")
+        ticket = None
+    out["Helpdesk_Ticket_URL__c"] = ticket
     return (None if rejected else out), rejected, warned
 
 
@@ -681,6 +689,9 @@ def random_people(n: int, seed: int) -> list[dict[str, Any]]:
                     ]
                 ),
                 engagement_summary=rnd.choice(["reply: hi\nhttps://x.com/b/status/1", noise(50)]),
+                helpdesk_ticket_url=rnd.choice(
+                    [None, None, f"https://acme.zendesk.com/agent/tickets/{i}", noise(20)]
+                ),
             )
         )
     return people

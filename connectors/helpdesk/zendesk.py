@@ -122,8 +122,12 @@ class ZendeskClient:
         )
 
     def ticket_url(self, ticket_id: int | str) -> str:
-        """The agent's view of a ticket, for artifacts and cross-links."""
-        return f"{self.settings.base_url.rstrip('/')}/agent/tickets/{ticket_id}"
+        return ticket_url(self.settings, ticket_id)
+
+
+def ticket_url(settings: ZendeskSettings, ticket_id: int | str) -> str:
+    """The agent's view of a ticket, for artifacts and cross-links (no call, no secret)."""
+    return f"{settings.base_url.rstrip('/')}/agent/tickets/{ticket_id}"
 
 
 def connect(settings: ZendeskSettings, *, policy: RetryPolicy | None = None) -> ZendeskClient:
