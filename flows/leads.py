@@ -283,6 +283,80 @@ class BatchPlan:
             for key, record in zip(self.send_keys, self.to_send, strict=True)
         ]
 
+    def split(self, held: set[str]) -> tuple[BatchPlan, BatchPlan]:
+        """(this plan without the held leads and their people, a plan of those alone).
+
+        Held leads are plain upserts (no Contact, no adopted lead): only their records,
+        hashes, scores and context travel.
+        """
+        pairs = list(zip(self.send_keys, self.to_send, strict=True))
+        now = replace(
+            self,
+            people=[p for p in self.people if p.person_key not in held],
+            send_keys=[k for k, _ in pairs if k not in held],
+            to_send=[r for k, r in pairs if k not in held],
+        )
+        later = BatchPlan(
+            self.number,
+            people=[p for p in self.people if p.person_key in held],
+            decided=[],
+            send_keys=[k for k, _ in pairs if k in held],
+            to_send=[r for k, r in pairs if k in held],
+            hashes={k: self.hashes[k] for k in held if k in self.hashes},
+            known=self.known & held,
+            context={k: self.context[k] for k in held if k in self.context},
+            scores={k: self.scores[k] for k in held if k in self.scores},
+            adopted_before=self.adopted_before & held,
+        )
+        return now, later
+
+    def after(self, held: BatchPlan) -> BatchPlan:
+        """This plan with leads held back from an earlier batch sent first."""
+        return replace(
+            self,
+            people=[*held.people, *self.people],
+            decided=[*held.decided, *self.decided],
+            send_keys=[*held.send_keys, *self.send_keys],
+            to_send=[*held.to_send, *self.to_send],
+            hashes={**held.hashes, **self.hashes},
+            known=held.known | self.known,
+            context={**held.context, **self.context},
+            scores={**held.scores, **self.scores},
+            adopted_before=held.adopted_before | self.adopted_before,
+        )
+
+
+COLLECTION_SIZE = 200  # records per sObject Collections call
+HOLD_LIMIT = 10_000  # at most this many leads wait for the next batch
+
+
+def hold_back(ctx: LeadsContext, plan: BatchPlan) -> tuple[BatchPlan, BatchPlan | None]:
+    """Split a plan into what to send now and leads to send with the next batch.
+
+    Calls are spent in whole units: a Bulk API 2.0 job once ``bulk_threshold`` leads wait
+    (a handful of calls for any size) if the next batch can bring them there, else full
+    collections of 200. Leads short of that wait for the next batch (they stay pending in
+    the store, so a crash loses nothing); the last batch sends what is left. Batches
+    smaller than one call are sent as they come; the review gate and dry runs hold nothing
+    back.
+    """
+    crm = ctx.settings.crm
+    own = [key for key in plan.send_keys if key not in plan.adopt]
+    if ctx.dry_run or not own or len(own) >= crm.bulk_threshold:
+        return plan, None
+    bulk_ahead = not crm.auto_assign and crm.bulk_threshold <= HOLD_LIMIT
+    if bulk_ahead and len(own) + crm.batch_size >= crm.bulk_threshold:
+        waiting = len(own)  # with the next batch's leads, one Bulk job may take them all
+    elif crm.batch_size >= COLLECTION_SIZE:
+        waiting = len(own) % COLLECTION_SIZE  # full calls now, the tail with the next batch
+    else:
+        waiting = 0  # batches smaller than a call: sent as they come, as configured
+    if waiting == 0:
+        return plan, None
+    now, later = plan.split(set(own[-waiting:]))
+    _logger().info("batch %d: %d leads wait to go with the next batch", plan.number, waiting)
+    return now, later
+
 
 def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> BatchPlan:
     """Map a batch of people to leads and keep only the ones whose lead changed."""
@@ -678,10 +752,13 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
     task_run_name="deliver {batch_number}",
 )
 def deliver_batch(
-    ctx: LeadsContext, people: list[PersonRow], batch_number: int
-) -> list[SinkOutcome]:
-    """Map a batch of people to leads, skip unchanged ones, upsert the rest in one job."""
-    return write_plan(ctx, plan_batch(ctx, people, batch_number))
+    ctx: LeadsContext, people: list[PersonRow], batch_number: int, held: BatchPlan | None = None
+) -> tuple[list[SinkOutcome], BatchPlan | None]:
+    """Map a batch of people to leads, skip unchanged ones, upsert the rest with the leads
+    ``held`` back from the batch before; returns the outcomes and the leads held back now."""
+    plan = plan_batch(ctx, people, batch_number)
+    now, later = hold_back(ctx, plan.after(held) if held is not None else plan)
+    return write_plan(ctx, now), later
 
 
 @task(
@@ -783,8 +860,12 @@ def deliver_pending_leads(
     DMs); ``limit`` caps the leads of this run, the rest stay pending for the next.
     """
     outcomes: list[SinkOutcome] = []
+    held: BatchPlan | None = None
     for number, batch in enumerate(pending_batches(ctx, limit=limit, only=only), 1):
-        outcomes.extend(deliver_batch(as_is(ctx), batch, number))
+        sent, held = deliver_batch(as_is(ctx), batch, number, as_is(held))
+        outcomes.extend(sent)
+    if held is not None:
+        outcomes.extend(write_batch(as_is(ctx), held))
     if only is None:
         ctx.store.clear_unqualified_pending(ctx.settings.qualification.threshold)
     return outcomes

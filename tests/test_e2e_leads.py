@@ -150,6 +150,48 @@ def test_a_thousand_new_leads_take_at_most_five_write_calls(sandbox: Sandbox) ->
     assert len(sf_leads(sandbox)) == summary["created"]
 
 
+def sf_calls(sandbox: Sandbox, ending: str) -> int:
+    return sum(n for k, n in sandbox.state()["calls"]["salesforce"].items() if k.endswith(ending))
+
+
+def many_engagements(sandbox: Sandbox) -> None:
+    """2,400 new engagements on every seeded post: reading all their likes spends X's
+    75-calls window, so the window is shortened to a second (the wait stays real)."""
+    sandbox.generate(engagements=2400)
+    sandbox.set_options(rate_window_seconds=1)
+
+
+def test_leads_go_out_in_full_calls_across_batches(sandbox: Sandbox) -> None:
+    """Batches of 300 people, no Bulk job: the tail of each batch waits for the next one,
+    so every collections call but the last carries 200 leads."""
+    many_engagements(sandbox)
+    config = configure(
+        sandbox, qualification={"threshold": 1}, crm={"batch_size": 300, "bulk_threshold": 10**6}
+    )
+    summary = leads(LeadsRun(config=config))
+    created = summary["created"]
+    assert created > 600 and len(sf_leads(sandbox)) == created
+    assert sf_calls(sandbox, "/composite/sobjects/:sobject/:field") == -(-created // 200)
+    again = leads(LeadsRun(config=config))
+    assert again["created"] == 0 and len(sf_leads(sandbox)) == created
+
+
+def test_batches_below_the_bulk_threshold_join_into_one_bulk_job(sandbox: Sandbox) -> None:
+    many_engagements(sandbox)
+    config = configure(
+        sandbox, qualification={"threshold": 1}, crm={"batch_size": 300, "bulk_threshold": 500}
+    )
+    summary = leads(LeadsRun(config=config))
+    created = summary["created"]
+    assert len(sf_leads(sandbox)) == created > 1000
+    jobs = sf_calls(sandbox, "POST /services/data/v60.0/jobs/ingest")
+    upserts = sf_calls(sandbox, "/composite/sobjects/:sobject/:field")
+    # No batch reaches 500 leads alone; together they make jobs of 500 or more, and only
+    # the run's last leads (fewer than 500) may go by collections.
+    assert 1 <= jobs <= created // 500
+    assert upserts <= 3
+
+
 def test_dry_run_writes_nothing_anywhere(sandbox: Sandbox) -> None:
     config = configure(sandbox)
     preview = leads(LeadsRun(config=config, dry_run=True))
