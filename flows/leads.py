@@ -862,10 +862,10 @@ def deliver_pending_leads(
     outcomes: list[SinkOutcome] = []
     held: BatchPlan | None = None
     for number, batch in enumerate(pending_batches(ctx, limit=limit, only=only), 1):
-        sent, held = deliver_batch(as_is(ctx), batch, number, as_is(held))
+        sent, held = deliver_batch(as_is(ctx), as_is(batch), number, as_is(held))
         outcomes.extend(sent)
     if held is not None:
-        outcomes.extend(write_batch(as_is(ctx), held))
+        outcomes.extend(write_batch(as_is(ctx), as_is(held)))
     if only is None:
         ctx.store.clear_unqualified_pending(ctx.settings.qualification.threshold)
     return outcomes
@@ -889,7 +889,7 @@ def review_and_deliver(
     Returns the outcomes and the run's status line.
     """
     plans = [
-        plan_batch_task(as_is(ctx), batch, number)
+        plan_batch_task(as_is(ctx), as_is(batch), number)
         for number, batch in enumerate(pending_batches(ctx, limit=limit), 1)
     ]
     preview = [row for plan in plans for row in plan.preview()]
@@ -922,7 +922,7 @@ def review_and_deliver(
         logger.warning(status)
         return [], status
     logger.info("review approved%s: writing the %d previewed leads", comment, len(preview))
-    outcomes = [o for plan in plans for o in write_batch(as_is(ctx), plan)]
+    outcomes = [o for plan in plans for o in write_batch(as_is(ctx), as_is(plan))]
     return outcomes, f"completed: approved in review{comment}"
 
 

@@ -59,11 +59,13 @@ C = TypeVar("C")
 
 
 def as_is(context: C) -> C:
-    """Hand a run's shared context to a task without Prefect walking through it.
+    """Hand a run's shared context, or a batch of rows, to a task without Prefect walking
+    through it.
 
     Prefect visits every task argument looking for futures to wait on. A run context
     holds none, but it holds every row the run has delivered (the walk would cost more
     per task as the run grows) and tallies other threads update (the walk would trip
-    over a set changing size).
+    over a set changing size). A batch of 2,000 people costs over 100,000 visits, about a second
+    per task on a 2-core machine (measured by the benchmark).
     """
     return cast(C, quote(context))

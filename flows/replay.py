@@ -94,7 +94,7 @@ def replay(params: ReplayRun = ReplayRun()) -> dict[str, Any]:  # noqa: B008
                 dry_run=False,
             )
             for number, batch in enumerate(inbox.pending_conversations(store, batch_size=50), 1):
-                deliver_conversations(as_is(tickets_ctx), batch, number)
+                deliver_conversations(as_is(tickets_ctx), as_is(batch), number)
             summary["messages"] = len(messages) - sum(
                 1 for d in store.dead_letters(pipeline="tickets") if d.record_key in messages
             )

@@ -608,7 +608,7 @@ def tickets(params: TicketsRun = TicketsRun()) -> dict[str, Any]:  # noqa: B008
             if remaining is not None:
                 batch = dict(list(batch.items())[:remaining])
                 remaining -= len(batch)
-            deliver_conversations(as_is(ctx), batch, number)
+            deliver_conversations(as_is(ctx), as_is(batch), number)
             if remaining is not None and remaining <= 0:
                 break
         if ctx.newly_ticketed and not ctx.dry_run:

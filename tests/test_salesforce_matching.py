@@ -61,6 +61,20 @@ def test_long_in_lists_are_split_into_queries_under_the_uri_budget() -> None:
     assert salesforce.in_queries("Lead", ["Id"], [(EXT, [])]) == []
 
 
+def test_in_lists_fill_each_query_to_its_budget_and_no_further() -> None:
+    """The size arithmetic is exact: hostile values (whose URL encoding is longer than
+    their text) still fit, and every query but the last is full."""
+    values = [f"{INJECTIONS[n % len(INJECTIONS)]}{n}" for n in range(400)]
+    handles = [f"h{n}é%" for n in range(400)]
+    conditions = [(EXT, values), ("Social_Handle__c", handles)]
+    budget = 2_000
+    queries = salesforce.in_queries("Lead", ["Id"], conditions, budget=budget)
+    sizes = [len(quote_plus(text)) for text in queries]
+    assert max(sizes) <= budget
+    longest = max(len(quote_plus(salesforce.soql_quote(v))) for v in values + handles)
+    assert all(size > budget - longest - 60 for size in sizes[:-1])
+
+
 def test_values_stay_data_inside_the_in_lists() -> None:
     (text,) = salesforce.in_queries("Contact", ["Id"], [("Social_Handle__c", INJECTIONS)])
     parsed = soql.parse(text)

@@ -1013,27 +1013,30 @@ def in_queries(
 
     queries: list[str] = []
     current: dict[str, list[str]] = {}
-    size = cost(head)
+    head_cost = size = cost(head)
 
     def flush() -> None:
         nonlocal current, size
         if current:
             where = " OR ".join(f"{name} IN ({', '.join(lits)})" for name, lits in current.items())
             queries.append(head + where)
-        current, size = {}, cost(head)
+        current, size = {}, head_cost
 
+    comma, joiner = cost(", "), cost(" OR ")
     for name, values in conditions:
+        opening = cost(f"{name} IN ()")
         for value in dict.fromkeys(values):
             literal = soql_quote(value)
+            own = cost(literal)
             for _ in range(2):
                 if name in current:
-                    extra = cost(", " + literal)
+                    extra = comma + own
                 else:
-                    extra = cost(f"{' OR ' if current else ''}{name} IN ({literal})")
+                    extra = (joiner if current else 0) + opening + own
                 if not current or size + extra <= budget:
                     break
                 flush()
-            if cost(head) + extra > budget:
+            if head_cost + extra > budget:
                 raise ValueError(f"a value for {name} is too long for one query")
             current.setdefault(name, []).append(literal)
             size += extra
