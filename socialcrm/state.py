@@ -10,9 +10,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,8 +58,13 @@ def payload_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+_PROFILE_FIELDS = tuple(item.name for item in fields(SocialProfile))
+
+
 def profile_to_json(profile: SocialProfile) -> dict[str, Any]:
-    data = asdict(profile)
+    """The profile as JSON-ready values. Not ``asdict``: its deep copy of every value
+    cost more than the rest of storing a page."""
+    data = {name: getattr(profile, name) for name in _PROFILE_FIELDS}
     if profile.created_at is not None:
         data["created_at"] = profile.created_at.isoformat()
     return data
@@ -69,6 +75,7 @@ class IngestResult:
     new: int = 0
     already_seen: int = 0
     people_touched: int = 0
+    fresh: set[str] = field(default_factory=set)  # keys of the engagements stored now
 
 
 @dataclass(slots=True)
@@ -186,6 +193,7 @@ class StateStore:
         self.dry_run = dry_run
         self._dry_connection: sa.Connection | None = None
         self._dry_transaction: sa.RootTransaction | None = None
+        self._outer = threading.local()  # this thread's open transaction, if any
         if dry_run:
             self._dry_connection = engine.connect()
             self._dry_transaction = self._dry_connection.begin()
@@ -212,12 +220,25 @@ class StateStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
-        """One unit of work; in a dry run, a part of the one transaction rolled back."""
+        """One unit of work; in a dry run, a part of the one transaction rolled back.
+
+        A transaction opened inside another one in the same thread joins it: several
+        store calls (a page's engagements, its cursor, its dead letters) then commit
+        together, once, or not at all.
+        """
         if self._dry_connection is not None:
             yield self._dry_connection
             return
+        outer: sa.Connection | None = getattr(self._outer, "connection", None)
+        if outer is not None:
+            yield outer
+            return
         with self.engine.begin() as connection:
-            yield connection
+            self._outer.connection = connection
+            try:
+                yield connection
+            finally:
+                self._outer.connection = None
 
     @contextmanager
     def lock(self, name: str) -> Iterator[bool]:
@@ -312,7 +333,7 @@ class StateStore:
         *,
         cursors: dict[str, str] | None = None,
     ) -> IngestResult:
-        """Record a page of engagements and advance its cursors, all or nothing.
+        """Record a page (or pages) of engagements and advance its cursors, all or nothing.
 
         Engagements already seen (same key) change nothing, so re-reading a page after a
         crash, or re-reading the like list of a post, is free of double counting.
@@ -336,6 +357,7 @@ class StateStore:
             fresh = [record for key, record in unique.items() if key not in seen]
             result.already_seen = len(records) - len(fresh)
             result.new = len(fresh)
+            result.fresh = {record.key for record in fresh}
             if fresh:
                 connection.execute(
                     schema.engagements.insert(),
@@ -625,9 +647,10 @@ class StateStore:
                     )
                 )
             }
-            for outcome in outcomes:
-                if outcome.status not in LEDGER_STATUSES:
-                    continue
+            inserts: list[dict[str, Any]] = []
+            updates: list[dict[str, Any]] = []
+            latest = {o.record_key: o for o in outcomes if o.status in LEDGER_STATUSES}
+            for outcome in latest.values():
                 row = known.get(outcome.record_key)
                 failed = outcome.status == "failed"
                 values = {
@@ -641,20 +664,24 @@ class StateStore:
                     else outcome.payload_hash,
                 }
                 if row is None:
-                    connection.execute(
-                        table.insert().values(
-                            record_key=outcome.record_key, destination=destination, **values
-                        )
+                    inserts.append(
+                        {"record_key": outcome.record_key, "destination": destination, **values}
                     )
                 else:
-                    connection.execute(
-                        table.update()
-                        .where(
-                            table.c.record_key == outcome.record_key,
-                            table.c.destination == destination,
-                        )
-                        .values(values)
+                    updates.append({"key_": outcome.record_key, **values})
+            # One statement each for the batch (executemany), not one per record.
+            if inserts:
+                connection.execute(table.insert(), inserts)
+            if updates:
+                connection.execute(
+                    table.update()
+                    .where(
+                        table.c.record_key == sa.bindparam("key_"),
+                        table.c.destination == destination,
                     )
+                    .values({name: sa.bindparam(name) for name in updates[0] if name != "key_"}),
+                    updates,
+                )
 
     # dead letters --------------------------------------------------------------------
 

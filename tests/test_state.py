@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from socialcrm.config import Qualification
-from socialcrm.records import Engagement, EngagementKind, RecordProblem, SinkOutcome, SocialProfile
+from socialcrm.records import (
+    Engagement,
+    EngagementKind,
+    Page,
+    RecordProblem,
+    SinkOutcome,
+    SocialProfile,
+)
 from socialcrm.state import StateStore
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
@@ -193,3 +205,106 @@ def test_upgrade_from_the_previous_revision_keeps_the_data(state_url: str) -> No
     with StateStore.open(state_url) as store:  # upgrades to head
         assert store.get_cursor("brand", "mentions") == "42"
         assert {"messages", "intents"} <= set(sa.inspect(store.engine).get_table_names())
+
+
+# --- pages stored side by side (flows.leads.PageWriter) ------------------------------------
+
+
+def _pull_context(store: StateStore) -> Any:
+    from flows.leads import LeadsContext
+    from socialcrm.config import Settings
+
+    settings = Settings.model_validate(
+        {
+            "accounts": [
+                {"name": "brand", "user_id": "1000", "handle": "brand", "bearer_token": "${X}"}
+            ],
+            "crm": {
+                "login_url": "https://acme.my.salesforce.com",
+                "auth": {
+                    "method": "client_credentials",
+                    "client_id": "${A}",
+                    "client_secret": "${B}",
+                },
+            },
+            "qualification": {"threshold": 3},
+        }
+    )
+    return LeadsContext(settings, settings.accounts[0], store, x_client=None, dry_run=False)
+
+
+def _liked(post: str, users: range) -> Page[Engagement]:
+    return Page(
+        [engagement(f"{post}:{u}", EngagementKind.LIKE, str(u)) for u in users],
+        cursor=f"done-{post}",
+    )
+
+
+def queue_behind_a_write(ctx: Any, walk: Callable[[str], None], posts: list[str]) -> None:
+    """Walk ``posts`` in threads while a write is in progress: their pages queue up behind
+    it and go to the writer together."""
+    with ctx.writer._writer:
+        threads = [threading.Thread(target=walk, args=(post,)) for post in posts]
+        for thread in threads:
+            thread.start()
+        while len(ctx.writer._queue) < len(posts):
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(timeout=30)
+
+
+def test_pages_queued_behind_a_write_commit_together_with_their_cursors(state_url: str) -> None:
+    """Streams walked side by side: pages waiting for the writer go in one transaction."""
+    from connectors.social.x import StreamRequest
+    from flows.leads import store_page
+
+    with StateStore.open(state_url) as store:
+        ctx = _pull_context(store)
+        commits: list[int] = []
+        sa.event.listen(store.engine, "commit", lambda _conn: commits.append(1))
+        pages = {f"p{i}": _liked(f"p{i}", range(10 * i, 10 * i + 12)) for i in range(1, 4)}
+        results: dict[str, int] = {}
+
+        def walk(post: str) -> None:
+            results[post] = store_page(ctx, StreamRequest("likes", post_id=post), pages[post])
+
+        queue_behind_a_write(ctx, walk, list(pages))
+        assert len(commits) == 1
+        # Overlapping people (p1 and p2 share users 20, 21): each page counts its own.
+        assert results == {"p1": 12, "p2": 12, "p3": 12}
+        assert ctx.fetched == 36 and ctx.new_engagements == 36
+        assert store.cursors("brand") == {f"likes:{post}": f"done-{post}" for post in pages}
+        counts = {p.person_key: p.counts for p in store.people(["x:20", "x:10", "x:41"])}
+    assert counts == {"x:10": {"like": 1}, "x:20": {"like": 2}, "x:41": {"like": 1}}
+
+
+def test_a_page_that_fails_in_a_group_fails_alone(
+    state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group is written again page by page: the others land, the bad one raises."""
+    from connectors.social.x import StreamRequest
+    from flows.leads import store_page
+
+    with StateStore.open(state_url) as store:
+        ctx = _pull_context(store)
+        real_ingest = store.ingest
+
+        def ingest(account: str, records: Any, *args: Any, **kwargs: Any) -> Any:
+            if any(record.id.startswith("bad:") for record in records):
+                raise RuntimeError("disk full")
+            return real_ingest(account, records, *args, **kwargs)
+
+        monkeypatch.setattr(store, "ingest", ingest)
+        pages = {post: _liked(post, range(5)) for post in ("good1", "bad", "good2")}
+        outcomes: dict[str, object] = {}
+
+        def walk(post: str) -> None:
+            try:
+                outcomes[post] = store_page(ctx, StreamRequest("likes", post_id=post), pages[post])
+            except RuntimeError as error:
+                outcomes[post] = str(error)
+
+        queue_behind_a_write(ctx, walk, list(pages))
+        assert outcomes == {"good1": 5, "bad": "disk full", "good2": 5}
+        assert store.cursors("brand") == {"likes:good1": "done-good1", "likes:good2": "done-good2"}
+        assert ctx.fetched == 10
