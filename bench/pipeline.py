@@ -86,6 +86,32 @@ def current_rss_mb() -> float | None:
     return None
 
 
+def machine_cpu() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far, summed over its cores."""
+    with suppress(OSError, ValueError, IndexError):
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        ticks = os.sysconf("SC_CLK_TCK")
+        idle = fields[3] + fields[4]  # idle, iowait
+        return (sum(fields[:8]) - idle) / ticks, sum(fields[:8]) / ticks
+    return None
+
+
+def cpu_use(began: tuple[float, tuple[float, float] | None]) -> dict[str, float | None]:
+    """What the run cost in CPU: this process's seconds, and how many of the machine's
+    cores were busy on average (the sandbox, the Prefect server and this process share
+    them), since ``began`` = (``time.process_time()``, ``machine_cpu()``)."""
+    ours = time.process_time() - began[0]
+    end, start = machine_cpu(), began[1]
+    busy_cores = None
+    if end is not None and start is not None and end[1] > start[1]:
+        busy_cores = (end[0] - start[0]) / (end[1] - start[1]) * (os.cpu_count() or 1)
+    return {
+        "ours_cpu_s": round(ours, 2),
+        "machine_busy_cores": round(busy_cores, 2) if busy_cores is not None else None,
+        "cores": os.cpu_count(),
+    }
+
+
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
@@ -643,10 +669,12 @@ def run_ours(
         probe = Probe()
         probe.install()
         t0 = now()
+        cpu_began = (time.process_time(), machine_cpu())
         try:
             summary = leads(LeadsRun(config=str(box.config_path)))
         finally:
             wall = now() - t0
+            cpu = cpu_use(cpu_began)
             probe.uninstall()
         rss_peak = peak_rss_mb()
         rss_now = current_rss_mb()
@@ -687,6 +715,7 @@ def run_ours(
         "summary": {k: v for k, v in summary.items() if k not in ("new_leads",)},
         "check": check,
         "wall_s": round(wall, 3),
+        "cpu": cpu,
         "warm_up_s": round(warm_s, 3),
         "child_total_s": round(now() - started, 3),
         "rss_peak_mb": round(rss_peak, 1),

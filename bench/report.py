@@ -287,6 +287,12 @@ def phases_table(data: dict[str, Any]) -> list[str]:
     rows.append(["wall", *[_num(run["ours"]["wall_s"], 2) for run in runs]])
     rows.append(
         [
+            "CPU: this process, s / machine cores busy (of all)",
+            *[_cpu(run["ours"].get("cpu")) for run in runs],
+        ]
+    )
+    rows.append(
+        [
             "X call, client-observed mean / p95 ms",
             *[
                 f"{run['ours']['x_call_latency'].get('mean_ms')} / "
@@ -311,6 +317,13 @@ def phases_table(data: dict[str, Any]) -> list[str]:
         ]
     )
     return _table(header, rows)
+
+
+def _cpu(cpu: dict[str, Any] | None) -> str:
+    if not cpu:
+        return "n/a"
+    ours, busy = _num(cpu.get("ours_cpu_s"), 2), _num(cpu.get("machine_busy_cores"), 2)
+    return f"{ours} / {busy} (of {cpu.get('cores')})"
 
 
 SERVICE_KEYS = (

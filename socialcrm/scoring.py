@@ -36,6 +36,7 @@ the running counts alone, stays valid as time passes, and only loosens the pre-s
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,15 +95,24 @@ _APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "ʼ": "'", "`": "'", "´":
 _SEPARATORS = re.compile(r"[\s\-‐‑‒–—]+")  # spaces and every dash
 
 
+@lru_cache(maxsize=16_384)
 def fold(text: str) -> str:
     """Case- and accent-free form with one space between words: how phrases are compared.
 
     "Combien ÇA coûte" -> "combien ca coute"; "recommandez-vous" -> "recommandez vous";
-    typographic apostrophes become "'".
+    typographic apostrophes become "'". Cached: a text is scored, then ranked for the
+    lead's description, in the same batch.
     """
-    decomposed = unicodedata.normalize("NFKD", text.translate(_APOSTROPHES))
-    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return _SEPARATORS.sub(" ", bare.casefold()).strip()
+    text = text.translate(_APOSTROPHES)
+    if not text.isascii():  # ASCII has nothing to decompose
+        text = unicodedata.normalize("NFKD", text).translate(_combining_marks())
+    return _SEPARATORS.sub(" ", text.casefold()).strip()
+
+
+@lru_cache(maxsize=1)
+def _combining_marks() -> dict[int, None]:
+    """Every combining mark (accents and the like), for ``str.translate`` to delete."""
+    return {c: None for c in range(sys.maxunicode + 1) if unicodedata.combining(chr(c))}
 
 
 @lru_cache(maxsize=16)

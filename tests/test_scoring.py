@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -322,3 +324,34 @@ def test_qualification_errors_name_the_key(qualification: dict[str, Any], expect
             {**data, "qualification": qualification}, source=Path("c.yaml"), base_dir=Path()
         )
     assert expected in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "folded"),
+    [
+        ("Combien ÇA coûte", "combien ca coute"),
+        ("recommandez\u2011vous", "recommandez vous"),  # a non-breaking hyphen
+        ("Quel est   le PRIX ?", "quel est le prix ?"),  # ASCII: the fast path
+        ("can\u2019t wait", "can't wait"),
+        ("e\u0301te\u0301 Straße", "ete strasse"),  # marks already apart; ß folds
+        ("ﬁnancement", "financement"),  # a ligature decomposes
+        ("料金はいくらですか", "料金はいくらてすか"),  # the dakuten is a mark too, as in phrases
+        ("", ""),
+    ],
+)
+def test_fold_removes_case_accents_and_dashes(text: str, folded: str) -> None:
+    assert fold(text) == folded
+
+
+def _fold_reference(text: str) -> str:
+    """``fold`` written the slow, obvious way: character by character."""
+    apostrophes = str.maketrans(dict.fromkeys("\u2019\u2018\u02bc`\u00b4\u201b", "'"))
+    decomposed = unicodedata.normalize("NFKD", text.translate(apostrophes))
+    bare = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return re.sub(r"[\s\-\u2010\u2011\u2012\u2013\u2014]+", " ", bare.casefold()).strip()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40))
+def test_fold_matches_the_character_by_character_definition(text: str) -> None:
+    assert fold(text) == _fold_reference(text)
