@@ -279,8 +279,7 @@ class Probe:
         self.wrap(flow_module, "publish_leads_artifacts", "publish")
         # Tasks: the call (with Prefect's task-run bookkeeping) and the body (fn) apart.
         for name, label in (
-            ("store_page", "pull.store_page"),
-            ("pull_stream", "pull.pull_stream"),
+            ("pull_task", "pull.task"),
             ("deliver_batch", "deliver.batch"),
         ):
             task_obj = getattr(flow_module, name, None)
@@ -288,8 +287,7 @@ class Probe:
                 self.missing.append(f"flows.leads.{name}")
                 continue
             self.wrap(task_obj, "fn", f"{label}.body")
-            if name != "pull_stream":  # submitted, not called: no call wrapper
-                self.wrap(flow_module, name, f"{label}.call")
+            self.wrap(flow_module, name, f"{label}.call")
 
         share = getattr(salesforce, "bulk_share", None)
         if share is not None:
@@ -757,14 +755,11 @@ def phases(probe: Probe, wall: float, t0: float) -> dict[str, Any]:
         out["setup"] = round(pull_start - body_start, 3)
     out["setup.first_requests"] = round(probe.total("setup.first_requests"), 3)
     out["pull"] = round(probe.total("pull"), 3)
-    store_call = probe.total("pull.store_page.call")
-    store_body = probe.total("pull.store_page.body")
-    out["pull.store_page.calls"] = len(probe.spans.get("pull.store_page.call", []))
-    out["pull.store_page.total"] = round(store_call, 3)
-    out["pull.store_page.body"] = round(store_body, 3)
-    out["pull.store_page.prefect"] = round(store_call - store_body, 3)
+    pull_call = probe.total("pull.task.call")
+    pull_body = probe.total("pull.task.body")
+    out["pull.tasks"] = len(probe.spans.get("pull.task.call", []))
+    out["pull.task.prefect"] = round(pull_call - pull_body, 3)
     out["pull.ingest"] = round(probe.total("pull.ingest"), 3)
-    out["pull.pull_stream.body"] = round(probe.total("pull.pull_stream.body"), 3)
     out["deliver"] = round(probe.total("deliver"), 3)
     batch_call = probe.total("deliver.batch.call")
     batch_body = probe.total("deliver.batch.body")

@@ -254,7 +254,7 @@ def phases_table(data: dict[str, Any]) -> list[str]:
         ("setup (settings, store, X posts)", "setup"),
         ("pull (floor)", "pull"),
         ("  of which SQLite ingest (one writer)", "pull.ingest"),
-        ("  Prefect per-page task overhead (summed)", "pull.store_page.prefect"),
+        ("  Prefect pull task overhead", "pull.task.prefect"),
         ("deliver (floor)", "deliver"),
         ("  token + describe", None),
         ("  plan: score, map, ledger", "deliver.plan"),

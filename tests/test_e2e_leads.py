@@ -341,3 +341,40 @@ def test_more_new_mentions_than_the_timeline_reaches_is_reported_as_a_gap(
     sandbox.generate(engagements=200)
     summary = leads(LeadsRun(config=config))
     assert summary["gaps"] and "possible gap" in summary["gaps"][0]
+
+
+def test_the_pull_is_one_task_whose_logs_show_every_page(sandbox: Sandbox) -> None:
+    """Ops read each page in the run's logs, under one ``pull`` task (not one per stream)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogWorker
+
+    config = configure(sandbox)
+    state = leads(LeadsRun(config=config), return_state=True)
+    summary = state.result()
+    run_id = state.state_details.flow_run_id
+    assert run_id is not None
+    APILogWorker.drain_all(timeout=30)
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
+        logs = []
+        while batch := client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200, offset=len(logs)
+        ):
+            logs.extend(batch)
+    pulls = [task for task in tasks if task.name.startswith("pull")]
+    assert len(pulls) == 1, [task.name for task in tasks]
+    streams = int(pulls[0].name.split()[1])
+    assert pulls[0].name == f"pull {streams} streams" and streams > 30  # 30 posts x 3 + mentions
+    pages = [log for log in logs if " engagements (" in log.message]
+    assert {log.task_run_id for log in pages} == {pulls[0].id}
+    # Every page is there: what the page lines add up to is what the run fetched.
+    assert sum(int(log.message.split(": ", 1)[1].split()[0]) for log in pages) == summary["fetched"]
+    assert summary["fetched"] > 0

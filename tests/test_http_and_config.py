@@ -185,3 +185,23 @@ def test_missing_secret_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("NOPE_NOT_SET", raising=False)
     with pytest.raises(ConfigError, match="NOPE_NOT_SET"):
         resolve_secret("${NOPE_NOT_SET}", what="crm.auth.client_secret")
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (ApiError("x", "GET mentions", "spent", 429, Action.QUOTA), False),
+        (ApiError("x", "GET mentions", "bad token", 401, Action.REAUTH), False),
+        (ApiError("x", "GET mentions", "no such user", 400, Action.FAIL), False),
+        (ApiError("x", "GET mentions", "still down", 503, Action.RETRY), True),
+        (RuntimeError("database is locked"), True),
+    ],
+)
+def test_the_pull_task_is_retried_only_for_what_may_pass_next_time(
+    error: Exception, retried: bool
+) -> None:
+    from prefect.states import Failed
+
+    from flows.leads import worth_retrying
+
+    assert worth_retrying(None, None, Failed(data=error)) is retried
