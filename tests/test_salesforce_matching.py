@@ -12,6 +12,8 @@ from urllib.parse import quote_plus
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.crm import salesforce
 from connectors.crm.salesforce import Match, MatchKey, MatchRules, SalesforceConnection
@@ -629,3 +631,10 @@ def test_a_query_the_org_refuses_inside_a_composite_call_names_its_error(box: Sa
         salesforce.query_many(conn, ["SELECT Id FROM Lead", "SELECT Nope FROM Lead"])
     assert raised.value.error_code == "INVALID_FIELD" and raised.value.status == 400
     assert "q1" in str(raised.value)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=40))
+def test_query_lengths_are_counted_as_quote_plus_encodes(text: str) -> None:
+    """``in_queries`` sizes each value without encoding it; the count must be exact."""
+    assert salesforce.url_encoded_length(text) == len(quote_plus(text))

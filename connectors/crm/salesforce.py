@@ -995,6 +995,16 @@ def query_many(conn: SalesforceConnection, soqls: Sequence[str]) -> list[dict[st
     return records
 
 
+_URL_SAFE = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-~ "
+
+
+def url_encoded_length(text: str) -> int:
+    """``len(quote_plus(text))`` without encoding: a safe byte (or a space, which becomes
+    "+") stays one character, any other UTF-8 byte becomes three (``%XX``)."""
+    encoded = text.encode("utf-8")
+    return len(encoded) + 2 * len(encoded.translate(None, _URL_SAFE))
+
+
 def in_queries(
     sobject: str,
     select: Sequence[str],
@@ -1008,8 +1018,7 @@ def in_queries(
     ``soql_quote``; duplicates are sent once. No values: no query."""
     head = f"SELECT {', '.join(dict.fromkeys(select))} FROM {sobject} WHERE "
 
-    def cost(text: str) -> int:
-        return len(quote_plus(text))  # per character, so costs of parts add up exactly
+    cost = url_encoded_length  # per character, so costs of parts add up exactly
 
     queries: list[str] = []
     current: dict[str, list[str]] = {}
