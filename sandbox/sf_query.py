@@ -86,8 +86,8 @@ class QueryEngine:
         if req.path.rstrip("/").endswith("/queryAll"):
             pool += list(self.store.deleted[obj.name].values())
         dates = {f.name for f in obj.fields if f.type == "date"}
-        keep = soql.compile_condition(parsed.where)
-        rows = [r for r in pool if keep(_getter(r, canonical, dates))]
+        keep = soql.compile_condition(parsed.where, lambda name: _reader(canonical[name], dates))
+        rows = [r for r in pool if keep(r)]
         for name, descending, nulls_last in reversed(parsed.order):
             present = [r for r in rows if r.get(canonical[name]) is not None]
             absent = [r for r in rows if r.get(canonical[name]) is None]
@@ -157,16 +157,16 @@ def _check_filter(f: Field, comparison: soql.Comparison) -> None:
             )
 
 
-def _getter(
-    record: dict[str, Any], canonical: dict[str, str], dates: set[str]
-) -> Callable[[str], Any]:
-    def get(name: str) -> Any:
-        value = record.get(canonical[name])
-        if value is not None and canonical[name] in dates:  # date literals parse as midnight
-            return f"{value}T00:00:00.000+0000"
-        return value
+def _reader(field: str, dates: set[str]) -> Callable[[dict[str, Any]], Any]:
+    """Reads ``field`` of a record as SOQL compares it (date literals parse as midnight)."""
+    if field in dates:
 
-    return get
+        def read_date(record: dict[str, Any]) -> Any:
+            value = record.get(field)
+            return None if value is None else f"{value}T00:00:00.000+0000"
+
+        return read_date
+    return lambda record: record.get(field)
 
 
 def _sorter(field: str) -> Callable[[dict[str, Any]], Any]:

@@ -82,6 +82,11 @@ def json_body(req: Request) -> Any:
         raise SfError(400, "JSON_PARSER_ERROR", f"{exc} at [line:1, column:1]") from None
 
 
+INDEXED_FIELDS = frozenset({"Email"})
+"""Without an index, each new Lead's duplicate check scanned every Lead and Contact: a
+Bulk job of 4,000 leads into an org of 15,000 took the simulator half a second."""
+
+
 def _now() -> str:
     return soql.sf_datetime(datetime.now(tz=UTC))
 
@@ -411,10 +416,15 @@ class RecordStore:
                 if any(other.get(link) == rid for link in links):
                     self.delete(OBJECTS[child], other)
 
+    @staticmethod
+    def indexed(f: Field) -> bool:
+        """Fields looked up by value: keys, and Email (each new Lead's duplicate rule)."""
+        return f.unique or f.external_id or f.id_lookup or f.name in INDEXED_FIELDS
+
     def _reindex(self, obj: SObject, record: dict[str, Any], *, add: bool) -> None:
         for f in obj.fields:
             value = record.get(f.name)
-            if f.name == "Id" or not (f.unique or f.external_id or f.id_lookup) or value is None:
+            if f.name == "Id" or not self.indexed(f) or value is None:
                 continue
             ids = self.index.setdefault((obj.name, f.name), {}).setdefault(
                 str(value).lower(), set()
@@ -431,7 +441,7 @@ class RecordStore:
             if value in records:
                 return [records[value]]
             return [r for r in records.values() if r["Id"][:15] == value]
-        if (obj.name, f.name) in self.index or f.unique or f.external_id or f.id_lookup:
+        if (obj.name, f.name) in self.index or self.indexed(f):
             ids = self.index.get((obj.name, f.name), {}).get(value.lower(), set())
             return [records[i] for i in sorted(ids)]
         return [r for r in records.values() if str(r.get(f.name) or "").lower() == value.lower()]
