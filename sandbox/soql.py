@@ -98,8 +98,19 @@ def parse_datetime(text: str) -> str | None:
     return sf_datetime(moment)
 
 
+_LIKE_PARTS = re.compile(r"%|_|[^%_]+")
+
+
+def _like_regex(part: re.Match[str]) -> str:
+    text = part.group()
+    return ".*" if text == "%" else "." if text == "_" else re.escape(text)
+
+
 def _decode_string(raw: str, soql: str, column: int) -> tuple[str, str]:
     """Return (value, LIKE regex). ``\\%`` and ``\\_`` stay literal in LIKE patterns."""
+    if "\\" not in raw:  # most literals: nothing to unescape, done a run at a time
+        value_text = raw[1:-1]
+        return value_text, _LIKE_PARTS.sub(_like_regex, value_text)
     value: list[str] = []
     pattern: list[str] = []
     i = 1
