@@ -25,6 +25,7 @@ import hmac
 import secrets
 import weakref
 from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -80,8 +81,12 @@ def salt(store: StateStore) -> bytes:
     return result
 
 
+@lru_cache(maxsize=65_536)
 def key_hash(salt_bytes: bytes, person_key: str) -> str:
-    """HMAC-SHA256 of an identity key, hex: the only form a suppression is stored in."""
+    """HMAC-SHA256 of an identity key, hex: the only form a suppression is stored in.
+
+    Cached: every page is checked against the list before it is stored, and the same
+    people like post after post. (Memory only; nothing of it is ever written.)"""
     return hmac.new(salt_bytes, person_key.strip().encode("utf-8"), hashlib.sha256).hexdigest()
 
 

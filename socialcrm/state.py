@@ -789,8 +789,11 @@ def _intent_seen(
         return False
     if row is not None and scoring.bound_has_intent(float(row["score"]), counts, qualification):
         return True
+    texts = [item.text for item in fresh if item.text]
+    if not texts:  # likes and reposts: most people, no text to look into
+        return False
     matcher = scoring.intent_matcher(qualification)
-    return any(matcher.find(item.text) for item in fresh if item.text)
+    return any(matcher.find(text) for text in texts)
 
 
 def _person(row: Any) -> PersonRow:

@@ -26,6 +26,7 @@ from socialcrm.scoring import (
     score_breakdown,
     score_people,
     stored_score,
+    weighted_total,
 )
 from socialcrm.state import StateStore
 
@@ -78,6 +79,8 @@ def test_weights_per_kind_and_unknown_kinds() -> None:
     q = rules(weights={"like": 0.5, "mention": 10}, half_life_days=None, **NO_INTENT)
     rows = [Row("like", NOW), Row("like", NOW), Row("mention", NOW), Row("poke", NOW)]
     assert engagement_score(rows, q, NOW) == 11.0  # quote etc. keep their defaults
+    # The stored bound reads the same weights from the counts' text keys.
+    assert weighted_total({"like": 2, "mention": 1, "poke": 3, "quote": 1}, q) == 15.0
 
 
 def test_engagements_from_the_future_and_without_time_count_fully() -> None:
