@@ -351,28 +351,16 @@ def _fold(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-def matches(condition: Condition | None, get: Callable[[str], Any]) -> bool:
-    """Evaluate with SOQL semantics: text comparisons ignore case, ``= null`` means unset."""
-    return compile_condition(condition)(get)
-
-
 Predicate = Callable[[Any], bool]
 Reader = Callable[[Any], Any]
 
 
-def _by_getter(name: str) -> Reader:
-    return lambda get: get(name)
-
-
-def compile_condition(
-    condition: Condition | None, reader: Callable[[str], Reader] = _by_getter
-) -> Predicate:
+def compile_condition(condition: Condition | None, reader: Callable[[str], Reader]) -> Predicate:
     """A predicate to run on every record: values folded once, ``IN`` lists as sets (an org
     answers a 2,000-value ``IN`` over 100,000 records without scanning the list each time).
 
-    The predicate takes what ``reader(field)`` reads a field's value from: by default a
-    getter function; the query endpoint passes readers of its record dicts directly, so a
-    record costs no closure of its own.
+    Text comparisons ignore case, ``= null`` means unset. The predicate takes a record;
+    ``reader(field)`` gives the function that reads that field's value from it.
     """
     if condition is None:
         return lambda item: True

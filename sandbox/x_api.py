@@ -46,6 +46,35 @@ def reaction_order(r: Reaction) -> tuple[int, int]:
     return r.created_ms, int(r.user_id)
 
 
+def post_metrics(world: World) -> dict[str, dict[str, int]]:
+    """Each brand post's public metrics, counted from the world."""
+    counts: dict[str, dict[str, int]] = {}
+    for post in world.posts:
+        counts[post.id] = {
+            "retweet_count": 0,
+            "reply_count": 0,
+            "like_count": 0,
+            "quote_count": 0,
+            "bookmark_count": 0,
+            "impression_count": 0,
+        }
+    names = {
+        "like": "like_count",
+        "repost": "retweet_count",
+        "reply": "reply_count",
+        "quote": "quote_count",
+    }
+    pairs = [(r.post_id, r.kind) for r in world.reactions]
+    pairs += [(t.post_id, t.kind) for t in world.tweets if t.post_id]
+    for post_id, kind in pairs:
+        if post_id in counts:
+            counts[post_id][names[kind]] += 1
+    for c in counts.values():
+        c["impression_count"] = 40 * c["like_count"] + 311
+        c["bookmark_count"] = c["like_count"] // 9
+    return counts
+
+
 @dataclass
 class WorldIndex:
     """The world's tweets, reactions and users grouped the way the endpoints read them."""
@@ -59,9 +88,7 @@ class WorldIndex:
     reactions: dict[tuple[str, str], list[Reaction]]  # by (kind, post), most recent first
 
     @classmethod
-    def build(
-        cls, world: World, version: tuple[int, ...], metrics: dict[str, dict[str, int]]
-    ) -> WorldIndex:
+    def build(cls, world: World, version: tuple[int, ...]) -> WorldIndex:
         quotes: dict[str, list[XTweet]] = {}
         mentions = []
         for t in world.tweets:
@@ -76,7 +103,7 @@ class WorldIndex:
             items.sort(key=reaction_order, reverse=True)
         return cls(
             version=version,
-            metrics=metrics,
+            metrics=post_metrics(world),
             users={u.id: u for u in [world.brand, *world.users.values()]},
             posts={p.id: p for p in world.posts},
             mentions=sorted(mentions, key=lambda t: int(t.id)),
@@ -200,38 +227,11 @@ class XSimulator:
             len(w.posts),
         )
         if self._indexed is None or self._indexed.version != version:
-            self._indexed = WorldIndex.build(w, version, self._count_metrics())
+            self._indexed = WorldIndex.build(w, version)
         return self._indexed
 
     def _metrics(self) -> dict[str, dict[str, int]]:
         return self._index().metrics
-
-    def _count_metrics(self) -> dict[str, dict[str, int]]:
-        counts: dict[str, dict[str, int]] = {}
-        for post in self.world.posts:
-            counts[post.id] = {
-                "retweet_count": 0,
-                "reply_count": 0,
-                "like_count": 0,
-                "quote_count": 0,
-                "bookmark_count": 0,
-                "impression_count": 0,
-            }
-        names = {
-            "like": "like_count",
-            "repost": "retweet_count",
-            "reply": "reply_count",
-            "quote": "quote_count",
-        }
-        pairs = [(r.post_id, r.kind) for r in self.world.reactions]
-        pairs += [(t.post_id, t.kind) for t in self.world.tweets if t.post_id]
-        for post_id, kind in pairs:
-            if post_id in counts:
-                counts[post_id][names[kind]] += 1
-        for c in counts.values():
-            c["impression_count"] = 40 * c["like_count"] + 311
-            c["bookmark_count"] = c["like_count"] // 9
-        return counts
 
     def _tweet(self, t: XTweet, fields: list[str], metrics: dict[str, dict[str, int]]) -> Any:
         full: dict[str, Any] = {
@@ -470,12 +470,11 @@ class XSimulator:
         index = self._index()
         if tweet_id not in index.posts:
             return json_response(200, {"errors": [not_found("tweet", tweet_id)]})
-        order = reaction_order
         items = index.reactions.get((kind, tweet_id), [])  # most recent first
         token = req.param("pagination_token")
         if token:
             boundary = tuple(decode_token(token, 2))
-            items = [r for r in items if order(r) < boundary]
+            items = [r for r in items if reaction_order(r) < boundary]
         page, more = items[:size], len(items) > size
         data, errors = [], []
         for r in page:
@@ -491,7 +490,7 @@ class XSimulator:
             body["errors"] = errors
         meta: dict[str, Any] = {"result_count": len(data)}
         if more:
-            meta["next_token"] = encode_token(*order(page[-1]))
+            meta["next_token"] = encode_token(*reaction_order(page[-1]))
         body["meta"] = meta
         return json_response(200, body)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import (
@@ -328,8 +329,15 @@ class Qualification(_Model):
         default_factory=IntentSettings, description="Buying-intent phrases that add to the score"
     )
 
-    def weight(self, kind: EngagementKind) -> float:
-        return self.weights.get(kind, DEFAULT_WEIGHTS.get(kind, 0.0))
+    def weight(self, kind: EngagementKind | str) -> float:
+        """A kind's weight; a kind this version does not know (as text) counts nothing.
+
+        Text looks up as well as the enum (``EngagementKind`` is a ``StrEnum``: equal to
+        its value and hashed alike), so scoring never pays for ``EngagementKind(text)``.
+        """
+        weights = cast(Mapping[str, float], self.weights)
+        defaults = cast(Mapping[str, float], DEFAULT_WEIGHTS)
+        return weights.get(kind, defaults.get(kind, 0.0))
 
 
 def _check_handle(value: str) -> str:

@@ -47,7 +47,7 @@ from typing import Protocol
 
 import numpy as np
 
-from socialcrm.config import DEFAULT_WEIGHTS, IntentSettings, Qualification
+from socialcrm.config import IntentSettings, Qualification
 
 DAY_SECONDS = 86_400.0
 # A stored score above the weighted total by more than this carries an intent bonus; far
@@ -190,16 +190,7 @@ def _aware(value: datetime) -> datetime:
 
 
 def _kind_weight(kind: str, qualification: Qualification) -> float:
-    """A kind's weight; a kind this version does not know counts nothing.
-
-    Looked up by the text itself (an ``EngagementKind`` is a ``StrEnum``: equal to its
-    value, and hashed alike), not through ``EngagementKind(kind)``, which costs more than
-    the rest of a person's stored score.
-    """
-    weight = qualification.weights.get(kind)  # type: ignore[call-overload]
-    if weight is None:
-        weight = DEFAULT_WEIGHTS.get(kind, 0.0)  # type: ignore[call-overload]
-    return float(weight)
+    return qualification.weight(kind)
 
 
 def score_people(

@@ -74,7 +74,6 @@ def profile_to_json(profile: SocialProfile) -> dict[str, Any]:
 class IngestResult:
     new: int = 0
     already_seen: int = 0
-    people_touched: int = 0
     fresh: set[str] = field(default_factory=set)  # keys of the engagements stored now
 
 
@@ -375,7 +374,7 @@ class StateStore:
                         for record in fresh
                     ],
                 )
-                result.people_touched = self._update_people(connection, fresh, qualification, now)
+                self._update_people(connection, fresh, qualification, now)
             for stream, value in (cursors or {}).items():
                 self._set_cursor(connection, account, stream, value)
         return result
@@ -386,7 +385,7 @@ class StateStore:
         fresh: Sequence[Engagement],
         qualification: Qualification,
         now: datetime,
-    ) -> int:
+    ) -> None:
         by_person: dict[str, list[Engagement]] = {}
         for record in fresh:
             by_person.setdefault(record.author.key, []).append(record)
@@ -453,7 +452,6 @@ class StateStore:
                 .values({name: sa.bindparam(name) for name in columns}),
                 updates,
             )
-        return len(by_person)
 
     def rescore_people(self, qualification: Qualification, *, batch_size: int = 1000) -> int:
         """Recompute every stored score from the engagements, after a change of weights or
