@@ -257,10 +257,12 @@ def phases_table(data: dict[str, Any]) -> list[str]:
         ("  Prefect pull task overhead", "pull.task.prefect"),
         ("deliver (floor)", "deliver"),
         ("  token + describe", None),
-        ("  plan: score, map, ledger", "deliver.plan"),
+        ("  prepare: consent, score, map", "deliver.prepare"),
+        ("  match in the org, ledger", "deliver.decide"),
         ("  upsert calls", "deliver.upsert"),
         ("    of which Bulk job wait", "deliver.bulk_wait"),
         ("  settle the store", "deliver.settle"),
+        ("  prepared while the batch before was written", "deliver.overlap"),
         ("  Prefect per-batch task overhead", "deliver.batch.prefect"),
         ("publish artifacts", "publish"),
     ]

@@ -1,8 +1,9 @@
 """The leads flow: engaged users on a social account become CRM leads.
 
-A recipe, nothing more: pull each stream page by page into the state store (each page a
-task, committed with its cursor), then deliver the people whose lead changed in batches
-(each batch a task), then publish what happened as artifacts.
+A recipe, nothing more: pull the streams page by page into the state store (one task
+walks them side by side; each page commits with its cursor), then deliver the people
+whose lead changed in batches (a task prepares a batch, another writes it; the next batch
+is prepared while one is written), then publish what happened as artifacts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout, MissingContextError
 from prefect.flow_runs import pause_flow_run
+from prefect.futures import PrefectFuture
 from prefect.input import RunInput
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
@@ -465,8 +467,26 @@ def hold_back(ctx: LeadsContext, plan: BatchPlan) -> tuple[BatchPlan, BatchPlan 
     return now, later
 
 
+@dataclass
+class PreparedBatch:
+    """A batch scored and mapped, not yet matched against the org (``decide_batch``)."""
+
+    plan: BatchPlan
+    keys: list[str]
+    records: list[dict[str, Any]]
+
+
 def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> BatchPlan:
     """Map a batch of people to leads and keep only the ones whose lead changed."""
+    return decide_batch(ctx, prepare_batch(ctx, people, number))
+
+
+def prepare_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> PreparedBatch:
+    """Consent, exclusions, scores and the mapping of a batch: work on this machine only.
+
+    It reads nothing an earlier batch's write changes, so it runs while that write is
+    on the wire (see ``deliver_pending_leads``).
+    """
     conn = ctx.crm_connection()
     spec = ctx.lead_spec()
     fields = salesforce.describe(conn, spec.object_name)
@@ -477,7 +497,6 @@ def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Batch
         ctx._spec_fits = True
     plan = BatchPlan(number, people, decided=[])
     now = datetime.now(UTC)
-    # Consent first: checked again right before any write, whatever the store held.
     skipped = {
         key: f"consent: {reason}"
         for key, reason in consent.suppression_reasons(
@@ -518,9 +537,28 @@ def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Batch
     for key in sorted(rejected):
         plan.decided.append(SinkOutcome(key, "failed", problems=rejected[key]))
     plan.frame = frame
-    matches = find_existing(ctx, frame, mapped.keys)
-    ledger = ctx.store.deliveries(mapped.keys, spec.object_name)
-    for key, full in zip(mapped.keys, mapped.records, strict=True):
+    return PreparedBatch(plan, mapped.keys, mapped.records)
+
+
+def decide_batch(ctx: LeadsContext, prepared: PreparedBatch) -> BatchPlan:
+    """Match a prepared batch against the org and the ledger: what to send, what is done.
+
+    Runs once every earlier batch is written, so a lead an earlier batch created is
+    matched here, not created again. Consent is checked again right before the write,
+    whatever the store held when the batch was prepared.
+    """
+    plan, keys, records = prepared.plan, prepared.keys, prepared.records
+    spec = ctx.lead_spec()
+    late = consent.suppression_reasons(ctx.store, keys)
+    if late:
+        for key in sorted(late):
+            plan.decided.append(SinkOutcome(key, f"skipped: consent: {late[key]}"))
+        pairs = [(k, r) for k, r in zip(keys, records, strict=True) if k not in late]
+        keys, records = [k for k, _ in pairs], [r for _, r in pairs]
+    assert plan.frame is not None
+    matches = find_existing(ctx, plan.frame, keys)
+    ledger = ctx.store.deliveries(keys, spec.object_name)
+    for key, full in zip(keys, records, strict=True):
         # An empty value is left out, not sent as null: an update must never wipe
         # what a salesperson typed into the lead (an email, a company).
         record = {name: value for name, value in full.items() if value is not None}
@@ -854,17 +892,30 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
 
 
 @task(
+    name="prepare-batch",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    task_run_name="prepare {batch_number}",
+)
+def prepare_batch_task(
+    ctx: LeadsContext, people: list[PersonRow], batch_number: int
+) -> PreparedBatch:
+    """Score and map a batch of people (while the batch before is being written)."""
+    return prepare_batch(ctx, people, batch_number)
+
+
+@task(
     name="deliver-batch",
     cache_policy=NO_CACHE,
     persist_result=False,
     task_run_name="deliver {batch_number}",
 )
 def deliver_batch(
-    ctx: LeadsContext, people: list[PersonRow], batch_number: int, held: BatchPlan | None = None
+    ctx: LeadsContext, prepared: PreparedBatch, batch_number: int, held: BatchPlan | None = None
 ) -> tuple[list[SinkOutcome], BatchPlan | None]:
-    """Map a batch of people to leads, skip unchanged ones, upsert the rest with the leads
-    ``held`` back from the batch before; returns the outcomes and the leads held back now."""
-    plan = plan_batch(ctx, people, batch_number)
+    """Match a prepared batch, skip unchanged leads, upsert the rest with the leads ``held``
+    back from the batch before; returns the outcomes and the leads held back now."""
+    plan = decide_batch(ctx, prepared)
     now, later = hold_back(ctx, plan.after(held) if held is not None else plan)
     return write_plan(ctx, now), later
 
@@ -962,16 +1013,34 @@ def pending_batches(
 def deliver_pending_leads(
     ctx: LeadsContext, *, limit: int | None = None, only: list[str] | None = None
 ) -> list[SinkOutcome]:
-    """Deliver every qualified person whose lead changed, one task per batch.
+    """Deliver every qualified person whose lead changed, batch by batch.
 
     ``only`` narrows it to some people (the tickets flow passes the senders of sales
     DMs); ``limit`` caps the leads of this run, the rest stay pending for the next.
+
+    Batches overlap: while batch n is written (round trips, a Bulk job's processing),
+    batch n+1 is scored and mapped on this machine. It is matched against the org only
+    once batch n is written, so a lead that batch n created is found, not created twice;
+    one write is in flight at a time.
     """
     outcomes: list[SinkOutcome] = []
     held: BatchPlan | None = None
-    for number, batch in enumerate(pending_batches(ctx, limit=limit, only=only), 1):
-        sent, held = deliver_batch(as_is(ctx), as_is(batch), number, as_is(held))
-        outcomes.extend(sent)
+    writing: PrefectFuture[tuple[list[SinkOutcome], BatchPlan | None]] | None = None
+    try:
+        for number, batch in enumerate(pending_batches(ctx, limit=limit, only=only), 1):
+            prepared = prepare_batch_task(as_is(ctx), as_is(batch), number)
+            if writing is not None:
+                sent, held = writing.result()
+                writing = None
+                outcomes.extend(sent)
+            writing = deliver_batch.submit(as_is(ctx), as_is(prepared), number, as_is(held))
+        if writing is not None:
+            sent, held = writing.result()
+            writing = None
+            outcomes.extend(sent)
+    finally:
+        if writing is not None:  # a batch failed to prepare: let the write in flight end
+            writing.wait()
     if held is not None:
         outcomes.extend(write_batch(as_is(ctx), as_is(held)))
     if only is None:

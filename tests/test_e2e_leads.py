@@ -378,3 +378,53 @@ def test_the_pull_is_one_task_whose_logs_show_every_page(sandbox: Sandbox) -> No
     # Every page is there: what the page lines add up to is what the run fetched.
     assert sum(int(log.message.split(": ", 1)[1].split()[0]) for log in pages) == summary["fetched"]
     assert summary["fetched"] > 0
+
+
+def test_a_batch_is_mapped_while_the_one_before_is_written_yet_matches_its_leads(
+    tmp_path: Path,
+) -> None:
+    """Batch 2 is prepared while batch 1 is on the wire, but matched only once batch 1 is
+    written: two people, one in each batch, sharing the address in their bios make one
+    lead, not two (the org's duplicate rule is off, so nothing else would catch it). Batch
+    1 goes as a Bulk job: five round trips and its processing, ample time for a matcher
+    that ran too early to miss it (checked by moving the matching into the prepare step)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    box = start_sandbox(
+        seed=11,
+        write_config=tmp_path / "socialcrm.yaml",
+        workdir=tmp_path,
+        latency_ms=100,
+        sf_duplicate_rules=False,
+    )
+    try:
+        expected = expected_leads(box)
+        first, last = min(expected), max(expected)  # batches go by person key
+        address = "shared.person@example.com"
+        for key in (first, last):
+            box._world.x_world.users[key.split(":", 1)[1]].description = f"Mail me: {address}"
+        batch_size = len(expected) * 3 // 4  # two batches of the pending people
+        config = configure(box, crm={"batch_size": batch_size, "bulk_threshold": 100})
+        state = leads(LeadsRun(config=config), return_state=True)
+        summary = state.result()
+        held = box.state()["salesforce"]["Lead"]
+    finally:
+        box.stop()
+    sharing = [lead for lead in held if (lead.get("Email") or "").lower() == address]
+    assert len(sharing) == 1, sharing
+    outcomes = {row["record_key"]: row["status"] for row in summary["outcomes"]}
+    assert (outcomes[first], outcomes[last]) == ("created", "matched lead")
+    assert len(held) == len(expected) - 1
+
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
+    runs = {task.name: task for task in tasks}
+    assert {"prepare 1", "deliver 1", "prepare 2", "deliver 2"} <= runs.keys()
+    assert "prepare 3" not in runs
+    prepared, written = runs["prepare 2"].start_time, runs["deliver 1"].end_time
+    assert prepared is not None and written is not None
+    assert prepared < written, "batch 2 was not prepared while batch 1 was written"
