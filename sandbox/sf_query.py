@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from sandbox import soql
-from sandbox.sf_schema import STRING_TYPES, Field, find_object
+from sandbox.sf_schema import STRING_TYPES, Field, SObject, find_object
 from sandbox.sf_store import RecordStore, SfError
 from sandbox.wire import Options, Request, Response
 
@@ -82,10 +82,14 @@ class QueryEngine:
             _check_filter(f, comparison)
         for name, _, _ in parsed.order:
             canonical[name] = resolve(name, text.find(name)).name
-        pool = list(self.store.records[obj.name].values())
-        if req.path.rstrip("/").endswith("/queryAll"):
-            pool += list(self.store.deleted[obj.name].values())
         dates = {f.name for f in obj.fields if f.type == "date"}
+        live = self.store.records[obj.name]
+        if req.path.rstrip("/").endswith("/queryAll"):
+            pool = [*live.values(), *self.store.deleted[obj.name].values()]
+        else:
+            ids = self._candidates(parsed.where, obj, canonical, dates)
+            # Ids grow with creation, so sorted ids keep the order a scan gives.
+            pool = list(live.values()) if ids is None else [live[i] for i in sorted(ids)]
         keep = soql.compile_condition(parsed.where, lambda name: _reader(canonical[name], dates))
         rows = [r for r in pool if keep(r)]
         for name, descending, nulls_last in reversed(parsed.order):
@@ -111,6 +115,35 @@ class QueryEngine:
         locator = self.store.new_id("01g")
         self.locators[locator] = (version, obj.name, rendered)
         return self._batch(req, locator, 0)
+
+    def _candidates(
+        self, where: soql.Condition | None, obj: SObject, canonical: dict[str, str], dates: set[str]
+    ) -> set[str] | None:
+        """Ids of every record that can match ``where``, read off value indexes; None when
+        the condition needs a scan. A superset: the full condition still runs on each.
+
+        Usable: ``=`` and ``IN`` on text (folded the way the index folds), an OR of usable
+        parts, an AND with one; a null or non-text value, a date, anything else is not.
+        """
+        if isinstance(where, soql.Comparison):
+            name = canonical[where.field]
+            values = [literal.value for literal in where.values]
+            if where.op not in ("=", "in") or name in dates or not values:
+                return None
+            if not all(isinstance(value, str) for value in values):
+                return None
+            index = self.store.search_index(obj, name)
+            found: set[str] = set()
+            for value in values:
+                found |= index.get(value.lower(), set())
+            return found
+        if isinstance(where, soql.BoolOp) and where.op in ("and", "or"):
+            parts = [self._candidates(part, obj, canonical, dates) for part in where.parts]
+            usable = [part for part in parts if part is not None]
+            if where.op == "or":
+                return set().union(*usable) if len(usable) == len(parts) else None
+            return set.intersection(*usable) if usable else None
+        return None
 
     def _batch(self, req: Request, locator: str, offset: int) -> dict[str, Any]:
         version, _, rows = self.locators[locator]

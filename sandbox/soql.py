@@ -106,11 +106,15 @@ def _like_regex(part: re.Match[str]) -> str:
     return ".*" if text == "%" else "." if text == "_" else re.escape(text)
 
 
-def _decode_string(raw: str, soql: str, column: int) -> tuple[str, str]:
-    """Return (value, LIKE regex). ``\\%`` and ``\\_`` stay literal in LIKE patterns."""
+def _decode_string(raw: str, soql: str, column: int, like: bool = True) -> tuple[str, str | None]:
+    """Return (value, LIKE regex). ``\\%`` and ``\\_`` stay literal in LIKE patterns.
+
+    The regex is left out (None) when the literal does not follow LIKE and has no escape:
+    the values of an ``IN`` list of thousands need none.
+    """
     if "\\" not in raw:  # most literals: nothing to unescape, done a run at a time
         value_text = raw[1:-1]
-        return value_text, _LIKE_PARTS.sub(_like_regex, value_text)
+        return value_text, _LIKE_PARTS.sub(_like_regex, value_text) if like else None
     value: list[str] = []
     pattern: list[str] = []
     i = 1
@@ -169,7 +173,8 @@ def _tokenize(soql: str) -> list[_Tok]:
             raise _malformed(soql, column, f"unexpected token: '{text}'")
         tok = _Tok(kind, text, column)
         if kind == "string":
-            value, like = _decode_string(text, soql, column)
+            after_like = bool(tokens) and tokens[-1].text.lower() == "like"
+            value, like = _decode_string(text, soql, column, after_like)
             tok.literal = Literal(value, "string", like)
         elif kind == "number":
             tok.literal = Literal(float(text), "number")
