@@ -156,11 +156,29 @@ class _Tok:
     text: str
     column: int
     literal: Literal | None = None
+    values: tuple[Literal, ...] = ()  # a "strings" token: a whole IN list
+
+
+# An IN list of plain string literals (no escapes): one token, not two a value. A matcher
+# sends thousands of values a query; anything else goes token by token.
+_STRING_LIST = re.compile(r"\s*(\(\s*'[^'\\]*'(?:\s*,\s*'[^'\\]*')*\s*\))")
+_LIST_ITEM = re.compile(r"'([^'\\]*)'")
 
 
 def _tokenize(soql: str) -> list[_Tok]:
     tokens: list[_Tok] = []
-    for match in _TOKEN.finditer(soql):
+    pos = 0
+    while pos < len(soql):
+        if tokens and tokens[-1].kind == "ident" and tokens[-1].text.lower() == "in":
+            found = _STRING_LIST.match(soql, pos)
+            if found is not None:
+                items = tuple(Literal(v, "string") for v in _LIST_ITEM.findall(found[1]))
+                tokens.append(_Tok("strings", found[1], found.start(1), values=items))
+                pos = found.end()
+                continue
+        match = _TOKEN.match(soql, pos)
+        assert match is not None  # the pattern's last branch takes any character
+        pos = match.end()
         kind = match.lastgroup or "other"
         text, column = match.group(), match.start()
         if kind == "ws":
@@ -328,6 +346,10 @@ class _Parser:
         return tok.literal
 
     def value_list(self) -> tuple[Literal, ...]:
+        tok = self.peek()
+        if tok is not None and tok.kind == "strings":
+            self.pos += 1
+            return tok.values
         if self.take(kind="punct").text != "(":
             raise self.fail(self.tokens[self.pos - 1])
         values = [self.value()]

@@ -1,17 +1,20 @@
-"""The Salesforce simulator's value indexes change how fast a query runs, never its answer.
+"""The Salesforce simulator's shortcuts change how fast a query runs, never its answer.
 
 Queries are answered from the records an index names for ``=`` and ``IN`` on text (an OR
 of such, an AND holding one) and by a scan otherwise; both must give the same rows in the
-same order, before and after records change and are deleted.
+same order, before and after records change and are deleted. An ``IN`` list of plain
+strings is read as one token; it must parse as the token-by-token reading does.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sandbox import soql
 from sandbox.sf_query import QueryEngine
 from sandbox.sf_schema import OBJECTS
 from sandbox.sf_store import RecordStore
@@ -102,3 +105,28 @@ def test_indexed_queries_give_what_a_scan_gives(
             store.delete(LEAD, store.records["Lead"][ids[at]])
     for where in wheres:
         assert run(engine, where) == scanned(engine, where)
+
+
+literal_text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(literal_text, min_size=1, max_size=6),
+    spaces=st.sampled_from(["", " ", "  ", "\n"]),
+    negate=st.booleans(),
+)
+def test_an_in_list_read_whole_parses_as_token_by_token(
+    values: list[str], spaces: str, negate: bool
+) -> None:
+    listed = f",{spaces}".join(soql_text(v) for v in values)
+    op = "NOT IN" if negate else "IN"
+    text = (
+        f"SELECT Id FROM Lead WHERE Email {op}{spaces}({spaces}{listed}{spaces}) AND Company = 'x'"
+    )
+    whole = soql.parse(text)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(soql, "_STRING_LIST", soql.re.compile(r"(?!)"))
+        by_token = soql.parse(text)
+    assert whole == by_token
+    assert [v.value for v in whole.where.parts[0].values] == values  # type: ignore[union-attr]
