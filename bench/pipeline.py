@@ -39,8 +39,8 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
@@ -259,6 +259,32 @@ class Probe:
         self._undo.append(lambda: setattr(owner, name, original))
         self.patched.append(label)
 
+    def time_heartbeat_stop(self) -> None:
+        """Time the end of Prefect's flow-run heartbeat thread (it sleeps in 1-s steps, and
+        the run waits for it); bench-only, no file of the project changed."""
+        from prefect import flow_engine
+
+        original = getattr(flow_engine, "_send_heartbeats", None)
+        if original is None:
+            self.missing.append("prefect.flow_engine._send_heartbeats")
+            return
+        spans = self.spans["prefect.heartbeat_stop"]
+
+        @contextmanager
+        def timed(*args: Any, **kwargs: Any) -> Iterator[None]:
+            manager = original(*args, **kwargs)
+            manager.__enter__()
+            try:
+                yield
+            finally:
+                began = now()
+                manager.__exit__(None, None, None)
+                spans.append((began, now()))
+
+        flow_engine._send_heartbeats = timed
+        self._undo.append(lambda: setattr(flow_engine, "_send_heartbeats", original))
+        self.patched.append("prefect.heartbeat_stop")
+
     def install(self) -> None:
         from connectors.crm import salesforce
         from connectors.social import x
@@ -278,6 +304,7 @@ class Probe:
         self.wrap(salesforce, "upsert", "deliver.upsert")
         self.wrap(salesforce, "_wait_for_job", "deliver.bulk_wait")
         self.wrap(flow_module, "publish_leads_artifacts", "publish")
+        self.time_heartbeat_stop()
         # Tasks: the call (with Prefect's task-run bookkeeping) and the body (fn) apart.
         # A submitted task (deliver_batch) keeps its submit: only its body is timed.
         for name, label, called in (
@@ -770,6 +797,9 @@ def phases(probe: Probe, wall: float, t0: float) -> dict[str, Any]:
     if body_start is not None and publish_end is not None:
         body = publish_end - body_start
         out["prefect_flow_run"] = round(wall - body, 3)  # flow-run start and end, outside
+        out["prefect_flow_run.before"] = round(body_start - t0, 3)
+        out["prefect_flow_run.after"] = round(t0 + wall - publish_end, 3)
+        out["prefect_flow_run.heartbeat_stop"] = round(probe.total("prefect.heartbeat_stop"), 3)
     if body_start is not None and pull_start is not None:
         out["setup"] = round(pull_start - body_start, 3)
     out["setup.first_requests"] = round(probe.total("setup.first_requests"), 3)
@@ -811,7 +841,7 @@ def phases(probe: Probe, wall: float, t0: float) -> dict[str, Any]:
         "x": len(probe.x_calls),
         "salesforce": len(probe.sf_calls),
     }
-    del t0
+
     return out
 
 

@@ -251,6 +251,7 @@ def targets_table(data: dict[str, Any]) -> list[str]:
 def phases_table(data: dict[str, Any]) -> list[str]:
     labels = [
         ("Prefect flow-run start/end", "prefect_flow_run"),
+        ("  of which stopping the heartbeat thread", "prefect_flow_run.heartbeat_stop"),
         ("setup (settings, store, X posts)", "setup"),
         ("pull (floor)", "pull"),
         ("  of which SQLite ingest (one writer)", "pull.ingest"),
