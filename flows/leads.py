@@ -270,12 +270,57 @@ def write_pages(ctx: LeadsContext, group: list[QueuedPage]) -> IngestResult:
     return result
 
 
-def walk_stream(ctx: LeadsContext, first: x.StreamRequest) -> int:
+class PageStores:
+    """Stores fetched pages off the walks' threads, so a walk goes on with its next page,
+    or its next stream, while its last page is written.
+
+    A walk's pages are stored in order (each store waits for the one before, see
+    ``walk_stream``), so a cursor never passes a page that failed; at most ``2 × lanes``
+    pages wait at once. A dry run stores on the walk's own thread (one connection).
+    """
+
+    def __init__(self, ctx: LeadsContext, lanes: int) -> None:
+        self.ctx = ctx
+        self._pool = None if ctx.dry_run else ThreadPoolExecutor(lanes, thread_name_prefix="store")
+        self._room = threading.BoundedSemaphore(2 * lanes)
+        self._futures: list[Future[int]] = []
+
+    def submit(self, request: x.StreamRequest, page: Page[Engagement]) -> Future[int]:
+        if self._pool is None:
+            done: Future[int] = Future()
+            try:
+                done.set_result(store_page(self.ctx, request, page))
+            except Exception as error:
+                done.set_exception(error)
+            return done
+        self._room.acquire()
+        run = contextvars.copy_context().run  # its logs are the pull task's
+        future = self._pool.submit(run, store_page, self.ctx, request, page)
+        future.add_done_callback(lambda _: self._room.release())
+        self._futures.append(future)
+        return future
+
+    def finish(self) -> None:
+        """Wait for every page; the first failure is raised."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        for future in self._futures:
+            future.result()
+
+    def finish_quietly(self) -> None:
+        """Wait for the pages already handed over, when a walk has failed anyway."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def walk_stream(ctx: LeadsContext, first: x.StreamRequest, stores: PageStores) -> int:
     """Walk one stream page by page; returns how many engagements it read.
 
     The next page is fetched while the current one is stored: the fetch waits on the
     network, storing works locally, so a walk takes about its calls times the latency.
-    Cursors still move only with the stored pages, in order.
+    Cursors still move only with the stored pages, in order: a page is handed to the
+    store once the page before it is in. The last page is stored while the lane walks
+    its next stream (the pull waits for it).
     """
     assert ctx.x_client is not None, "pulling needs a source client"
     client = ctx.x_client
@@ -284,10 +329,13 @@ def walk_stream(ctx: LeadsContext, first: x.StreamRequest) -> int:
         request: x.StreamRequest | None = first
         pending: Future[tuple[Page[Engagement], x.StreamRequest | None]] | None
         pending = prefetch.submit(x.fetch_page, client, first)
+        stored: Future[int] | None = None
         while request is not None and pending is not None:
             page, next_request = pending.result()
             pending = prefetch.submit(x.fetch_page, client, next_request) if next_request else None
-            store_page(ctx, request, page)
+            if stored is not None:
+                stored.result()  # the page before is in (or its failure stops the walk)
+            stored = stores.submit(request, page)
             walked += len(page.records)
             request = next_request
     if first.stream == "mentions" and first.since_id and walked >= x.MENTIONS_REACH:
@@ -331,10 +379,11 @@ def pull_task(ctx: LeadsContext, requests: list[x.StreamRequest], streams: int) 
     walks again from the stored cursors, so nothing is read or written twice.
     """
     lanes = 1 if ctx.dry_run else PARALLEL_STREAMS  # a dry run holds one connection
+    stores = PageStores(ctx, lanes)
     with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="walk") as pool:
         # Each walk runs in a copy of this task's context, so its logs are the task's.
         futures = [
-            pool.submit(contextvars.copy_context().run, walk_stream, ctx, request)
+            pool.submit(contextvars.copy_context().run, walk_stream, ctx, request, stores)
             for request in requests
         ]
         walked = 0
@@ -343,8 +392,10 @@ def pull_task(ctx: LeadsContext, requests: list[x.StreamRequest], streams: int) 
                 walked += future.result()
             except BaseException as error:
                 pool.shutdown(wait=True, cancel_futures=True)  # the first failure stops
+                stores.finish_quietly()
                 _logger().error("%s: %s", request.cursor_name, error)
                 raise
+    stores.finish()
     return walked
 
 

@@ -308,3 +308,44 @@ def test_a_page_that_fails_in_a_group_fails_alone(
         assert outcomes == {"good1": 5, "bad": "disk full", "good2": 5}
         assert store.cursors("brand") == {"likes:good1": "done-good1", "likes:good2": "done-good2"}
         assert ctx.fetched == 10
+
+
+def test_a_walk_stores_no_page_after_one_that_failed(
+    state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages are stored off the walk's thread, but in order: once a page fails to store,
+    the walk stops and the stream's later pages (and its cursor) are not written."""
+    from connectors.social import x
+    from flows.leads import PageStores, walk_stream
+
+    with StateStore.open(state_url) as store:
+        ctx = _pull_context(store)
+        ctx.x_client = object()
+        real_ingest = store.ingest
+
+        def ingest(account: str, records: Any, *args: Any, **kwargs: Any) -> Any:
+            if any(record.id.startswith("bad:") for record in records):
+                raise RuntimeError("disk full")
+            return real_ingest(account, records, *args, **kwargs)
+
+        monkeypatch.setattr(store, "ingest", ingest)
+        chain = [_liked("good", range(5)), _liked("bad", range(5)), _liked("late", range(5))]
+        for page in chain[:2]:
+            page.cursor = None  # only a walk's last page carries the cursor
+        first = x.StreamRequest("likes", post_id="p")
+
+        def fetch_page(_client: Any, request: x.StreamRequest) -> tuple[Any, Any]:
+            at = int(request.pagination_token or 0)
+            following = x.StreamRequest("likes", post_id="p", pagination_token=str(at + 1))
+            return chain[at], following if at + 1 < len(chain) else None
+
+        monkeypatch.setattr(x, "fetch_page", fetch_page)
+        stores = PageStores(ctx, lanes=4)
+        with pytest.raises(RuntimeError, match="disk full"):
+            walk_stream(ctx, first, stores)
+            stores.finish()
+        stores.finish_quietly()
+        stored = {p.person_key: p.counts for p in store.people(["x:0", "x:1"])}
+        assert stored == {"x:0": {"like": 1}, "x:1": {"like": 1}}  # the good page only
+        assert store.cursors("brand") == {}
+        assert ctx.fetched == 5
