@@ -240,6 +240,18 @@ def _liked(post: str, users: range) -> Page[Engagement]:
     )
 
 
+def fail_bad_pages(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store refuses any write holding a record of a ``bad`` post (a full disk)."""
+    real_ingest = store.ingest
+
+    def ingest(account: str, records: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(record.id.startswith("bad:") for record in records):
+            raise RuntimeError("disk full")
+        return real_ingest(account, records, *args, **kwargs)
+
+    monkeypatch.setattr(store, "ingest", ingest)
+
+
 def queue_behind_a_write(ctx: Any, walk: Callable[[str], None], posts: list[str]) -> None:
     """Walk ``posts`` in threads while a write is in progress: their pages queue up behind
     it and go to the writer together."""
@@ -287,14 +299,7 @@ def test_a_page_that_fails_in_a_group_fails_alone(
 
     with StateStore.open(state_url) as store:
         ctx = _pull_context(store)
-        real_ingest = store.ingest
-
-        def ingest(account: str, records: Any, *args: Any, **kwargs: Any) -> Any:
-            if any(record.id.startswith("bad:") for record in records):
-                raise RuntimeError("disk full")
-            return real_ingest(account, records, *args, **kwargs)
-
-        monkeypatch.setattr(store, "ingest", ingest)
+        fail_bad_pages(store, monkeypatch)
         pages = {post: _liked(post, range(5)) for post in ("good1", "bad", "good2")}
         outcomes: dict[str, object] = {}
 
@@ -321,14 +326,7 @@ def test_a_walk_stores_no_page_after_one_that_failed(
     with StateStore.open(state_url) as store:
         ctx = _pull_context(store)
         ctx.x_client = object()
-        real_ingest = store.ingest
-
-        def ingest(account: str, records: Any, *args: Any, **kwargs: Any) -> Any:
-            if any(record.id.startswith("bad:") for record in records):
-                raise RuntimeError("disk full")
-            return real_ingest(account, records, *args, **kwargs)
-
-        monkeypatch.setattr(store, "ingest", ingest)
+        fail_bad_pages(store, monkeypatch)
         chain = [_liked("good", range(5)), _liked("bad", range(5)), _liked("late", range(5))]
         for page in chain[:2]:
             page.cursor = None  # only a walk's last page carries the cursor
