@@ -741,7 +741,7 @@ def run_ours(
         "generated": added,
         "engagements_generated": sum(added.values()),
         "truth": truth,
-        "summary": {k: v for k, v in summary.items() if k not in ("new_leads",)},
+        "summary": {k: v for k, v in summary.items() if k != "outcomes"},
         "check": check,
         "wall_s": round(wall, 3),
         "cpu": cpu,

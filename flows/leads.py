@@ -33,7 +33,12 @@ from connectors.helpdesk import zendesk
 from connectors.http import Action, ApiError, Pacing, set_pacing
 from connectors.social import x
 from flows.params import RunTarget, as_is
-from flows.reporting import publish_leads_artifacts, publish_review_artifact, sales_view
+from flows.reporting import (
+    publish_leads_artifacts,
+    publish_review_artifact,
+    sales_view,
+    write_sales_csv,
+)
 from mappings import MappingSpec, apply_spec, check_spec, load_spec
 from socialcrm import consent, inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
@@ -82,6 +87,12 @@ class LeadsRun(RunTarget):
         le=7 * 24 * 60,
         title="Review timeout (minutes)",
         description="Without a decision by then, nothing is written",
+    )
+    sales_csv: str | None = Field(
+        None,
+        title="Sales CSV",
+        description="Also write the run's new leads, best first, to this CSV file on the "
+        "machine that runs the flow (a spreadsheet cannot run what people wrote)",
     )
 
 
@@ -1212,10 +1223,9 @@ def run_summary(ctx: LeadsContext, outcomes: list[SinkOutcome], status: str) -> 
         },
         "salesforce_api_usage": f"{usage[0]}/{usage[1]}" if usage else None,
         "gaps": list(ctx.gaps),
-        "new_leads": sales_view(ctx.delivered),
-        "outcomes": [
-            {"record_key": row["record_key"], "status": row["status"]} for row in ctx.delivered
-        ],
+        # Status by person key; the rows behind them are in the run's artifacts. Not the rows
+        # themselves: Prefect walks a run's return value (a second at 16,000 leads).
+        "outcomes": {row["record_key"]: row["status"] for row in ctx.delivered},
     }
 
 
@@ -1294,6 +1304,9 @@ def leads(params: LeadsRun = LeadsRun()) -> dict[str, Any]:  # noqa: B008
             publish_leads_artifacts(
                 ctx.account.name, summary, ctx.delivered, ctx.problems, ctx.would_write
             )
+            if params.sales_csv:
+                count = write_sales_csv(sales_view(ctx.delivered), params.sales_csv)
+                summary["sales_csv"] = {"path": params.sales_csv, "new_leads": count}
         finally:
             guard.close()
             store.close()

@@ -90,20 +90,24 @@ def _run_flow(args: argparse.Namespace) -> int:
         from flows.leads import LeadsRun, leads
 
         params = LeadsRun(
-            config=args.config, account=args.account, dry_run=args.dry_run, limit=args.limit
+            config=args.config,
+            account=args.account,
+            dry_run=args.dry_run,
+            limit=args.limit,
+            sales_csv=args.sales_csv,
         )
         try:
             summary: dict[str, Any] = leads(params)
         except ApiError as error:
             print(f"socialcrm: run stopped: {error}", file=sys.stderr)
             return 1
-        new_leads = summary.pop("new_leads", [])
         summary.pop("outcomes", None)  # per record: in the run's artifacts, not this line
-        if args.sales_csv:
-            from flows.reporting import write_sales_csv
-
-            count = write_sales_csv(new_leads, args.sales_csv)
-            print(f"{count} new leads written to {args.sales_csv}, best first", file=sys.stderr)
+        written = summary.pop("sales_csv", None)
+        if written:
+            print(
+                f"{written['new_leads']} new leads written to {written['path']}, best first",
+                file=sys.stderr,
+            )
     else:
         from flows.tickets import TicketsRun, tickets
 

@@ -60,7 +60,7 @@ def test_existing_contacts_and_leads_are_matched_not_duplicated(sandbox: Sandbox
     summary = leads(LeadsRun(config=str(sandbox.config_path)))
     assert summary["failed"] == 0
 
-    outcomes = {row["record_key"]: row["status"] for row in summary["outcomes"]}
+    outcomes = summary["outcomes"]
     org = sandbox.state()["salesforce"]
     by_external_id = Counter(lead.get("Social_Profile_Id__c") for lead in org["Lead"])
     for key, entry in seeded.items():
@@ -108,7 +108,7 @@ def test_new_leads_and_matched_customers_join_the_campaign_once(sandbox: Sandbox
     sandbox.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
 
     summary = leads(LeadsRun(config=str(sandbox.config_path)))
-    outcomes = {row["record_key"]: row["status"] for row in summary["outcomes"]}
+    outcomes = summary["outcomes"]
     org = sandbox.state()["salesforce"]
     members = [m for m in org["CampaignMember"] if m["CampaignId"] == campaign["id"]]
     joined_leads = Counter(m.get("LeadId") for m in members if m.get("LeadId"))
