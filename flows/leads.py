@@ -125,6 +125,7 @@ class LeadsContext:
     serial: threading.Lock = field(default_factory=threading.Lock)
     writer: PageWriter = field(default_factory=lambda: PageWriter())
     campaign_members: int = 0
+    last_write: salesforce.Written | None = None  # what the last batch's write sent
     _spec: MappingSpec | None = None
     _spec_fits: bool = False
     _exclusions: ExclusionRules | None = None
@@ -531,11 +532,16 @@ def hold_back(ctx: LeadsContext, plan: BatchPlan) -> tuple[BatchPlan, BatchPlan 
 
 @dataclass
 class PreparedBatch:
-    """A batch scored and mapped, not yet matched against the org (``decide_batch``)."""
+    """A batch scored and mapped (``prepare_batch``), not yet decided (``decide_batch``).
+
+    ``matches``: the org's records these people are, looked up while the batch before was
+    being written (None: not looked up yet).
+    """
 
     plan: BatchPlan
     keys: list[str]
     records: list[dict[str, Any]]
+    matches: dict[str, salesforce.Match] | None = None
 
 
 def plan_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> BatchPlan:
@@ -618,7 +624,24 @@ def decide_batch(ctx: LeadsContext, prepared: PreparedBatch) -> BatchPlan:
         pairs = [(k, r) for k, r in zip(keys, records, strict=True) if k not in late]
         keys, records = [k for k, _ in pairs], [r for _, r in pairs]
     assert plan.frame is not None
-    matches = find_existing(ctx, plan.frame, keys)
+    matches = prepared.matches
+    if matches is None:
+        matches = find_existing(ctx, plan.frame, keys)
+    elif ctx.last_write is not None:
+        # Looked up while the batch before was written: whoever that write can have changed
+        # (it sent one of their values, or wrote to what they matched) is looked up again.
+        written = ctx.last_write
+        people = match_keys(plan.frame, keys)
+        again = [p.person_key for p in people if written.may_change(p, matches.get(p.person_key))]
+        if again:
+            stale = set(again)
+            matches = {k: m for k, m in matches.items() if k not in stale}
+            matches.update(find_existing(ctx, plan.frame, again))
+            _logger().info(
+                "batch %d: %d people looked up again after the batch before",
+                plan.number,
+                len(again),
+            )
     ledger = ctx.store.deliveries(keys, spec.object_name)
     for key, full in zip(keys, records, strict=True):
         # An empty value is left out, not sent as null: an update must never wipe
@@ -669,15 +692,15 @@ def ticket_links(ctx: LeadsContext, person_keys: list[str]) -> list[str | None]:
     ]
 
 
-def find_existing(
-    ctx: LeadsContext, frame: pd.DataFrame, keys: list[str]
-) -> dict[str, salesforce.Match]:
-    """The org's Contacts and Leads these people already are, in one or two queries."""
+def match_rules(ctx: LeadsContext) -> salesforce.MatchRules:
     matching = ctx.settings.crm.matching
-    if not matching.enabled or not keys:
-        return {}
     spec = ctx.lead_spec()
     assert spec.external_id is not None
+    return salesforce.MatchRules(keys=frozenset(matching.keys), external_id_field=spec.external_id)
+
+
+def match_keys(frame: pd.DataFrame, keys: list[str]) -> list[salesforce.MatchKey]:
+    """What each of these people can be looked up by in the org."""
     # Whole columns as lists: a lookup per cell (``.at``) cost a fifth of planning.
     columns = (frame[name].tolist() for name in ("email", "handle", "profile_url"))
     rows = dict(zip(frame["person_key"].tolist(), zip(*columns, strict=True), strict=True))
@@ -689,8 +712,17 @@ def find_existing(
                 key, email=_text(email), handle=_text(handle), profile_url=_text(profile_url)
             )
         )
-    rules = salesforce.MatchRules(keys=frozenset(matching.keys), external_id_field=spec.external_id)
-    return salesforce.find_matches(ctx.crm_connection(), wanted, rules)
+    return wanted
+
+
+def find_existing(
+    ctx: LeadsContext, frame: pd.DataFrame, keys: list[str]
+) -> dict[str, salesforce.Match]:
+    """The org's Contacts and Leads these people already are, in one or two queries."""
+    if not ctx.settings.crm.matching.enabled or not keys:
+        return {}
+    wanted = match_keys(frame, keys)
+    return salesforce.find_matches(ctx.crm_connection(), wanted, match_rules(ctx))
 
 
 def _text(value: Any) -> str | None:
@@ -908,6 +940,8 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
             outcome.payload_hash = outcome.payload_hash or plan.hashes.get(outcome.record_key)
         outcomes.extend(sent)
         join_campaign(ctx, sent)
+        ids = [o.destination_id for o in sent if o.destination_id] + list(plan.adopt.values())
+        ctx.last_write = salesforce.Written.of(plan.to_send, ids, match_rules(ctx))
 
     failed = [p for outcome in outcomes for p in outcome.problems]
     # A skipped person has no record in the CRM: nothing to remember in the ledger.
@@ -962,8 +996,12 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
 def prepare_batch_task(
     ctx: LeadsContext, people: list[PersonRow], batch_number: int
 ) -> PreparedBatch:
-    """Score and map a batch of people (while the batch before is being written)."""
-    return prepare_batch(ctx, people, batch_number)
+    """Score, map and look up a batch of people, while the batch before is being written
+    (``decide_batch`` looks up again whoever that write can have changed)."""
+    prepared = prepare_batch(ctx, people, batch_number)
+    assert prepared.plan.frame is not None
+    prepared.matches = find_existing(ctx, prepared.plan.frame, prepared.keys)
+    return prepared
 
 
 @task(

@@ -383,11 +383,12 @@ def test_the_pull_is_one_task_whose_logs_show_every_page(sandbox: Sandbox) -> No
 def test_a_batch_is_mapped_while_the_one_before_is_written_yet_matches_its_leads(
     tmp_path: Path,
 ) -> None:
-    """Batch 2 is prepared while batch 1 is on the wire, but matched only once batch 1 is
-    written: two people, one in each batch, sharing the address in their bios make one
-    lead, not two (the org's duplicate rule is off, so nothing else would catch it). Batch
-    1 goes as a Bulk job: five round trips and its processing, ample time for a matcher
-    that ran too early to miss it (checked by moving the matching into the prepare step)."""
+    """Batch 2 is prepared and looked up in the org while batch 1 is on the wire; whoever
+    batch 1's write can have changed is looked up again once it is in. Two people, one in
+    each batch, sharing the address in their bios make one lead, not two (the org's
+    duplicate rule is off, so nothing else would catch it). Batch 1 goes as a Bulk job:
+    five round trips and its processing, so batch 2's first lookup misses its lead
+    (checked: without the second lookup, or matching before the write, there are two)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 

@@ -101,6 +101,36 @@ def test_keys_normalise_the_way_records_are_compared() -> None:
     assert MatchKey("x:1", handle="@").value("handle") is None
 
 
+def test_a_write_names_the_people_whose_earlier_lookup_it_can_have_changed() -> None:
+    """A batch looked up while the batch before was written is looked up again where that
+    write sent one of its people's values (in any spelling that matches) or wrote to the
+    record, or a candidate, they matched; nobody else."""
+    rules = MatchRules()
+    written = salesforce.Written.of(
+        [
+            {"Social_Profile_Id__c": "x:1", "Email": " Ann@Example.COM ", "LastName": "Ray"},
+            {"Social_Profile_Id__c": "x:2", "Social_Handle__c": "@Bob"},
+            {"Social_Profile_URL__c": "https://twitter.com/carol/"},
+        ],
+        ids=["00Q000000000001AAA"],
+        rules=rules,
+    )
+    same_email = MatchKey("x:9", email="ann@example.com")
+    same_handle = MatchKey("x:8", handle="bob")
+    same_url = MatchKey("x:7", profile_url="https://x.com/Carol")
+    stranger = MatchKey("x:6", email="zoe@example.com", handle="zoe")
+    assert written.may_change(same_email, None)
+    assert written.may_change(same_handle, None)
+    assert written.may_change(same_url, None)
+    assert not written.may_change(stranger, None)
+    on_written = Match("Lead", "00Q000000000001AAA", "handle")
+    elsewhere = Match("Lead", "00Q000000000002AAA", "handle")
+    tie = Match("Lead", None, "email", candidates=("00Q000000000001AAA", "00Q000000000003AAA"))
+    assert written.may_change(stranger, on_written)
+    assert written.may_change(stranger, tie)
+    assert not written.may_change(stranger, elsewhere)
+
+
 def test_duplicates_detected_becomes_a_duplicate_outcome_with_the_matched_id() -> None:
     path = SAMPLES / "sf_error_duplicates_detected.json"
     if not path.exists():

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +106,8 @@ class SalesforceConnection:
     reads: int = 0
     writes: int = 0
     _describe: dict[str, dict[str, DestinationField]] = field(default_factory=dict)
+    # A batch is matched while the batch before is written: two threads count calls.
+    _counting: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def reauthenticate(self) -> None:
         token, instance_url = obtain_token(self.settings, self.session)
@@ -117,9 +120,11 @@ class SalesforceConnection:
         def once() -> T:
             if write:
                 self._check_quota(call, keys)
-                self.writes += 1
-            else:
-                self.reads += 1
+            with self._counting:
+                if write:
+                    self.writes += 1
+                else:
+                    self.reads += 1
             return fn(self.sf)
 
         result = call_with_retry(
@@ -1189,6 +1194,37 @@ def _normalized(key: MatchedBy, value: Any) -> str | None:
     if key == "handle":
         return normalize_handle(value)
     return normalize_profile_url(value)
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a write may have changed in the org, for matches found while it ran: the
+    records it wrote to (ids) and the match values it sent (normalised, by key)."""
+
+    ids: frozenset[str]
+    values: Mapping[MatchedBy, frozenset[str]]
+
+    @classmethod
+    def of(
+        cls, records: Iterable[Mapping[str, Any]], ids: Iterable[str], rules: MatchRules
+    ) -> Written:
+        found: dict[MatchedBy, set[str]] = {key: set() for key in MATCH_KEYS}
+        for record in records:
+            for key in MATCH_KEYS:
+                value = _normalized(key, record.get(rules.field_for(key)))
+                if value is not None:
+                    found[key].add(value)
+        return cls(frozenset(ids), {key: frozenset(v) for key, v in found.items()})
+
+    def may_change(self, person: MatchKey, match: Match | None) -> bool:
+        """Whether this write can have changed what ``person`` matches: it sent one of their
+        values, or wrote to the record (or a candidate) they matched."""
+        if match is not None and (match.id in self.ids or self.ids.intersection(match.candidates)):
+            return True
+        return any(
+            (value := person.value(key)) is not None and value in self.values[key]
+            for key in MATCH_KEYS
+        )
 
 
 def find_matches(
