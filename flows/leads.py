@@ -611,9 +611,11 @@ def prepare_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Pr
 def decide_batch(ctx: LeadsContext, prepared: PreparedBatch) -> BatchPlan:
     """Match a prepared batch against the org and the ledger: what to send, what is done.
 
-    Runs once every earlier batch is written, so a lead an earlier batch created is
-    matched here, not created again. Consent is checked again right before the write,
-    whatever the store held when the batch was prepared.
+    Runs once every earlier batch is written. Matches looked up while the last write ran
+    are kept except for whoever that write can have changed, who are looked up again, so
+    a lead an earlier batch created is matched here, not created again. Consent is
+    checked again right before the write, whatever the store held when the batch was
+    prepared.
     """
     plan, keys, records = prepared.plan, prepared.keys, prepared.records
     spec = ctx.lead_spec()
@@ -912,6 +914,7 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
     spec = ctx.lead_spec()
     assert spec.external_id is not None
     outcomes = list(plan.decided)
+    ctx.last_write = None  # until something is sent
     if ctx.dry_run:
         for row in plan.preview():
             ctx.would_write.append(row)
@@ -1119,9 +1122,9 @@ def deliver_pending_leads(
     DMs); ``limit`` caps the leads of this run, the rest stay pending for the next.
 
     Batches overlap: while batch n is written (round trips, a Bulk job's processing),
-    batch n+1 is scored and mapped on this machine. It is matched against the org only
-    once batch n is written, so a lead that batch n created is found, not created twice;
-    one write is in flight at a time.
+    batch n+1 is scored, mapped and looked up in the org. Once batch n is in, whoever its
+    write can have changed is looked up again (``decide_batch``), so a lead that batch n
+    created is found, not created twice; one write is in flight at a time.
     """
     outcomes: list[SinkOutcome] = []
     held: BatchPlan | None = None
