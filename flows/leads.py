@@ -304,6 +304,7 @@ class PageStores:
                 done.set_result(store_page(self.ctx, request, page))
             except Exception as error:
                 done.set_exception(error)
+            self._futures.append(done)  # a last page's failure is raised by ``finish``
             return done
         self._room.acquire()
         run = contextvars.copy_context().run  # its logs are the pull task's
@@ -923,12 +924,14 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
         for key, (contact, _) in plan.contacts.items():
             outcomes.append(SinkOutcome(key, "would log on contact", contact))
     elif plan.to_send or plan.contacts:
+        unsure = False
         try:
             sent = send_leads(ctx, plan)
             sent += log_on_contacts(ctx, plan, plan.contacts)
         except ApiError as error:
             if is_systemic(error):
                 raise
+            unsure = True  # some calls may have gone through before this one failed
             # Retries exhausted or refused whole: every record keeps its reason, replayable.
             sent = [
                 SinkOutcome(
@@ -944,7 +947,11 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
         outcomes.extend(sent)
         join_campaign(ctx, sent)
         ids = [o.destination_id for o in sent if o.destination_id] + list(plan.adopt.values())
-        ctx.last_write = salesforce.Written.of(plan.to_send, ids, match_rules(ctx))
+        ctx.last_write = (
+            salesforce.Written.ANYTHING
+            if unsure
+            else salesforce.Written.of(plan.to_send, ids, match_rules(ctx))
+        )
 
     failed = [p for outcome in outcomes for p in outcome.problems]
     # A skipped person has no record in the CRM: nothing to remember in the ledger.
@@ -1124,7 +1131,10 @@ def deliver_pending_leads(
     Batches overlap: while batch n is written (round trips, a Bulk job's processing),
     batch n+1 is scored, mapped and looked up in the org. Once batch n is in, whoever its
     write can have changed is looked up again (``decide_batch``), so a lead that batch n
-    created is found, not created twice; one write is in flight at a time.
+    wrote is found, not created twice; one write is in flight at a time. (People written
+    in the same call, a batch's leads and those held back with them, are looked up
+    together: two of them sharing an address are left to the org's duplicate rule.)
+    A dry run does not overlap: its store is one connection, used by one thread.
     """
     outcomes: list[SinkOutcome] = []
     held: BatchPlan | None = None
@@ -1133,17 +1143,24 @@ def deliver_pending_leads(
         for number, batch in enumerate(pending_batches(ctx, limit=limit, only=only), 1):
             prepared = prepare_batch_task(as_is(ctx), as_is(batch), number)
             if writing is not None:
-                sent, held = writing.result()
-                writing = None
+                done, writing = writing, None
+                sent, held = done.result()
                 outcomes.extend(sent)
+            if ctx.dry_run:
+                sent, held = deliver_batch(as_is(ctx), as_is(prepared), number, as_is(held))
+                outcomes.extend(sent)
+                continue
             writing = deliver_batch.submit(as_is(ctx), as_is(prepared), number, as_is(held))
         if writing is not None:
-            sent, held = writing.result()
-            writing = None
+            done, writing = writing, None
+            sent, held = done.result()
             outcomes.extend(sent)
-    finally:
-        if writing is not None:  # a batch failed to prepare: let the write in flight end
-            writing.wait()
+    except BaseException:
+        if writing is not None:  # a batch failed to prepare while one was being written:
+            writing.wait()  # that write ends first, and its own failure came first
+            if writing.state.is_failed() or writing.state.is_crashed():
+                writing.result()
+        raise
     if held is not None:
         outcomes.extend(write_batch(as_is(ctx), as_is(held)))
     if only is None:

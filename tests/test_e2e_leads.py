@@ -201,6 +201,32 @@ def test_dry_run_writes_nothing_anywhere(sandbox: Sandbox) -> None:
     assert real["created"] == preview["would_create"]
 
 
+def test_a_dry_run_in_batches_writes_nothing_and_does_not_overlap_them(
+    sandbox: Sandbox,
+) -> None:
+    """A dry run's store is one connection: its batches go one after another, not side by
+    side as in a real run, and the preview is the same as in one batch."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    config = configure(sandbox, crm={"batch_size": 40})
+    state = leads(LeadsRun(config=config, dry_run=True), return_state=True)
+    preview = state.result()
+    assert preview["would_create"] == len(expected_leads(sandbox))
+    assert sf_writes(sandbox) == 0 and sf_leads(sandbox) == {}
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
+    runs = {task.name: task for task in tasks}
+    batches = sum(1 for name in runs if name.startswith("deliver "))
+    assert batches >= 3
+    for n in range(1, batches):
+        written, prepared = runs[f"deliver {n}"].end_time, runs[f"prepare {n + 1}"].start_time
+        assert written is not None and prepared is not None and written <= prepared
+
+
 def test_limit_delivers_at_most_that_many_and_the_rest_next_time(sandbox: Sandbox) -> None:
     config = configure(sandbox)
     first = leads(LeadsRun(config=config, limit=50))

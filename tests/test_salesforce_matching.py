@@ -129,6 +129,8 @@ def test_a_write_names_the_people_whose_earlier_lookup_it_can_have_changed() -> 
     assert written.may_change(stranger, on_written)
     assert written.may_change(stranger, tie)
     assert not written.may_change(stranger, elsewhere)
+    # A write that failed part-way may have changed anything: everyone is looked up again.
+    assert salesforce.Written.ANYTHING.may_change(stranger, None)
 
 
 def test_duplicates_detected_becomes_a_duplicate_outcome_with_the_matched_id() -> None:

@@ -347,3 +347,32 @@ def test_a_walk_stores_no_page_after_one_that_failed(
         assert stored == {"x:0": {"like": 1}, "x:1": {"like": 1}}  # the good page only
         assert store.cursors("brand") == {}
         assert ctx.fetched == 5
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_the_failure_of_a_streams_last_page_is_raised(
+    state_url: str, monkeypatch: pytest.MonkeyPatch, dry_run: bool
+) -> None:
+    """A stream's last page is stored while the lane moves on; if it fails, the pull still
+    says so, also in a dry run (which stores on the walk's own thread)."""
+    from connectors.social import x
+    from flows.leads import PageStores, walk_stream
+
+    with StateStore.open(state_url, dry_run=dry_run) as store:
+        ctx = _pull_context(store)
+        ctx.dry_run = dry_run
+        ctx.x_client = object()
+        fail_bad_pages(store, monkeypatch)
+        chain = [_liked("good", range(5)), _liked("bad", range(5))]
+        chain[0].cursor = None
+
+        def fetch_page(_client: Any, request: x.StreamRequest) -> tuple[Any, Any]:
+            at = int(request.pagination_token or 0)
+            following = x.StreamRequest("likes", post_id="p", pagination_token=str(at + 1))
+            return chain[at], following if at + 1 < len(chain) else None
+
+        monkeypatch.setattr(x, "fetch_page", fetch_page)
+        stores = PageStores(ctx, lanes=1 if dry_run else 4)
+        assert walk_stream(ctx, x.StreamRequest("likes", post_id="p"), stores) == 10
+        with pytest.raises(RuntimeError, match="disk full"):
+            stores.finish()

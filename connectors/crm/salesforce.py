@@ -27,7 +27,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import quote_plus
 
 import jwt
@@ -1203,6 +1203,9 @@ class Written:
 
     ids: frozenset[str]
     values: Mapping[MatchedBy, frozenset[str]]
+    anything: bool = False  # it failed part-way: what it changed is not known
+
+    ANYTHING: ClassVar[Written]
 
     @classmethod
     def of(
@@ -1219,12 +1222,17 @@ class Written:
     def may_change(self, person: MatchKey, match: Match | None) -> bool:
         """Whether this write can have changed what ``person`` matches: it sent one of their
         values, or wrote to the record (or a candidate) they matched."""
+        if self.anything:
+            return True
         if match is not None and (match.id in self.ids or self.ids.intersection(match.candidates)):
             return True
         return any(
             (value := person.value(key)) is not None and value in self.values[key]
             for key in MATCH_KEYS
         )
+
+
+Written.ANYTHING = Written(frozenset(), {key: frozenset() for key in MATCH_KEYS}, anything=True)
 
 
 def find_matches(
