@@ -946,12 +946,13 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
             outcome.payload_hash = outcome.payload_hash or plan.hashes.get(outcome.record_key)
         outcomes.extend(sent)
         join_campaign(ctx, sent)
-        ids = [o.destination_id for o in sent if o.destination_id] + list(plan.adopt.values())
-        ctx.last_write = (
-            salesforce.Written.ANYTHING
-            if unsure
-            else salesforce.Written.of(plan.to_send, ids, match_rules(ctx))
-        )
+        if ctx.settings.crm.matching.enabled:  # what the next batch must look up again
+            ids = [o.destination_id for o in sent if o.destination_id] + list(plan.adopt.values())
+            ctx.last_write = (
+                salesforce.Written.ANYTHING
+                if unsure
+                else salesforce.Written.of(plan.to_send, ids, match_rules(ctx))
+            )
 
     failed = [p for outcome in outcomes for p in outcome.problems]
     # A skipped person has no record in the CRM: nothing to remember in the ledger.

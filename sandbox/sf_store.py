@@ -98,13 +98,11 @@ class RecordStore:
         self.round_robin = 0
         self.owners = [sf_id("005", 900 + n) for n in range(3)]  # an assignment rule's queue
         self.default_owner = sf_id("005", 42)  # the integration user
-        # (object, field) -> folded value -> record ids, for the fields upserts match on:
-        # keeps 200-record batches against thousands of leads from going quadratic.
+        # (object, field) -> folded value -> record ids: for the fields upserts match on
+        # (keeps 200-record batches against thousands of leads from going quadratic), and
+        # for any field a query compares with = or IN, from its first such query (a query
+        # reads those records, not them all). The simulator's speed, not an org's indexes.
         self.index: dict[tuple[str, str], dict[str, set[str]]] = {}
-        # object -> field -> folded value -> record ids, for the fields queries compare with
-        # = or IN, built on the first such query: a query reads those records, not them all
-        # (matching 2,000 people against 100,000 leads). Not an org's index: any field.
-        self.search: dict[str, dict[str, dict[str, set[str]]]] = {}
         # The recycle bin: deleted records, out of ``records`` and the index, ``IsDeleted``.
         self.deleted: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in OBJECTS}
         # Duplicate rules: a new Lead whose Email matches a Lead or Contact is refused.
@@ -426,35 +424,28 @@ class RecordStore:
         return f.unique or f.external_id or f.id_lookup or f.name in INDEXED_FIELDS
 
     def search_index(self, obj: SObject, field_name: str) -> dict[str, set[str]]:
-        """Folded value -> ids of the live records holding it in ``field_name``."""
-        fields = self.search.setdefault(obj.name, {})
-        found = fields.get(field_name)
+        """Folded value -> ids of the live records holding it in ``field_name``; a field
+        no key indexes is indexed now, and kept up to date from then on."""
+        key = (obj.name, field_name)
+        found = self.index.get(key)
         if found is None:
             found = {}
             for record in self.records[obj.name].values():
                 value = record.get(field_name)
                 if value is not None:
                     found.setdefault(str(value).lower(), set()).add(record["Id"])
-            fields[field_name] = found
+            self.index[key] = found
         return found
 
     def _reindex(self, obj: SObject, record: dict[str, Any], *, add: bool) -> None:
-        for field_name, values in self.search.get(obj.name, {}).items():
-            value = record.get(field_name)
-            if value is None:
-                continue
-            ids = values.setdefault(str(value).lower(), set())
-            if add:
-                ids.add(record["Id"])
-            else:
-                ids.discard(record["Id"])
         for f in obj.fields:
             value = record.get(f.name)
-            if f.name == "Id" or not self.indexed(f) or value is None:
+            if value is None:
                 continue
-            ids = self.index.setdefault((obj.name, f.name), {}).setdefault(
-                str(value).lower(), set()
-            )
+            key = (obj.name, f.name)
+            if key not in self.index and (f.name == "Id" or not self.indexed(f)):
+                continue
+            ids = self.index.setdefault(key, {}).setdefault(str(value).lower(), set())
             if add:
                 ids.add(record["Id"])
             else:
