@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import math
 import os
@@ -361,6 +362,21 @@ class Probe:
 
         setattr(salesforce.SalesforceConnection, "call", traced_call)  # noqa: B010
         self._undo.append(lambda: setattr(salesforce.SalesforceConnection, "call", sf_call))
+        self.time_garbage_collection()
+
+    def time_garbage_collection(self) -> None:
+        """Collector passes, by generation: a full pass stops every thread (the GIL) for
+        as long as it takes to walk the heap, wherever an allocation set it off."""
+        began: list[float] = []
+
+        def timed(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                began.append(now())
+            elif began:
+                self.spans[f"gc.gen{info['generation']}"].append((began.pop(), now()))
+
+        gc.callbacks.append(timed)
+        self._undo.append(lambda: gc.callbacks.remove(timed))
 
     def uninstall(self) -> None:
         for undo in reversed(self._undo):
@@ -770,6 +786,7 @@ def run_ours(
         "sandbox_service_ms": service,
         "instrumented": probe.patched,
         "not_instrumented": probe.missing,
+        "delivery_timeline": delivery_timeline(probe, t0),
     }
 
 
@@ -786,6 +803,22 @@ def union(spans: list[tuple[float, float]]) -> float:
 def overlap(left: list[tuple[float, float]], right: list[tuple[float, float]]) -> float:
     """Seconds during which a span of ``left`` and one of ``right`` both ran."""
     return union(left) + union(right) - union([*left, *right])
+
+
+def delivery_timeline(probe: Probe, t0: float) -> list[tuple[str, float, float]]:
+    """The Salesforce calls and the delivery's spans, (what, start s, end s) from the flow
+    call, in start order: what waited for what once the pull was done."""
+    spans = [
+        (label, start, end)
+        for label, found in probe.spans.items()
+        if label.startswith(("deliver", "pull", "publish"))
+        for start, end in found
+    ]
+    marks = [*spans, *probe.sf_calls]
+    return [
+        (what, round(start - t0, 3), round(end - t0, 3))
+        for what, start, end in sorted(marks, key=lambda mark: mark[1])
+    ]
 
 
 def phases(probe: Probe, wall: float, t0: float) -> dict[str, Any]:
@@ -814,11 +847,20 @@ def phases(probe: Probe, wall: float, t0: float) -> dict[str, Any]:
     batch_body = probe.total("deliver.batch.body")
     out["deliver.batches"] = len(probe.spans.get("deliver.batch.call", []))
     out["deliver.batch.prefect"] = round(batch_call - batch_body, 3)
-    sf_connect = probe.total("deliver.sf_connect")
-    describe = probe.total("deliver.describe")
-    out["deliver.sf_connect"] = round(sf_connect, 3)
-    out["deliver.describe"] = round(describe, 3)
-    out["deliver.prepare"] = round(probe.total("deliver.prepare") - sf_connect - describe, 3)
+    # The CRM is connected to (token, describes) while the pull goes on, once it stored
+    # someone who may qualify: what of it the delivery still waited for is on its path.
+    crm_setup = [
+        *probe.spans.get("deliver.sf_connect", []),
+        *probe.spans.get("deliver.describe", []),
+    ]
+    prepare_spans = probe.spans.get("deliver.prepare", [])
+    out["deliver.sf_connect"] = round(probe.total("deliver.sf_connect"), 3)
+    out["deliver.describe"] = round(probe.total("deliver.describe"), 3)
+    out["crm_setup.during_pull"] = round(overlap(crm_setup, probe.spans.get("pull", [])), 3)
+    out["deliver.crm_setup"] = round(overlap(crm_setup, probe.spans.get("deliver", [])), 3)
+    out["deliver.prepare"] = round(
+        probe.total("deliver.prepare") - overlap(prepare_spans, crm_setup), 3
+    )
     out["deliver.decide"] = round(probe.total("deliver.decide"), 3)
     upsert = probe.total("deliver.upsert")
     bulk_wait = probe.total("deliver.bulk_wait")
@@ -833,6 +875,10 @@ def phases(probe: Probe, wall: float, t0: float) -> dict[str, Any]:
     busy = union([*tasks, *written, *probe.spans.get("deliver.write", [])])
     out["deliver.other"] = round(out["deliver"] - busy, 3)
     out["publish"] = round(probe.total("publish"), 3)
+    for generation in range(3):
+        passes = probe.spans.get(f"gc.gen{generation}", [])
+        out[f"gc.gen{generation}"] = round(probe.total(f"gc.gen{generation}"), 3)
+        out[f"gc.gen{generation}.passes"] = len(passes)
     deliver_end = probe.last_end("deliver")
     if deliver_end is not None and publish_end is not None:
         publish_start = probe.first_start("publish") or deliver_end

@@ -257,7 +257,8 @@ def phases_table(data: dict[str, Any]) -> list[str]:
         ("  of which SQLite ingest (one writer)", "pull.ingest"),
         ("  Prefect pull task overhead", "pull.task.prefect"),
         ("deliver (floor)", "deliver"),
-        ("  token + describe", None),
+        ("  token + describe, not hidden behind the pull", "deliver.crm_setup"),
+        ("  (token + describe during the pull)", "crm_setup.during_pull"),
         ("  prepare: consent, score, map", "deliver.prepare"),
         ("  match in the org, ledger", "deliver.decide"),
         ("  upsert calls", "deliver.upsert"),
@@ -275,7 +276,7 @@ def phases_table(data: dict[str, Any]) -> list[str]:
         for run in runs:
             ph = run["ours"]["phases"]
             floor = run["ours"]["floor"]
-            if key is None:
+            if key == "deliver.crm_setup" and key not in ph:  # results from before
                 value = ph.get("deliver.sf_connect", 0) + ph.get("deliver.describe", 0)
                 cell = _num(value, 2)
             else:

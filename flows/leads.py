@@ -43,6 +43,7 @@ from mappings import MappingSpec, apply_spec, check_spec, load_spec
 from socialcrm import consent, inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
 from socialcrm.exclusions import ExclusionRules, skip_reasons
+from socialcrm.heap import startup_objects_frozen
 from socialcrm.qualify import PLATFORM_NAMES, lead_candidates, top_engagements
 from socialcrm.records import DirectMessage, Engagement, Page, RecordProblem, SinkOutcome
 from socialcrm.routing import RoutingRules, load_rules, route
@@ -126,6 +127,8 @@ class LeadsContext:
     writer: PageWriter = field(default_factory=lambda: PageWriter())
     campaign_members: int = 0
     last_write: salesforce.Written | None = None  # what the last batch's write sent
+    _crm_ready: Future[salesforce.SalesforceConnection] | None = None
+    _crm_guard: threading.Lock = field(default_factory=threading.Lock)
     _spec: MappingSpec | None = None
     _spec_fits: bool = False
     _exclusions: ExclusionRules | None = None
@@ -160,9 +163,40 @@ class LeadsContext:
 
     def crm_connection(self) -> salesforce.SalesforceConnection:
         """Connect to the CRM only when there is something to deliver."""
-        if self.crm is None:
-            self.crm = salesforce.connect(self.settings.crm)
-        return self.crm
+        with self._crm_guard:
+            if self.crm is None:
+                ready, self._crm_ready = self._crm_ready, None
+                # A failed early connect is raised, not tried again: a second failed
+                # login could count toward locking the integration user out.
+                self.crm = ready.result() if ready else salesforce.connect(self.settings.crm)
+            return self.crm
+
+    def connect_crm_early(self) -> None:
+        """Connect to the CRM and read its metadata while the pull goes on.
+
+        Called once the pull has stored someone who may qualify, so a run with nobody
+        to deliver still makes no CRM call; the token and describe round trips then
+        hide behind the pull's instead of starting the delivery.
+        """
+        with self._crm_guard:
+            if self.crm is not None or self._crm_ready is not None:
+                return
+            pool = ThreadPoolExecutor(1, thread_name_prefix="crm-connect")
+            run = contextvars.copy_context().run  # its logs are the flow run's
+            self._crm_ready = pool.submit(run, self._connect_and_describe)
+            pool.shutdown(wait=False)
+
+    def _connect_and_describe(self) -> salesforce.SalesforceConnection:
+        conn = salesforce.connect(self.settings.crm)
+        try:
+            objects = [self.lead_spec().object_name]
+            if self.settings.crm.matching.enabled:
+                objects += [o for o in match_rules(self).objects if o not in objects]
+            for sobject in objects:
+                salesforce.describe(conn, sobject)
+        except Exception:  # read again, and its error raised, where the delivery needs it
+            _logger().debug("early describe failed; the delivery reads it again", exc_info=True)
+        return conn
 
 
 @dataclass
@@ -231,6 +265,8 @@ def store_pages(ctx: LeadsContext, group: list[QueuedPage]) -> None:
             return
         group[0].error, group[0].done = error, True
         return
+    if result.may_qualify:
+        ctx.connect_crm_early()
     fresh = set(result.fresh)
     for item in group:
         page = item.page
@@ -1323,6 +1359,12 @@ def leads(params: LeadsRun = LeadsRun()) -> dict[str, Any]:  # noqa: B008
     Args:
         params: what to run: config file, account, dry run, lead limit, backfill start.
     """
+    with startup_objects_frozen():
+        return run_leads(params)
+
+
+def run_leads(params: LeadsRun) -> dict[str, Any]:
+    """The leads flow's body (see ``leads``)."""
     logger = _logger()
     settings = load_settings(params.config)
     apply_rate_limits(settings)

@@ -36,6 +36,7 @@ from flows.reporting import publish_tickets_artifacts
 from mappings import MappingSpec, apply_spec, load_spec
 from socialcrm import consent, inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
+from socialcrm.heap import startup_objects_frozen
 from socialcrm.inbox import SalesTicket
 from socialcrm.qualify import PLATFORM_NAMES
 from socialcrm.records import Engagement, EngagementKind, RecordProblem, SinkOutcome
@@ -566,6 +567,12 @@ def tickets(params: TicketsRun = TicketsRun()) -> dict[str, Any]:  # noqa: B008
     Args:
         params: what to run: config file, account, dry run, conversation limit.
     """
+    with startup_objects_frozen():
+        return run_tickets(params)
+
+
+def run_tickets(params: TicketsRun) -> dict[str, Any]:
+    """The tickets flow's body (see ``tickets``)."""
     settings = load_settings(params.config)
     apply_rate_limits(settings)
     account = settings.account(params.account)

@@ -75,6 +75,8 @@ class IngestResult:
     new: int = 0
     already_seen: int = 0
     fresh: set[str] = field(default_factory=set)  # keys of the engagements stored now
+    # People whose stored score (an upper bound, see scoring) reaches the threshold now.
+    may_qualify: int = 0
 
 
 @dataclass(slots=True)
@@ -374,7 +376,7 @@ class StateStore:
                         for record in fresh
                     ],
                 )
-                self._update_people(connection, fresh, qualification, now)
+                result.may_qualify = self._update_people(connection, fresh, qualification, now)
             for stream, value in (cursors or {}).items():
                 self._set_cursor(connection, account, stream, value)
         return result
@@ -385,7 +387,8 @@ class StateStore:
         fresh: Sequence[Engagement],
         qualification: Qualification,
         now: datetime,
-    ) -> None:
+    ) -> int:
+        """Counts and scores the people of ``fresh``; returns how many may qualify."""
         by_person: dict[str, list[Engagement]] = {}
         for record in fresh:
             by_person.setdefault(record.author.key, []).append(record)
@@ -404,6 +407,7 @@ class StateStore:
                 existing[found["person_key"]] = found
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
+        may_qualify = 0
         for key, items in by_person.items():
             row: Any = existing.get(key)
             counts: dict[str, int] = dict(row["counts"]) if row else {}
@@ -418,13 +422,15 @@ class StateStore:
             first = min([*times, *known])
             last = max([*times, *known])
             latest = max(items, key=lambda item: item.occurred_at or now).author
+            # An upper bound of the decayed score at any later time (see scoring).
+            score = scoring.stored_score(counts, qualification, intent_seen=intent_seen)
+            may_qualify += score >= qualification.threshold
             values = {
                 "handle": latest.handle,
                 "profile": profile_to_json(latest),
                 "counts": counts,
                 "engagement_count": sum(counts.values()),
-                # An upper bound of the decayed score at any later time (see scoring).
-                "score": scoring.stored_score(counts, qualification, intent_seen=intent_seen),
+                "score": score,
                 "first_engaged_at": first,
                 "last_engaged_at": last,
                 "pending": True,
@@ -452,6 +458,7 @@ class StateStore:
                 .values({name: sa.bindparam(name) for name in columns}),
                 updates,
             )
+        return may_qualify
 
     def rescore_people(self, qualification: Qualification, *, batch_size: int = 1000) -> int:
         """Recompute every stored score from the engagements, after a change of weights or

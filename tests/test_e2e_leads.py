@@ -6,8 +6,10 @@ its Salesforce simulator.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -455,3 +457,40 @@ def test_a_batch_is_mapped_while_the_one_before_is_written_yet_matches_its_leads
     prepared, written = runs["prepare 2"].start_time, runs["deliver 1"].end_time
     assert prepared is not None and written is not None
     assert prepared < written, "batch 2 was not prepared while batch 1 was written"
+
+
+def test_the_crm_is_connected_during_the_pull_once_someone_may_qualify(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose people cannot qualify makes no CRM call at all (not even the token);
+    once the pull stores someone who may, the token and the describes go out beside it,
+    on a thread of their own, once a run (checked: without the early connect, the
+    delivery's own thread connects). The run's starting objects are frozen for the
+    collector while it goes on, and only then."""
+    from connectors.crm import salesforce
+
+    connects: list[str] = []
+    frozen: list[int] = []
+    connect = salesforce.connect
+
+    def spied(*args: Any, **kwargs: Any) -> Any:
+        connects.append(threading.current_thread().name)
+        frozen.append(gc.get_freeze_count())
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(salesforce, "connect", spied)
+    config = configure(sandbox, qualification={"threshold": 10_000.0})
+    nobody = leads(LeadsRun(config=config))
+    assert nobody["new_engagements"] > 0 and nobody["created"] == 0
+    assert connects == []
+    assert sandbox.state()["calls"]["salesforce"] == {}
+
+    sandbox.generate(engagements=240)
+    config = configure(sandbox, qualification={"threshold": 3.0})
+    summary = leads(LeadsRun(config=config))
+    assert summary["created"] > 0
+    assert len(connects) == 1 and connects[0].startswith("crm-connect"), connects
+    calls = sandbox.state()["calls"]["salesforce"]
+    assert calls["POST /services/oauth2/token"] == 1
+    assert calls["GET /services/data/v60.0/sobjects/:sobject/describe"] == 2  # Lead, Contact
+    assert frozen[0] > 0 and gc.get_freeze_count() == 0
