@@ -85,6 +85,7 @@ class _World:
         self.x = XSimulator(self.x_world, self.options, self.inbox)
         self.salesforce = SalesforceSimulator(self.options, seed)
         self.salesforce.duplicate_rules = sf_duplicate_rules
+        self.salesforce.bulk.wake = self._run_bulk_jobs_after
         self.crm_seed: CrmSeed | None = None
         self.crm_truth: dict[str, Any] = {}
         self.zendesk = ZendeskSimulator(self.options, seed)
@@ -125,6 +126,15 @@ class _World:
                 "options": self.options_dict(),
                 "urls": dict(self.urls),
             }
+
+    def _run_bulk_jobs_after(self, delay: float) -> None:
+        def run() -> None:
+            with self.lock:
+                self.salesforce.bulk.advance()
+
+        timer = threading.Timer(delay + 0.001, run)  # just past the job's due time
+        timer.daemon = True
+        timer.start()
 
     def options_dict(self) -> dict[str, Any]:
         return {

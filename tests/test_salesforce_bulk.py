@@ -359,6 +359,23 @@ def test_a_job_that_outlasts_the_wait_is_aborted_and_retried_later(fresh: Sandbo
     assert sorted(leads(fresh, "t:")) == sorted(keys)
 
 
+def test_a_job_runs_when_its_time_comes_not_when_someone_next_looks(fresh: Sandbox) -> None:
+    """As in the org, a closed job is processed once its processing time has passed, so
+    the poll that finds it done answers at once (checked: without the server's timer the
+    job stays UploadComplete until the next request)."""
+    fresh.set_options(sf_bulk_delay_ms=100)
+    conn = connect(fresh)
+    items = [(f"due:{i}", lead(f"due:{i}")) for i in range(3)]
+    [(body, _)] = salesforce.bulk_csv_parts([EXT, "LastName", "Company"], items)
+    job_id = salesforce._open_bulk_job(conn, "Lead", EXT, body, [key for key, _ in items])
+    jobs = fresh._world.salesforce.bulk.jobs  # looked at without a request: no one polls
+    deadline = time.monotonic() + 10
+    while jobs[job_id].state != "JobComplete" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert jobs[job_id].state == "JobComplete"
+    assert sorted(leads(fresh, "due:")) == ["due:0", "due:1", "due:2"]
+
+
 @pytest.mark.slow
 def test_row_locks_are_retried_and_nothing_is_lost(fresh: Sandbox) -> None:
     # Every job close and every collections call meets row-lock contention on some rows.
