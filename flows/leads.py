@@ -757,7 +757,7 @@ def match_keys(frame: pd.DataFrame, keys: list[str]) -> list[salesforce.MatchKey
 def find_existing(
     ctx: LeadsContext, frame: pd.DataFrame, keys: list[str]
 ) -> dict[str, salesforce.Match]:
-    """The org's Contacts and Leads these people already are, in one or two queries."""
+    """The org's Contacts and Leads these people already are: one round trip, mostly."""
     if not ctx.settings.crm.matching.enabled or not keys:
         return {}
     wanted = match_keys(frame, keys)

@@ -290,7 +290,7 @@ def test_a_spent_api_quota_stops_writing_cleanly_and_the_next_run_resumes(
     sandbox: Sandbox,
 ) -> None:
     config = configure(sandbox, crm={"quota_headroom": 0.5, "batch_size": 50})
-    # Under 7 calls: describe, then per batch of 50 two match queries and one write, twice.
+    # Under 7 calls: the describes, then per batch of 50 one match call and one write.
     sandbox.set_options(sf_daily_limit=14)
     stopped = leads(LeadsRun(config=config))
     assert stopped["status"].startswith("quota:")

@@ -957,7 +957,14 @@ def _all_pages(conn: SalesforceConnection, page: dict[str, Any]) -> list[dict[st
 
 
 def query_many(conn: SalesforceConnection, soqls: Sequence[str]) -> list[dict[str, Any]]:
-    """Every record of several queries, five to a ``POST /composite`` call.
+    """Every record of several queries, five to a ``POST /composite`` call (see
+    ``query_each``)."""
+    return [record for records in query_each(conn, soqls) for record in records]
+
+
+def query_each(conn: SalesforceConnection, soqls: Sequence[str]) -> list[list[dict[str, Any]]]:
+    """Every record of each query, query by query, five queries to a ``POST /composite``
+    call.
 
     Used where a batch needs more than one query (matching a few thousand people): the org
     counts each composite call once, and the queries' text is in the body, not the URI, so
@@ -966,8 +973,8 @@ def query_many(conn: SalesforceConnection, soqls: Sequence[str]) -> list[dict[st
     ``nextRecordsUrl`` one call each, as in ``query``.
     """
     if len(soqls) == 1 and len(quote_plus(soqls[0])) <= SOQL_URI_BUDGET:
-        return query(conn, soqls[0])
-    records: list[dict[str, Any]] = []
+        return [query(conn, soqls[0])]
+    found: list[list[dict[str, Any]]] = []
     prefix = f"/services/data/v{conn.settings.api_version}/query/?q="
     for start in range(0, len(soqls), COMPOSITE_QUERIES):
         group = soqls[start : start + COMPOSITE_QUERIES]
@@ -983,7 +990,11 @@ def query_many(conn: SalesforceConnection, soqls: Sequence[str]) -> list[dict[st
             return sf.restful("composite", method="POST", json=body)
 
         answer = conn.call("POST /composite", send, write=False)
-        for item in (answer or {}).get("compositeResponse") or []:
+        answers = {
+            item.get("referenceId"): item for item in (answer or {}).get("compositeResponse") or []
+        }
+        for i in range(len(group)):
+            item = answers.get(f"q{i}") or {}
             status = int(item.get("httpStatusCode") or 0)
             page = item.get("body")
             if status >= 300 or not isinstance(page, dict):
@@ -992,12 +1003,12 @@ def query_many(conn: SalesforceConnection, soqls: Sequence[str]) -> list[dict[st
                 raise ApiError(
                     SYSTEM,
                     "POST /composite",
-                    f"query {item.get('referenceId')}: {first.get('message') or page}",
+                    f"query q{i}: {first.get('message') or page or 'no answer'}",
                     status=status or None,
                     error_code=first.get("errorCode"),
                 )
-            records.extend(_all_pages(conn, page))
-    return records
+            found.append(_all_pages(conn, page))
+    return found
 
 
 _URL_SAFE = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-~ "
@@ -1243,9 +1254,10 @@ def find_matches(
     """The existing Contact or Lead each person already is, by person key (people who match
     nothing are absent).
 
-    One SOQL query per object when it fits a URI; else long queries (up to SOQL's own
-    limit, see ``in_queries``) five to a composite call (``query_many``). Every value
-    quoted with ``soql_quote``, all pages read.
+    Every object's queries go out together: one SOQL query when only one is needed and it
+    fits a URI; else long queries (up to SOQL's own limit, see ``in_queries``) five to a
+    composite call (``query_each``): one round trip for a batch of a few thousand people.
+    Every value quoted with ``soql_quote``, all pages read.
 
     Precedence: objects in ``rules.objects`` order (Contact beats Lead); inside an object,
     external id, then email, then profile URL, then handle. The first (object, key) that
@@ -1261,60 +1273,77 @@ def find_matches(
     found: dict[str, Match] = {}
     if not unique:
         return found
-    for sobject in rules.objects:
-        fields = describe(conn, sobject)
-        active: list[MatchedBy] = []
-        for key in MATCH_KEYS:
-            name = rules.field_for(key)
-            if key not in rules.keys:
-                continue
-            if name not in fields or fields[name].type == "textarea":  # absent, unfilterable
-                log.info(
-                    "salesforce matching: %s has no filterable field %s; not matching by %s",
-                    sobject,
-                    name,
-                    key,
-                )
-                continue
-            active.append(key)
-        if not active:
-            continue
-        ext_field = rules.external_id_field if rules.external_id_field in fields else None
-        select = [
-            "Id",
-            *(n for n in ("OwnerId", "IsConverted", "ConvertedContactId") if n in fields),
-        ]
-        select += [rules.field_for(key) for key in active]
-        if ext_field:
-            select.append(ext_field)
-        open_people = [p for p in unique if p.person_key not in found]
-        conditions = []
-        for key in active:
-            name = rules.field_for(key)
-            limit = fields[name].length or 255
-            values = [v for p in open_people for v in _query_values(key, p) if len(v) <= limit]
-            conditions.append((name, values))
-        soqls = in_queries(sobject, select, conditions, budget=COMPOSITE_SOQL_BUDGET)
-        records = query_many(conn, soqls)
-        index: dict[MatchedBy, dict[str, list[dict[str, Any]]]] = {key: {} for key in active}
+    looks = [look for sobject in rules.objects if (look := _lookup(conn, sobject, unique, rules))]
+    # Every object's queries in as few calls as they fit (one, mostly): one round trip.
+    answers = iter(query_each(conn, [soql for look in looks for soql in look.soqls]))
+    for look in looks:
+        records = [record for _ in look.soqls for record in next(answers)]
+        index: dict[MatchedBy, dict[str, list[dict[str, Any]]]] = {key: {} for key in look.keys}
         for record in records:
-            for key in active:
+            for key in look.keys:
                 value = _normalized(key, record.get(rules.field_for(key)))
                 if value is not None:
                     index[key].setdefault(value, []).append(record)
+        open_people = [p for p in unique if p.person_key not in found]
         for person in open_people:
-            match = _decide(sobject, person, active, index, ext_field, rules)
+            match = _decide(look.sobject, person, look.keys, index, look.ext_field, rules)
             if match is not None:
                 found[person.person_key] = match
         log.info(
             "salesforce matching: %s: %d people, %d queries, %d records, %d matched so far",
-            sobject,
+            look.sobject,
             len(open_people),
-            len(soqls),
+            len(look.soqls),
             len(records),
             len(found),
         )
     return found
+
+
+@dataclass(frozen=True)
+class _Lookup:
+    sobject: str
+    keys: list[MatchedBy]  # the match keys this object has fields for, in precedence order
+    ext_field: str | None
+    soqls: list[str]
+
+
+def _lookup(
+    conn: SalesforceConnection, sobject: str, people: Sequence[MatchKey], rules: MatchRules
+) -> _Lookup | None:
+    """The queries that find ``people`` among an object's records; None if it has no field
+    to match by. Everyone is looked for in every object (not only who an earlier object
+    did not match), so that all objects' queries go out together."""
+    fields = describe(conn, sobject)
+    active: list[MatchedBy] = []
+    for key in MATCH_KEYS:
+        name = rules.field_for(key)
+        if key not in rules.keys:
+            continue
+        if name not in fields or fields[name].type == "textarea":  # absent, unfilterable
+            log.info(
+                "salesforce matching: %s has no filterable field %s; not matching by %s",
+                sobject,
+                name,
+                key,
+            )
+            continue
+        active.append(key)
+    if not active:
+        return None
+    ext_field = rules.external_id_field if rules.external_id_field in fields else None
+    select = ["Id", *(n for n in ("OwnerId", "IsConverted", "ConvertedContactId") if n in fields)]
+    select += [rules.field_for(key) for key in active]
+    if ext_field:
+        select.append(ext_field)
+    conditions = []
+    for key in active:
+        name = rules.field_for(key)
+        limit = fields[name].length or 255
+        values = [v for p in people for v in _query_values(key, p) if len(v) <= limit]
+        conditions.append((name, values))
+    soqls = in_queries(sobject, select, conditions, budget=COMPOSITE_SOQL_BUDGET)
+    return _Lookup(sobject, active, ext_field, soqls)
 
 
 def _decide(
