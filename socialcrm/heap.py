@@ -4,8 +4,8 @@ A full collection walks every tracked object while every thread waits (the GIL).
 process holds hundreds of thousands of them before the run does anything (215,000 once
 the flows are imported: Prefect, pandas, SQLAlchemy, pydantic), so each full pass stops
 the pull and the writes for about 0.25 s on the 2-core reference machine: once in a
-10,000-engagement run, four times in a 100,000 one (``make bench``: ``gc.gen2``). Objects frozen with
-``gc.freeze`` are not walked; refcounting still frees them as usual.
+10,000-engagement run, four times in a 100,000 one (``make bench``: ``gc.gen2``).
+Objects frozen with ``gc.freeze`` are not walked; refcounting still frees them as usual.
 """
 
 from __future__ import annotations
