@@ -477,7 +477,9 @@ class BatchPlan:
     scores: dict[str, float] = field(default_factory=dict)
     # Matched in the org: the Contact each customer is (they get a Task, not a lead), and
     # the existing Lead (not ours) each person is, which we update by id, our fields only.
+    # A Lead that carries someone else's external id gets a Task too (``on_leads``).
     contacts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    on_leads: set[str] = field(default_factory=set)
     adopt: dict[str, str] = field(default_factory=dict)
     adopted_before: set[str] = field(default_factory=set)
     frame: pd.DataFrame | None = None
@@ -699,6 +701,14 @@ def decide_batch(ctx: LeadsContext, prepared: PreparedBatch) -> BatchPlan:
         if match is not None and contact is not None:
             plan.contacts[key] = (contact, match.matched_by)
             continue
+        if match is not None and match.object == "Lead" and match.claimed_by:
+            # Another of our people's lead (the same human on another account: same
+            # address) or another tool's: adopting it would write our external id over
+            # theirs, and the next run of theirs would take it back. A Task on it instead.
+            assert match.id is not None
+            plan.contacts[key] = (match.id, match.matched_by)
+            plan.on_leads.add(key)
+            continue
         if match is not None and match.object == "Lead" and match.matched_by != "external_id":
             assert match.id is not None
             plan.adopt[key] = match.id
@@ -878,13 +888,15 @@ def join_campaign(ctx: LeadsContext, outcomes: list[SinkOutcome]) -> None:
 
 
 JOINING = ("created", "matched lead", "matched contact")
-DELIVERED = ("created", "updated", "unchanged", "matched lead", "matched contact")
+LOGGED = ("matched contact", "logged on lead")  # a Task on the record, no lead of theirs
+DELIVERED = ("created", "updated", "unchanged", "matched lead", *LOGGED)
 
 
 def log_on_contacts(
     ctx: LeadsContext, plan: BatchPlan, contacts: dict[str, tuple[str, str]]
 ) -> list[SinkOutcome]:
-    """A customer who engages gets a completed Task on their Contact, not a lead."""
+    """A customer who engages gets a completed Task on their Contact, not a lead; so does
+    a person whose lead is someone else's (``plan.on_leads``), on that lead."""
     if not contacts or plan.frame is None:
         return []
     conn = ctx.crm_connection()
@@ -910,7 +922,7 @@ def log_on_contacts(
         digest = payload_hash(record)
         known = ledger.get(key)
         if known is not None and known.payload_hash == digest and known.status != "failed":
-            outcomes.append(SinkOutcome(key, "matched contact", contacts[key][0], digest))
+            outcomes.append(SinkOutcome(key, logged_as(plan, key), contacts[key][0], digest))
             continue
         records.append(record)
         keys.append(key)
@@ -922,13 +934,18 @@ def log_on_contacts(
         for outcome in salesforce.upsert_tasks(conn, records, task_keys):
             key = by_task[outcome.record_key]
             if outcome.status in ("created", "updated"):
-                outcomes.append(SinkOutcome(key, "matched contact", contacts[key][0], hashes[key]))
+                status = logged_as(plan, key)
+                outcomes.append(SinkOutcome(key, status, contacts[key][0], hashes[key]))
             else:
                 problems = [replace(problem, record_key=key) for problem in outcome.problems]
                 outcomes.append(
                     SinkOutcome(key, "failed", problems=problems, retryable=outcome.retryable)
                 )
     return outcomes
+
+
+def logged_as(plan: BatchPlan, key: str) -> str:
+    return "logged on lead" if key in plan.on_leads else "matched contact"
 
 
 def mapping_misfit(problems: list[str]) -> str:
@@ -958,7 +975,8 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
             key = row["record_key"]
             outcomes.append(SinkOutcome(key, row["status"], payload_hash=plan.hashes[key]))
         for key, (contact, _) in plan.contacts.items():
-            outcomes.append(SinkOutcome(key, "would log on contact", contact))
+            on = "lead" if key in plan.on_leads else "contact"
+            outcomes.append(SinkOutcome(key, f"would log on {on}", contact))
     elif plan.to_send or plan.contacts:
         unsure = False
         try:
@@ -991,11 +1009,12 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
             )
 
     failed = [p for outcome in outcomes for p in outcome.problems]
-    # A skipped person has no record in the CRM: nothing to remember in the ledger.
+    # A skipped person has no record in the CRM: nothing to remember in the ledger. A
+    # Task logged for someone is remembered apart ("Contact"), never as their lead.
     ctx.store.record_deliveries(
-        spec.object_name, [o for o in outcomes if not is_skip(o) and o.status != "matched contact"]
+        spec.object_name, [o for o in outcomes if not is_skip(o) and o.status not in LOGGED]
     )
-    ctx.store.record_deliveries("Contact", [o for o in outcomes if o.status == "matched contact"])
+    ctx.store.record_deliveries("Contact", [o for o in outcomes if o.status in LOGGED])
     if failed:
         ctx.store.add_dead_letters(PIPELINE, failed)
         ctx.dead_lettered += len(failed)
@@ -1303,6 +1322,7 @@ def run_summary(ctx: LeadsContext, outcomes: list[SinkOutcome], status: str) -> 
         "skipped": counts.get("skipped", 0),
         "matched_contact": counts.get("matched contact", 0),
         "matched_lead": counts.get("matched lead", 0),
+        "logged_on_lead": counts.get("logged on lead", 0),
         "campaign_members": ctx.campaign_members,
         "failed": counts.get("failed", 0),
         "would_create": counts.get("would create", 0),

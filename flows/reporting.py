@@ -19,6 +19,9 @@ from socialcrm.records import RecordProblem
 MAX_ROWS = 500
 
 
+SHOWN_AS_DELIVERED = ("created", "updated", "matched lead", "matched contact", "logged on lead")
+
+
 def _in_flow_run() -> bool:
     return FlowRunContext.get() is not None
 
@@ -59,6 +62,7 @@ def publish_leads_artifacts(
                 ("leads updated", "updated"),
                 ("existing leads matched (ours added)", "matched_lead"),
                 ("customers (Task on their Contact, no lead)", "matched_contact"),
+                ("someone else's lead, same address (Task on it)", "logged_on_lead"),
                 ("unchanged (not sent)", "unchanged"),
                 ("skipped (exclusions, bots, opt-outs, decayed score)", "skipped"),
                 ("failed", "failed"),
@@ -89,7 +93,7 @@ def publish_leads_artifacts(
     rows = [
         {k: _cell(row.get(k)) for k in ("status", "name", "handle", "score", "url", "record_key")}
         for row in delivered
-        if row["status"] in ("created", "updated", "matched lead", "matched contact")
+        if row["status"] in SHOWN_AS_DELIVERED
     ]
     if rows:
         create_table_artifact(

@@ -113,7 +113,9 @@ class Delivery:
 
 # What the ledger remembers: where a record went. A matched record (someone else's lead,
 # a Contact) is remembered too, so later runs treat it the same way and erasure finds it.
-LEDGER_STATUSES = frozenset({"created", "updated", "failed", "matched lead", "matched contact"})
+LEDGER_STATUSES = frozenset(
+    {"created", "updated", "failed", "matched lead", "matched contact", "logged on lead"}
+)
 
 
 @dataclass(slots=True)

@@ -443,7 +443,7 @@ def test_a_batch_is_mapped_while_the_one_before_is_written_yet_matches_its_leads
     sharing = [lead for lead in held if (lead.get("Email") or "").lower() == address]
     assert len(sharing) == 1, sharing
     outcomes = summary["outcomes"]
-    assert (outcomes[first], outcomes[last]) == ("created", "matched lead")
+    assert (outcomes[first], outcomes[last]) == ("created", "logged on lead")
     assert len(held) == len(expected) - 1
 
     run_id = state.state_details.flow_run_id
@@ -494,3 +494,66 @@ def test_the_crm_is_connected_during_the_pull_once_someone_may_qualify(
     assert calls["POST /services/oauth2/token"] == 1
     assert calls["GET /services/data/v60.0/sobjects/:sobject/describe"] == 2  # Lead, Contact
     assert frozen[0] > 0 and gc.get_freeze_count() == 0
+
+
+def test_two_of_our_people_with_one_address_share_a_lead_and_neither_takes_it_over(
+    tmp_path: Path,
+) -> None:
+    """Two accounts giving the same address are one person for sales: one lead, the
+    first's. The second's engagement goes on it as a Task; it never writes its external
+    id or its social fields over the first's, so later runs do not flip the lead between
+    them (checked: taking the lead over, as adoption of a lead nobody claimed does, makes
+    the lead flip to the second and back)."""
+    box = start_sandbox(
+        seed=11, write_config=tmp_path / "socialcrm.yaml", workdir=tmp_path, latency_ms=0
+    )
+    try:
+        expected = expected_leads(box)
+        first, second = min(expected), max(expected)  # batches go by person key
+        address = "one.person@example.com"
+        users = box._world.x_world.users
+        for key in (first, second):
+            users[key.split(":", 1)[1]].description = f"Mail me: {address}"
+        batch_size = len(expected) * 3 // 4  # first in batch 1, second in batch 2
+        config = configure(box, crm={"batch_size": batch_size})
+
+        def the_lead() -> dict[str, Any]:
+            held = box.state()["salesforce"]["Lead"]
+            (lead,) = [lead for lead in held if (lead.get("Email") or "").lower() == address]
+            return lead
+
+        summary = leads(LeadsRun(config=config))
+        lead = the_lead()
+        assert (summary["outcomes"][first], summary["outcomes"][second]) == (
+            "created",
+            "logged on lead",
+        )
+        assert summary["logged_on_lead"] == 1
+        assert lead["Social_Profile_Id__c"] == first
+        assert lead["Social_Handle__c"] == users[first.split(":", 1)[1]].username
+        tasks = [t for t in box.state()["salesforce"]["Task"] if t.get("WhoId") == lead["Id"]]
+        assert [t["Socialcrm_Key__c"].split(":engaged:")[0] for t in tasks] == [second]
+        assert "Engagement score" in (tasks[0].get("Description") or "")
+
+        # Every lead changes (a mapping edit, everyone sent again): the first's is updated
+        # as its own, the second's Task stays as it was, and nobody takes the lead over.
+        spec = yaml.safe_load(Path("mappings/lead.salesforce.yaml").read_text())
+        spec["fields"]["LeadSource"] = {"value": "Social media"}
+        (tmp_path / "edited.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        config = configure(box, crm={"lead_mapping": "edited.yaml"})
+        with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
+            assert store.mark_pending(expected) == len(expected)
+        again = leads(LeadsRun(config=config))
+        assert again["created"] == 0 and again["failed"] == 0
+        assert (again["outcomes"][first], again["outcomes"][second]) == (
+            "updated",
+            "logged on lead",
+        )
+        assert the_lead()["Id"] == lead["Id"]
+        assert the_lead()["Social_Profile_Id__c"] == first
+        assert the_lead()["LeadSource"] == "Social media"
+        after = [t for t in box.state()["salesforce"]["Task"] if t.get("WhoId") == lead["Id"]]
+        assert after == tasks
+        assert len(box.state()["salesforce"]["Lead"]) == len(expected) - 1
+    finally:
+        box.stop()

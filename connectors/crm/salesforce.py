@@ -1145,6 +1145,9 @@ class Match:
     is_converted: bool = False
     converted_contact_id: str | None = None
     candidates: tuple[str, ...] = ()
+    # The external id the record carries when it is not the person's own: the lead of
+    # another of our people (the same human on another account), or another tool's.
+    claimed_by: str | None = None
 
     @property
     def ambiguous(self) -> bool:
@@ -1372,6 +1375,7 @@ def _decide(
         if len(ids) > 1:
             return Match(sobject, None, key, candidates=tuple(sorted(ids)))
         record = hits[0]
+        claim = str(record.get(ext_field) or "").strip() if ext_field else ""
         return Match(
             object=sobject,
             id=ids[0],
@@ -1379,6 +1383,7 @@ def _decide(
             owner_id=record.get("OwnerId"),
             is_converted=bool(record.get("IsConverted")),
             converted_contact_id=record.get("ConvertedContactId"),
+            claimed_by=claim if claim and claim != own else None,
         )
     return None
 
