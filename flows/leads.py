@@ -127,6 +127,7 @@ class LeadsContext:
     writer: PageWriter = field(default_factory=lambda: PageWriter())
     campaign_members: int = 0
     last_write: salesforce.Written | None = None  # what the last batch's write sent
+    deferred: list[PersonRow] = field(default_factory=list)  # see defer_same_address
     _crm_ready: Future[salesforce.SalesforceConnection] | None = None
     _crm_guard: threading.Lock = field(default_factory=threading.Lock)
     _spec: MappingSpec | None = None
@@ -518,6 +519,7 @@ class BatchPlan:
             context={k: self.context[k] for k in held if k in self.context},
             scores={k: self.scores[k] for k in held if k in self.scores},
             adopted_before=self.adopted_before & held,
+            frame=None if self.frame is None else self.frame[self.frame["person_key"].isin(held)],
         )
         return now, later
 
@@ -538,6 +540,7 @@ class BatchPlan:
 
 
 COLLECTION_SIZE = 200  # records per sObject Collections call
+DEFERRED_ROUNDS = 3  # the first of several sharing an address may fail: the next goes
 HOLD_LIMIT = 10_000  # at most this many leads wait for the next batch
 
 
@@ -1082,8 +1085,74 @@ def deliver_batch(
     """Match a prepared batch, skip unchanged leads, upsert the rest with the leads ``held``
     back from the batch before; returns the outcomes and the leads held back now."""
     plan = decide_batch(ctx, prepared)
-    now, later = hold_back(ctx, plan.after(held) if held is not None else plan)
-    return write_plan(ctx, now), later
+    if held is not None:
+        plan = plan.after(recheck_held(ctx, held))
+    now, later = hold_back(ctx, plan)
+    return write_plan(ctx, defer_same_address(ctx, now)), later
+
+
+def recheck_held(ctx: LeadsContext, held: BatchPlan) -> BatchPlan:
+    """Held leads without those the write since they were decided can have changed.
+
+    They were looked up with their own batch, whose write (or a later one) may have
+    created the lead they are (the same address): those wait in ``ctx.deferred`` and are
+    decided afresh after the batches (``deliver_pending_leads``).
+    """
+    written = ctx.last_write
+    if written is None or held.frame is None or not held.send_keys:
+        return held
+    people = match_keys(held.frame, held.send_keys)
+    again = {p.person_key for p in people if written.may_change(p, None)}
+    if not again:
+        return held
+    kept, deferred = held.split(again)
+    with ctx.serial:
+        ctx.deferred.extend(deferred.people)
+    _logger().info(
+        "batch %d: %d held-back leads may be someone the last write created; they are "
+        "decided again after the batches",
+        held.number,
+        len(again),
+    )
+    return kept
+
+
+def defer_same_address(ctx: LeadsContext, plan: BatchPlan) -> BatchPlan:
+    """The plan without new leads that share an address with an earlier one in it.
+
+    People written in the same call are looked up together, before either exists: two
+    accounts giving one address (one human) would make two leads where the org has no
+    duplicate rule. The first goes now; the others wait in ``ctx.deferred`` and go after
+    it (``deliver_pending_leads``), when the lookup finds the first's lead. They stay
+    pending in the store until then, so a crash loses nothing.
+    """
+    matching = ctx.settings.crm.matching
+    if ctx.dry_run or not matching.enabled or "email" not in matching.keys:
+        return plan
+    email_field = match_rules(ctx).field_for("email")
+    first: dict[str, str] = {}
+    later: set[str] = set()
+    for key, record in zip(plan.send_keys, plan.to_send, strict=True):
+        if key in plan.known or key in plan.adopt or key in plan.adopted_before:
+            continue  # not a create
+        address = salesforce.normalize_email(record.get(email_field))
+        if address is None:
+            continue
+        if address in first:
+            later.add(key)
+        else:
+            first[address] = key
+    if not later:
+        return plan
+    now, deferred = plan.split(later)
+    with ctx.serial:
+        ctx.deferred.extend(deferred.people)
+    _logger().info(
+        "batch %d: %d new leads share an address with another in the same call; they go after it",
+        plan.number,
+        len(later),
+    )
+    return now
 
 
 @task(
@@ -1187,14 +1256,16 @@ def deliver_pending_leads(
     Batches overlap: while batch n is written (round trips, a Bulk job's processing),
     batch n+1 is scored, mapped and looked up in the org. Once batch n is in, whoever its
     write can have changed is looked up again (``decide_batch``), so a lead that batch n
-    wrote is found, not created twice; one write is in flight at a time. (People written
-    in the same call, a batch's leads and those held back with them, are looked up
-    together: two of them sharing an address are left to the org's duplicate rule.)
-    A dry run does not overlap: its store is one connection, used by one thread.
+    wrote is found, not created twice; one write is in flight at a time. People written
+    in the same call (a batch's leads and those held back with them) are looked up
+    together: of new leads sharing an address, the first goes, the others after it
+    (``defer_same_address``). A dry run does not overlap: its store is one connection,
+    used by one thread.
     """
     outcomes: list[SinkOutcome] = []
     held: BatchPlan | None = None
     writing: PrefectFuture[tuple[list[SinkOutcome], BatchPlan | None]] | None = None
+    number = 0
     try:
         for number, batch in enumerate(pending_batches(ctx, limit=limit, only=only), 1):
             prepared = prepare_batch_task(as_is(ctx), as_is(batch), number)
@@ -1218,7 +1289,15 @@ def deliver_pending_leads(
                 writing.result()
         raise
     if held is not None:
-        outcomes.extend(write_batch(as_is(ctx), as_is(held)))
+        outcomes.extend(write_batch(as_is(ctx), as_is(recheck_held(ctx, held))))
+        number += 1
+    for _ in range(DEFERRED_ROUNDS):  # their lookup now finds the lead written before them
+        if not ctx.deferred:
+            break
+        people, ctx.deferred = ctx.deferred, []
+        number += 1
+        plan = defer_same_address(ctx, plan_batch_task(as_is(ctx), as_is(people), number))
+        outcomes.extend(write_batch(as_is(ctx), as_is(plan)))
     if only is None:
         ctx.store.clear_unqualified_pending(ctx.settings.qualification.threshold)
     return outcomes

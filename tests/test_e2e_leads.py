@@ -557,3 +557,51 @@ def test_two_of_our_people_with_one_address_share_a_lead_and_neither_takes_it_ov
         assert len(box.state()["salesforce"]["Lead"]) == len(expected) - 1
     finally:
         box.stop()
+
+
+@pytest.mark.parametrize(
+    ("at_first", "at_second"),
+    [(3, 5), (3, -3)],
+    ids=["in-the-same-call", "one-held-back-for-the-next-call"],
+)
+def test_two_new_people_with_one_address_in_one_batch_make_one_lead(
+    tmp_path: Path, at_first: int, at_second: int
+) -> None:
+    """People of one batch are looked up together, before either lead exists; with the
+    org's duplicate rule off nothing else would stop a second lead, whether they go in the
+    same call or one of them waits for the next (the batch's last 4 leads are held back
+    to fill calls of 200). The second goes after the first and is logged on its lead
+    (checked: without ``defer_same_address``, resp. ``recheck_held``, there are two leads
+    with that address)."""
+    box = start_sandbox(
+        seed=11,
+        write_config=tmp_path / "socialcrm.yaml",
+        workdir=tmp_path,
+        latency_ms=0,
+        sf_duplicate_rules=False,
+    )
+    try:
+        expected = expected_leads(box)
+        ordered = sorted(expected)
+        first, second = ordered[at_first], ordered[at_second]  # one batch: everyone
+        address = "One.Person@Example.com"
+        users = box._world.x_world.users
+        users[first.split(":", 1)[1]].description = f"Mail me: {address}"
+        users[second.split(":", 1)[1]].description = f"mail: {address.lower()} please"
+        config = configure(box, crm={"batch_size": 2 * len(expected)})
+        summary = leads(LeadsRun(config=config))
+        held = box.state()["salesforce"]["Lead"]
+        tasks = box.state()["salesforce"]["Task"]
+    finally:
+        box.stop()
+    sharing = [lead for lead in held if (lead.get("Email") or "").lower() == address.lower()]
+    assert len(sharing) == 1, sharing
+    assert sharing[0]["Social_Profile_Id__c"] == first
+    assert (summary["outcomes"][first], summary["outcomes"][second]) == (
+        "created",
+        "logged on lead",
+    )
+    assert [t["Socialcrm_Key__c"].split(":engaged:")[0] for t in tasks] == [second]
+    assert tasks[0]["WhoId"] == sharing[0]["Id"]
+    assert len(held) == len(expected) - 1
+    assert summary["created"] == len(expected) - 1
