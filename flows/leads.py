@@ -1103,18 +1103,7 @@ def recheck_held(ctx: LeadsContext, held: BatchPlan) -> BatchPlan:
         return held
     people = match_keys(held.frame, held.send_keys)
     again = {p.person_key for p in people if written.may_change(p, None)}
-    if not again:
-        return held
-    kept, deferred = held.split(again)
-    with ctx.serial:
-        ctx.deferred.extend(deferred.people)
-    _logger().info(
-        "batch %d: %d held-back leads may be someone the last write created; they are "
-        "decided again after the batches",
-        held.number,
-        len(again),
-    )
-    return kept
+    return defer(ctx, held, again, "held-back leads may be someone the last write created")
 
 
 def defer_same_address(ctx: LeadsContext, plan: BatchPlan) -> BatchPlan:
@@ -1142,17 +1131,19 @@ def defer_same_address(ctx: LeadsContext, plan: BatchPlan) -> BatchPlan:
             later.add(key)
         else:
             first[address] = key
-    if not later:
+    return defer(ctx, plan, later, "new leads share an address with another in the same call")
+
+
+def defer(ctx: LeadsContext, plan: BatchPlan, keys: set[str], why: str) -> BatchPlan:
+    """``plan`` without ``keys``, whose people wait in ``ctx.deferred`` (still pending in
+    the store) to be decided again after the batches."""
+    if not keys:
         return plan
-    now, deferred = plan.split(later)
+    kept, deferred = plan.split(keys)
     with ctx.serial:
         ctx.deferred.extend(deferred.people)
-    _logger().info(
-        "batch %d: %d new leads share an address with another in the same call; they go after it",
-        plan.number,
-        len(later),
-    )
-    return now
+    _logger().info("batch %d: %d %s; decided again after the batches", plan.number, len(keys), why)
+    return kept
 
 
 @task(
