@@ -823,12 +823,23 @@ def send_leads(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
     outcomes = [o for o in outcomes if o.status != "duplicate"]
     records = dict(pairs)
     contacts: dict[str, tuple[str, str]] = {}
+    named_leads = {
+        rid for o in duplicates for obj, rid in salesforce.duplicate_matches(o) if obj == "Lead"
+    }
+    # A lead the rule names may carry another external id (another of our people): a Task
+    # on it, not a takeover (see decide_batch).
+    claims = (
+        salesforce.field_values(conn, sobject, spec.external_id, named_leads) if named_leads else {}
+    )
     for outcome in duplicates:
         named = salesforce.duplicate_matches(outcome)
         lead = next((rid for obj, rid in named if obj == "Lead"), None)
         contact = next((rid for obj, rid in named if obj == "Contact"), None)
         if contact:
             contacts[outcome.record_key] = (contact, "duplicate rule")
+        elif lead and claims.get(lead, outcome.record_key) != outcome.record_key:
+            contacts[outcome.record_key] = (lead, "duplicate rule")
+            plan.on_leads.add(outcome.record_key)
         elif lead:
             plan.adopt[outcome.record_key] = lead
             custom = {k: v for k, v in records[outcome.record_key].items() if k.endswith("__c")}

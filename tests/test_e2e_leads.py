@@ -496,14 +496,17 @@ def test_the_crm_is_connected_during_the_pull_once_someone_may_qualify(
     assert frozen[0] > 0 and gc.get_freeze_count() == 0
 
 
+@pytest.mark.parametrize("matching", [True, False], ids=["matched", "named-by-duplicate-rule"])
 def test_two_of_our_people_with_one_address_share_a_lead_and_neither_takes_it_over(
-    tmp_path: Path,
+    tmp_path: Path, matching: bool
 ) -> None:
     """Two accounts giving the same address are one person for sales: one lead, the
     first's. The second's engagement goes on it as a Task; it never writes its external
     id or its social fields over the first's, so later runs do not flip the lead between
     them (checked: taking the lead over, as adoption of a lead nobody claimed does, makes
-    the lead flip to the second and back)."""
+    the lead flip to the second and back). The second finds the lead by matching, or,
+    with matching off, as the lead the org's duplicate rule names when it refuses the
+    second's create (checked the same way)."""
     box = start_sandbox(
         seed=11, write_config=tmp_path / "socialcrm.yaml", workdir=tmp_path, latency_ms=0
     )
@@ -515,7 +518,7 @@ def test_two_of_our_people_with_one_address_share_a_lead_and_neither_takes_it_ov
         for key in (first, second):
             users[key.split(":", 1)[1]].description = f"Mail me: {address}"
         batch_size = len(expected) * 3 // 4  # first in batch 1, second in batch 2
-        config = configure(box, crm={"batch_size": batch_size})
+        config = configure(box, crm={"batch_size": batch_size, "matching": {"enabled": matching}})
 
         def the_lead() -> dict[str, Any]:
             held = box.state()["salesforce"]["Lead"]

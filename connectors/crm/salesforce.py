@@ -1014,6 +1014,15 @@ def query_each(conn: SalesforceConnection, soqls: Sequence[str]) -> list[list[di
 _URL_SAFE = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-~ "
 
 
+def field_values(
+    conn: SalesforceConnection, sobject: str, field: str, ids: Collection[str]
+) -> dict[str, str]:
+    """``field`` of the records with these ids, where it is not empty (few queries)."""
+    soqls = in_queries(sobject, ["Id", field], [("Id", sorted(ids))])
+    found = {str(r["Id"]): str(r.get(field) or "").strip() for r in query_many(conn, soqls)}
+    return {rid: value for rid, value in found.items() if value}
+
+
 def url_encoded_length(text: str) -> int:
     """``len(quote_plus(text))`` without encoding: a safe byte (or a space, which becomes
     "+") stays one character, any other UTF-8 byte becomes three (``%XX``)."""
