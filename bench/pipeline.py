@@ -464,6 +464,7 @@ def network_floor(
     latency_ms: float,
     bulk_delay_ms: float,
     lanes: int = LANES,
+    collections_per_upsert: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The least a run with these calls can take on this network.
 
@@ -477,10 +478,14 @@ def network_floor(
       costs its calls; walks run on ``lanes`` threads, so the path is the longest-
       processing-time-first makespan of the chains on ``lanes`` lanes (its lower bound
       max(longest chain, ceil(total / lanes)) is reported too);
-    * delivery: every other Salesforce call, one after another (collections calls, or per
-      Bulk job: create, upload, close, polls, results); the remote's processing time of a
-      Bulk job (``sf_bulk_delay_ms``) comes on top: no client can beat it.
+    * delivery: every other Salesforce call, one after another (per Bulk job: create,
+      upload, close, polls, results), except that the collections calls of one upsert
+      (``collections_per_upsert``: records sent by collections, per upsert) go
+      ``salesforce.PARALLEL_WRITES`` at a time; the remote's processing time of a Bulk job
+      (``sf_bulk_delay_ms``) comes on top: no client can beat it.
     """
+    from connectors.crm.salesforce import COLLECTION_LIMIT, PARALLEL_WRITES
+
     sf = calls.get("salesforce", {})
     x_calls = calls.get("x", {})
     by_kind: Counter[str] = Counter()
@@ -491,6 +496,10 @@ def network_floor(
     lower = max(max(chains, default=0), math.ceil(sum(chains) / lanes)) if chains else 0
     critical = lpt_makespan(chains, lanes)
     delivery_calls = sum(n for kind, n in by_kind.items() if kind not in ("token", "describe"))
+    calls_per_upsert = [-(-records // COLLECTION_LIMIT) for records in collections_per_upsert]
+    if sum(calls_per_upsert) == by_kind["collections"]:  # else (retries): one after another
+        delivery_calls += sum(-(-n // PARALLEL_WRITES) for n in calls_per_upsert)
+        delivery_calls -= by_kind["collections"]
     jobs = sum(n for key, n in sf.items() if key.startswith("POST ") and key.endswith("/ingest"))
     latency = latency_ms / 1000
     bulk_wait = jobs * bulk_delay_ms / 1000
@@ -731,7 +740,13 @@ def run_ours(
     calls: dict[str, dict[str, int]] = state["calls"]
     chains_named = pull_chains(probe.x_calls)
     chains = [n for _, _, n in chains_named]
-    floor = network_floor(calls, chains, latency_ms=latency_ms, bulk_delay_ms=bulk_delay_ms)
+    floor = network_floor(
+        calls,
+        chains,
+        latency_ms=latency_ms,
+        bulk_delay_ms=bulk_delay_ms,
+        collections_per_upsert=[rest for _, rest in probe.shares if rest],
+    )
     held, duplicates = lead_check(state)
     truth = ground_truth(state)
     delivery = sf_delivery(calls, probe.shares)

@@ -359,6 +359,39 @@ def test_a_job_that_outlasts_the_wait_is_aborted_and_retried_later(fresh: Sandbo
     assert sorted(leads(fresh, "t:")) == sorted(keys)
 
 
+def test_collections_calls_of_one_upsert_go_side_by_side_in_order(
+    fresh: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The calls of 200 touch different records: up to four are on the wire at once (the
+    sandbox holds each 100 ms), and the outcomes still come back in the records' order."""
+    fresh.set_options(latency_ms=100)
+    spans: list[tuple[float, float]] = []
+    call = SalesforceConnection.call
+
+    def timed(conn: SalesforceConnection, name: str, fn: Any, **kwargs: Any) -> Any:
+        began = time.monotonic()
+        try:
+            return call(conn, name, fn, **kwargs)
+        finally:
+            if name.startswith("PATCH /composite/sobjects"):
+                spans.append((began, time.monotonic()))
+
+    conn = connect(fresh, bulk_threshold=10_000)
+    monkeypatch.setattr(SalesforceConnection, "call", timed)
+    try:
+        batch = [lead(f"side:{i}") for i in range(1000)]
+        keys = [r[EXT] for r in batch]
+        outcomes = salesforce.upsert(conn, "Lead", EXT, batch, keys)
+    finally:
+        fresh.set_options(latency_ms=0)
+    assert [o.record_key for o in outcomes] == keys
+    assert {o.status for o in outcomes} == {"created"}
+    assert len(spans) == 5
+    first_four = sorted(spans)[:4]
+    assert max(start for start, _ in first_four) < min(end for _, end in first_four)
+    assert sorted(leads(fresh, "side:")) == sorted(keys)
+
+
 def test_a_job_runs_when_its_time_comes_not_when_someone_next_looks(fresh: Sandbox) -> None:
     """As in the org, a closed job is processed once its processing time has passed, so
     the poll that finds it done answers at once (checked: without the server's timer the

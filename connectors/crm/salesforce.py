@@ -15,6 +15,7 @@ Failed job without the per-row results, so it is used for neither.
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import io
 import json
@@ -24,6 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -52,6 +54,7 @@ log = logging.getLogger("socialcrm.salesforce")
 
 SYSTEM = "salesforce"
 COLLECTION_LIMIT = 200
+PARALLEL_WRITES = 4  # collections calls of one upsert in flight at once
 RECORD_ATTEMPTS = 3
 # Errors inside a 200 collection answer that a later attempt may fix on its own.
 TRANSIENT_RECORD_ERRORS = {"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "UNKNOWN_EXCEPTION"}
@@ -384,31 +387,44 @@ def _upsert_once(
     *,
     assign: bool,
 ) -> list[SinkOutcome]:
-    keys = [key for key, _ in items]
-    records = [record for _, record in items]
-    outcomes: list[SinkOutcome] = []
-    size = COLLECTION_LIMIT
+    """The items in calls of 200, ``PARALLEL_WRITES`` calls at a time.
+
+    The calls touch different records (one external id each), so they need not wait for
+    each other; a row lock one of them meets is retried like any other (``upsert``). If a
+    call fails for good, the calls not yet sent are not sent; the error is raised once the
+    ones on the wire are back.
+    """
     headers = {"Sforce-Auto-Assign": "TRUE" if assign else "FALSE"}
     path = f"composite/sobjects/{sobject}/{external_id_field}"
-    for start in range(0, len(records), size):
-        chunk = records[start : start + size]
-        chunk_keys = list(keys[start : start + size])
+    size = COLLECTION_LIMIT
+    chunks = [items[start : start + size] for start in range(0, len(items), size)]
+
+    def send_chunk(chunk: Sequence[tuple[str, dict[str, Any]]]) -> list[SinkOutcome]:
+        keys = [key for key, _ in chunk]
         body = {
             "allOrNone": False,
-            "records": [{"attributes": {"type": sobject}, **record} for record in chunk],
+            "records": [{"attributes": {"type": sobject}, **record} for _, record in chunk],
         }
 
-        def send(sf: Salesforce, body: dict[str, Any] = body) -> Any:
+        def send(sf: Salesforce) -> Any:
             return sf.restful(path, method="PATCH", json=body, headers=headers)
 
         results = conn.call(
-            f"PATCH /composite/sobjects/{sobject}/{external_id_field}",
-            send,
-            write=True,
-            keys=chunk_keys,
+            f"PATCH /composite/sobjects/{sobject}/{external_id_field}", send, write=True, keys=keys
         )
-        outcomes.extend(parse_collection_results(results, chunk_keys, sobject))
-    return outcomes
+        return parse_collection_results(results, keys, sobject)
+
+    if len(chunks) <= 1:
+        return [outcome for chunk in chunks for outcome in send_chunk(chunk)]
+    pool = ThreadPoolExecutor(min(PARALLEL_WRITES, len(chunks)), thread_name_prefix="sf-write")
+    try:
+        # Logs stay the caller's (a Prefect task's); a context is entered by one thread.
+        futures = [
+            pool.submit(contextvars.copy_context().run, send_chunk, chunk) for chunk in chunks
+        ]
+        return [outcome for future in futures for outcome in future.result()]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def parse_collection_results(
