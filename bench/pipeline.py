@@ -234,6 +234,7 @@ class Probe:
         self.x_calls: list[tuple[str, str, float, float]] = []  # path, template, start, end
         self.sf_calls: list[tuple[str, float, float]] = []
         self.shares: list[tuple[int, int]] = []  # (by bulk, by collections) per upsert attempt
+        self.lookups: list[int] = []  # composite calls per lookup that needed several
         self.patched: list[str] = []
         self.missing: list[str] = []
         self._undo: list[Callable[[], None]] = []
@@ -320,6 +321,20 @@ class Probe:
             self.wrap(task_obj, "fn", f"{label}.body")
             if called:
                 self.wrap(flow_module, name, f"{label}.call")
+
+        query_each = getattr(salesforce, "query_each", None)
+        if query_each is not None:
+
+            @functools.wraps(query_each)
+            def counted_lookup(conn: Any, soqls: Any) -> Any:
+                if len(soqls) > 1:
+                    self.lookups.append(-(-len(soqls) // salesforce.COMPOSITE_QUERIES))
+                return query_each(conn, soqls)
+
+            setattr(salesforce, "query_each", counted_lookup)  # noqa: B010
+            self._undo.append(lambda: setattr(salesforce, "query_each", query_each))
+        else:
+            self.missing.append("salesforce.query_each")
 
         share = getattr(salesforce, "bulk_share", None)
         if share is not None:
@@ -465,6 +480,7 @@ def network_floor(
     bulk_delay_ms: float,
     lanes: int = LANES,
     collections_per_upsert: Sequence[int] = (),
+    composite_per_lookup: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The least a run with these calls can take on this network.
 
@@ -481,10 +497,11 @@ def network_floor(
     * delivery: every other Salesforce call, one after another (per Bulk job: create,
       upload, close, polls, results), except that the collections calls of one upsert
       (``collections_per_upsert``: records sent by collections, per upsert) go
-      ``salesforce.PARALLEL_WRITES`` at a time; the remote's processing time of a Bulk job
+      ``salesforce.PARALLEL_CALLS`` at a time, as do the composite calls of one lookup
+      (``composite_per_lookup``); the remote's processing time of a Bulk job
       (``sf_bulk_delay_ms``) comes on top: no client can beat it.
     """
-    from connectors.crm.salesforce import COLLECTION_LIMIT, PARALLEL_WRITES
+    from connectors.crm.salesforce import COLLECTION_LIMIT, PARALLEL_CALLS
 
     sf = calls.get("salesforce", {})
     x_calls = calls.get("x", {})
@@ -498,8 +515,11 @@ def network_floor(
     delivery_calls = sum(n for kind, n in by_kind.items() if kind not in ("token", "describe"))
     calls_per_upsert = [-(-records // COLLECTION_LIMIT) for records in collections_per_upsert]
     if sum(calls_per_upsert) == by_kind["collections"]:  # else (retries): one after another
-        delivery_calls += sum(-(-n // PARALLEL_WRITES) for n in calls_per_upsert)
+        delivery_calls += sum(-(-n // PARALLEL_CALLS) for n in calls_per_upsert)
         delivery_calls -= by_kind["collections"]
+    if sum(composite_per_lookup) <= by_kind["other"]:
+        delivery_calls -= sum(composite_per_lookup)
+        delivery_calls += sum(-(-n // PARALLEL_CALLS) for n in composite_per_lookup)
     jobs = sum(n for key, n in sf.items() if key.startswith("POST ") and key.endswith("/ingest"))
     latency = latency_ms / 1000
     bulk_wait = jobs * bulk_delay_ms / 1000
@@ -746,6 +766,7 @@ def run_ours(
         latency_ms=latency_ms,
         bulk_delay_ms=bulk_delay_ms,
         collections_per_upsert=[rest for _, rest in probe.shares if rest],
+        composite_per_lookup=probe.lookups,
     )
     held, duplicates = lead_check(state)
     truth = ground_truth(state)

@@ -54,7 +54,7 @@ log = logging.getLogger("socialcrm.salesforce")
 
 SYSTEM = "salesforce"
 COLLECTION_LIMIT = 200
-PARALLEL_WRITES = 4  # collections calls of one upsert in flight at once
+PARALLEL_CALLS = 4  # calls of one upsert, or of one lookup, in flight at once
 RECORD_ATTEMPTS = 3
 # Errors inside a 200 collection answer that a later attempt may fix on its own.
 TRANSIENT_RECORD_ERRORS = {"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "UNKNOWN_EXCEPTION"}
@@ -387,7 +387,7 @@ def _upsert_once(
     *,
     assign: bool,
 ) -> list[SinkOutcome]:
-    """The items in calls of 200, ``PARALLEL_WRITES`` calls at a time.
+    """The items in calls of 200, ``PARALLEL_CALLS`` calls at a time.
 
     The calls touch different records (one external id each), so they need not wait for
     each other; a row lock one of them meets is retried like any other (``upsert``). If a
@@ -414,15 +414,22 @@ def _upsert_once(
         )
         return parse_collection_results(results, keys, sobject)
 
-    if len(chunks) <= 1:
-        return [outcome for chunk in chunks for outcome in send_chunk(chunk)]
-    pool = ThreadPoolExecutor(min(PARALLEL_WRITES, len(chunks)), thread_name_prefix="sf-write")
+    return [outcome for outcomes in side_by_side(send_chunk, chunks) for outcome in outcomes]
+
+
+def side_by_side(fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
+    """``fn`` of each item, ``PARALLEL_CALLS`` at a time, results in the items' order.
+
+    If one fails, the items not yet started are not started; its error is raised once
+    the ones running are done.
+    """
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    pool = ThreadPoolExecutor(min(PARALLEL_CALLS, len(items)), thread_name_prefix="salesforce")
     try:
         # Logs stay the caller's (a Prefect task's); a context is entered by one thread.
-        futures = [
-            pool.submit(contextvars.copy_context().run, send_chunk, chunk) for chunk in chunks
-        ]
-        return [outcome for future in futures for outcome in future.result()]
+        futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in items]
+        return [future.result() for future in futures]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -980,7 +987,7 @@ def query_many(conn: SalesforceConnection, soqls: Sequence[str]) -> list[dict[st
 
 def query_each(conn: SalesforceConnection, soqls: Sequence[str]) -> list[list[dict[str, Any]]]:
     """Every record of each query, query by query, five queries to a ``POST /composite``
-    call.
+    call, the calls side by side (``side_by_side``).
 
     Used where a batch needs more than one query (matching a few thousand people): the org
     counts each composite call once, and the queries' text is in the body, not the URI, so
@@ -990,10 +997,9 @@ def query_each(conn: SalesforceConnection, soqls: Sequence[str]) -> list[list[di
     """
     if len(soqls) == 1 and len(quote_plus(soqls[0])) <= SOQL_URI_BUDGET:
         return [query(conn, soqls[0])]
-    found: list[list[dict[str, Any]]] = []
     prefix = f"/services/data/v{conn.settings.api_version}/query/?q="
-    for start in range(0, len(soqls), COMPOSITE_QUERIES):
-        group = soqls[start : start + COMPOSITE_QUERIES]
+
+    def send_group(group: Sequence[str]) -> list[list[dict[str, Any]]]:
         body = {
             "allOrNone": False,
             "compositeRequest": [
@@ -1002,13 +1008,14 @@ def query_each(conn: SalesforceConnection, soqls: Sequence[str]) -> list[list[di
             ],
         }
 
-        def send(sf: Salesforce, body: dict[str, Any] = body) -> Any:
+        def send(sf: Salesforce) -> Any:
             return sf.restful("composite", method="POST", json=body)
 
         answer = conn.call("POST /composite", send, write=False)
         answers = {
             item.get("referenceId"): item for item in (answer or {}).get("compositeResponse") or []
         }
+        found: list[list[dict[str, Any]]] = []
         for i in range(len(group)):
             item = answers.get(f"q{i}") or {}
             status = int(item.get("httpStatusCode") or 0)
@@ -1024,7 +1031,11 @@ def query_each(conn: SalesforceConnection, soqls: Sequence[str]) -> list[list[di
                     error_code=first.get("errorCode"),
                 )
             found.append(_all_pages(conn, page))
-    return found
+        return found
+
+    step = COMPOSITE_QUERIES
+    groups = [soqls[start : start + step] for start in range(0, len(soqls), step)]
+    return [records for found in side_by_side(send_group, groups) for records in found]
 
 
 _URL_SAFE = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-~ "
