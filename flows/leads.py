@@ -536,7 +536,15 @@ class BatchPlan:
             context={**held.context, **self.context},
             scores={**held.scores, **self.scores},
             adopted_before=held.adopted_before | self.adopted_before,
+            frame=joined_frames(held.frame, self.frame),
         )
+
+
+def joined_frames(*frames: pd.DataFrame | None) -> pd.DataFrame | None:
+    present = [frame for frame in frames if frame is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+    return pd.concat(present, ignore_index=True)
 
 
 COLLECTION_SIZE = 200  # records per sObject Collections call
@@ -1110,10 +1118,13 @@ def recheck_held(ctx: LeadsContext, held: BatchPlan) -> BatchPlan:
     decided afresh after the batches (``deliver_pending_leads``).
     """
     written = ctx.last_write
-    if written is None or held.frame is None or not held.send_keys:
+    if written is None or not held.send_keys:
         return held
-    people = match_keys(held.frame, held.send_keys)
-    again = {p.person_key for p in people if written.may_change(p, None)}
+    frame = held.frame
+    known = set() if frame is None else set(frame["person_key"])
+    people = [] if frame is None else match_keys(frame, [k for k in held.send_keys if k in known])
+    again = {key for key in held.send_keys if key not in known}  # no values kept: look again
+    again |= {p.person_key for p in people if written.may_change(p, None)}
     return defer(ctx, held, again, "held-back leads may be someone the last write created")
 
 
