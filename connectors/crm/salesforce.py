@@ -390,9 +390,9 @@ def _upsert_once(
     """The items in calls of 200, ``PARALLEL_CALLS`` calls at a time.
 
     The calls touch different records (one external id each), so they need not wait for
-    each other; a row lock one of them meets is retried like any other (``upsert``). If a
-    call fails for good, the calls not yet sent are not sent; the error is raised once the
-    ones on the wire are back.
+    each other; a row lock one of them meets is retried like any other (``upsert``). A
+    call that fails for good raises (see ``side_by_side``): the caller keeps the whole
+    batch to send again, which the external ids make harmless for the calls that landed.
     """
     headers = {"Sforce-Auto-Assign": "TRUE" if assign else "FALSE"}
     path = f"composite/sobjects/{sobject}/{external_id_field}"
@@ -420,8 +420,8 @@ def _upsert_once(
 def side_by_side(fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
     """``fn`` of each item, ``PARALLEL_CALLS`` at a time, results in the items' order.
 
-    If one fails, the items not yet started are not started; its error is raised once
-    the ones running are done.
+    The first failure (in the items' order) is raised once the calls running are done;
+    items no thread has taken by then are dropped.
     """
     if len(items) <= 1:
         return [fn(item) for item in items]
