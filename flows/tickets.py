@@ -518,11 +518,15 @@ def link_key(ticket: SalesTicket) -> str:
 
 
 def _crm_record(person: str, *ledgers: tuple[str, dict[str, Delivery]]) -> tuple[str, str] | None:
-    """(object, id) of the first ledger that holds the person's record."""
+    """(object, id) of the first ledger that holds the person's record.
+
+    The "Contact" ledger also keeps the lead of someone else a person's engagement was
+    logged on (the same human on another account, ``logged on lead``): that is a Lead.
+    """
     for sobject, ledger in ledgers:
         record = ledger.get(person)
         if record is not None and record.destination_id and record.status != "failed":
-            return sobject, record.destination_id
+            return "Lead" if record.status == "logged on lead" else sobject, record.destination_id
     return None
 
 

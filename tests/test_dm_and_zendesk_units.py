@@ -12,8 +12,9 @@ import requests
 from connectors.helpdesk.zendesk import _classify, _HttpFailure, error_text
 from connectors.http import Action
 from connectors.social.x_dm import parse_dm_events
-from flows.tickets import comment_body, idempotency_key
+from flows.tickets import _crm_record, comment_body, idempotency_key
 from socialcrm.inbox import StoredMessage
+from socialcrm.state import Delivery
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 BRAND = "906948460078698496"
@@ -142,3 +143,19 @@ def test_idempotency_key_is_stable_and_per_conversation() -> None:
     assert idempotency_key("x:conversation:1-2", "x:dm:1") != idempotency_key(
         "x:conversation:1-3", "x:dm:1"
     )
+
+
+def test_a_ticket_links_the_lead_a_senders_engagement_was_logged_on_as_a_lead() -> None:
+    """The "Contact" ledger also holds Tasks logged on someone else's lead (the same human
+    on another account): the ticket's CRM link must name that record a Lead."""
+    contact = {"x:1": Delivery("x:1", "003A", "h", "matched contact")}
+    logged = {"x:2": Delivery("x:2", "00QB", "h", "logged on lead")}
+    own = {
+        "x:2": Delivery("x:2", None, None, "failed"),
+        "x:3": Delivery("x:3", "00QC", "h", "created"),
+    }
+    ledgers = (("Contact", {**contact, **logged}), ("Lead", own))
+    assert _crm_record("x:1", *ledgers) == ("Contact", "003A")
+    assert _crm_record("x:2", *ledgers) == ("Lead", "00QB")
+    assert _crm_record("x:3", *ledgers) == ("Lead", "00QC")
+    assert _crm_record("x:4", *ledgers) is None
