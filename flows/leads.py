@@ -128,6 +128,7 @@ class LeadsContext:
     campaign_members: int = 0
     last_write: salesforce.Written | None = None  # what the last batch's write sent
     deferred: list[PersonRow] = field(default_factory=list)  # see defer_same_address
+    dry_run_addresses: dict[str, str] = field(default_factory=dict)  # address -> first key
     _crm_ready: Future[salesforce.SalesforceConnection] | None = None
     _crm_guard: threading.Lock = field(default_factory=threading.Lock)
     _spec: MappingSpec | None = None
@@ -481,6 +482,8 @@ class BatchPlan:
     # A Lead that carries someone else's external id gets a Task too (``on_leads``).
     contacts: dict[str, tuple[str, str]] = field(default_factory=dict)
     on_leads: set[str] = field(default_factory=set)
+    # Dry runs: new leads a real run would log on the lead of another (same address).
+    same_address: dict[str, str] = field(default_factory=dict)
     adopt: dict[str, str] = field(default_factory=dict)
     adopted_before: set[str] = field(default_factory=set)
     frame: pd.DataFrame | None = None
@@ -489,7 +492,11 @@ class BatchPlan:
         return [
             {
                 "record_key": key,
-                "status": "would update" if key in self.known else "would create",
+                "status": "would log on lead"
+                if key in self.same_address
+                else "would update"
+                if key in self.known
+                else "would create",
                 **record,
             }
             for key, record in zip(self.send_keys, self.to_send, strict=True)
@@ -1138,11 +1145,13 @@ def defer_same_address(ctx: LeadsContext, plan: BatchPlan) -> BatchPlan:
     pending in the store until then, so a crash loses nothing.
     """
     matching = ctx.settings.crm.matching
-    if ctx.dry_run or not matching.enabled or "email" not in matching.keys:
+    if not matching.enabled or "email" not in matching.keys:
         return plan
     email_field = match_rules(ctx).field_for("email")
-    first: dict[str, str] = {}
-    later: set[str] = set()
+    # A dry run writes nothing, so no lookup finds an earlier batch's lead: it remembers
+    # the addresses its batches would create, and shows what a real run would do.
+    first = ctx.dry_run_addresses if ctx.dry_run else {}
+    later: dict[str, str] = {}
     for key, record in zip(plan.send_keys, plan.to_send, strict=True):
         if key in plan.known or key in plan.adopt or key in plan.adopted_before:
             continue  # not a create
@@ -1150,10 +1159,13 @@ def defer_same_address(ctx: LeadsContext, plan: BatchPlan) -> BatchPlan:
         if address is None:
             continue
         if address in first:
-            later.add(key)
+            later[key] = first[address]
         else:
             first[address] = key
-    return defer(ctx, plan, later, "new leads share an address with another in the same call")
+    if ctx.dry_run:
+        plan.same_address.update(later)
+        return plan
+    return defer(ctx, plan, set(later), "new leads share an address with another in the same call")
 
 
 def defer(ctx: LeadsContext, plan: BatchPlan, keys: set[str], why: str) -> BatchPlan:

@@ -608,3 +608,30 @@ def test_two_new_people_with_one_address_in_one_batch_make_one_lead(
     assert tasks[0]["WhoId"] == sharing[0]["Id"]
     assert len(held) == len(expected) - 1
     assert summary["created"] == len(expected) - 1
+
+
+def test_a_dry_run_shows_the_second_of_two_people_with_one_address_logged_on_the_lead(
+    tmp_path: Path,
+) -> None:
+    """A dry run writes nothing, so no lookup finds the first's lead; it still shows what
+    a real run does with the second (in the same batch or a later one): a Task on the
+    first's lead, not a second lead (checked: without remembering the addresses, both
+    show as "would create")."""
+    box = start_sandbox(seed=11, write_config=tmp_path / "socialcrm.yaml", workdir=tmp_path)
+    try:
+        expected = expected_leads(box)
+        ordered = sorted(expected)
+        same_batch, later_batch = ordered[3], ordered[-3]
+        address = "one.person@example.com"
+        users = box._world.x_world.users
+        for key in (ordered[1], same_batch, later_batch):
+            users[key.split(":", 1)[1]].description = f"Mail me: {address}"
+        config = configure(box, crm={"batch_size": len(expected) * 3 // 4})
+        summary = leads(LeadsRun(config=config, dry_run=True))
+        assert box.state()["salesforce"]["Lead"] == []
+    finally:
+        box.stop()
+    outcomes = summary["outcomes"]
+    assert outcomes[ordered[1]] == "would create"
+    assert outcomes[same_batch] == outcomes[later_batch] == "would log on lead"
+    assert summary["would_create"] == len(expected) - 2
