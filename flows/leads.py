@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -1141,16 +1142,27 @@ def defer_same_address(ctx: LeadsContext, plan: BatchPlan) -> BatchPlan:
     People written in the same call are looked up together, before either exists: two
     accounts giving one address (one human) would make two leads where the org has no
     duplicate rule. The first goes now; the others wait in ``ctx.deferred`` and go after
-    it (``deliver_pending_leads``), when the lookup finds the first's lead. They stay
-    pending in the store until then, so a crash loses nothing.
+    it (``deliver_deferred``), when the lookup finds the first's lead. They stay pending
+    in the store until then, so a crash loses nothing. A dry run writes nothing, so no
+    lookup finds an earlier batch's lead: it remembers the addresses its batches would
+    create, and shows the others as a real run treats them (``would log on lead``).
+    """
+    if ctx.dry_run:
+        plan.same_address.update(same_address(ctx, plan, ctx.dry_run_addresses))
+        return plan
+    later = same_address(ctx, plan, {})
+    return defer(ctx, plan, set(later), "new leads share an address with another in the same call")
+
+
+def same_address(ctx: LeadsContext, plan: BatchPlan, first: dict[str, str]) -> dict[str, str]:
+    """New leads of ``plan`` whose address an earlier one has: key -> the earlier's key.
+
+    ``first`` (address -> key of its first new lead) is read and extended.
     """
     matching = ctx.settings.crm.matching
     if not matching.enabled or "email" not in matching.keys:
-        return plan
+        return {}
     email_field = match_rules(ctx).field_for("email")
-    # A dry run writes nothing, so no lookup finds an earlier batch's lead: it remembers
-    # the addresses its batches would create, and shows what a real run would do.
-    first = ctx.dry_run_addresses if ctx.dry_run else {}
     later: dict[str, str] = {}
     for key, record in zip(plan.send_keys, plan.to_send, strict=True):
         if key in plan.known or key in plan.adopt or key in plan.adopted_before:
@@ -1162,10 +1174,7 @@ def defer_same_address(ctx: LeadsContext, plan: BatchPlan) -> BatchPlan:
             later[key] = first[address]
         else:
             first[address] = key
-    if ctx.dry_run:
-        plan.same_address.update(later)
-        return plan
-    return defer(ctx, plan, set(later), "new leads share an address with another in the same call")
+    return later
 
 
 def defer(ctx: LeadsContext, plan: BatchPlan, keys: set[str], why: str) -> BatchPlan:
@@ -1316,15 +1325,23 @@ def deliver_pending_leads(
     if held is not None:
         outcomes.extend(write_batch(as_is(ctx), as_is(recheck_held(ctx, held))))
         number += 1
-    for _ in range(DEFERRED_ROUNDS):  # their lookup now finds the lead written before them
+    outcomes.extend(deliver_deferred(ctx, number))
+    if only is None:
+        ctx.store.clear_unqualified_pending(ctx.settings.qualification.threshold)
+    return outcomes
+
+
+def deliver_deferred(ctx: LeadsContext, number: int) -> list[SinkOutcome]:
+    """The people deferred by ``defer`` (after ``number`` batches), decided afresh: their
+    lookup now finds the lead written before them."""
+    outcomes: list[SinkOutcome] = []
+    for _ in range(DEFERRED_ROUNDS):  # the first of several may have failed: the next goes
         if not ctx.deferred:
             break
         people, ctx.deferred = ctx.deferred, []
         number += 1
         plan = defer_same_address(ctx, plan_batch_task(as_is(ctx), as_is(people), number))
         outcomes.extend(write_batch(as_is(ctx), as_is(plan)))
-    if only is None:
-        ctx.store.clear_unqualified_pending(ctx.settings.qualification.threshold)
     return outcomes
 
 
@@ -1349,12 +1366,18 @@ def review_and_deliver(
         plan_batch_task(as_is(ctx), as_is(batch), number)
         for number, batch in enumerate(pending_batches(ctx, limit=limit), 1)
     ]
+    # New leads sharing an address with an earlier one are shown, and later written, as
+    # Tasks on its lead (see defer_same_address): one lead per person, as without review.
+    addresses: dict[str, str] = {}
+    for plan in plans:
+        plan.same_address.update(same_address(ctx, plan, addresses))
     preview = [row for plan in plans for row in plan.preview()]
     rejected = [p for plan in plans for o in plan.decided for p in o.problems]
-    creates = sum(1 for row in preview if row["status"] == "would create")
+    shown = Counter(row["status"] for row in preview)
     headline = (
-        f"would create {creates}, update {len(preview) - creates}, reject "
-        f"{len({p.record_key for p in rejected})}"
+        f"would create {shown['would create']}, update {shown['would update']}, "
+        + (f"log on a lead {shown['would log on lead']}, " if shown["would log on lead"] else "")
+        + f"reject {len({p.record_key for p in rejected})}"
     )
     publish_review_artifact(ctx.account.name, headline, preview, rejected)
     logger = _logger()
@@ -1379,7 +1402,13 @@ def review_and_deliver(
         logger.warning(status)
         return [], status
     logger.info("review approved%s: writing the %d previewed leads", comment, len(preview))
-    outcomes = [o for plan in plans for o in write_batch(as_is(ctx), as_is(plan))]
+    why = "new leads share an address with an earlier one"
+    outcomes = [
+        outcome
+        for plan in plans
+        for outcome in write_batch(as_is(ctx), as_is(defer(ctx, plan, set(plan.same_address), why)))
+    ]
+    outcomes += deliver_deferred(ctx, len(plans))
     return outcomes, f"completed: approved in review{comment}"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,27 @@ def test_a_review_without_decision_writes_nothing(
     summary = leads(LeadsRun(config=str(sandbox.config_path), review=True, limit=5))
     assert summary["status"].startswith("not written: no review decision within 60 minutes")
     assert lead_ids(sandbox) == {}
+
+
+def test_a_review_shows_people_sharing_an_address_as_one_lead_and_writes_it_so(
+    sandbox: Sandbox,
+) -> None:
+    """Everyone gives the same address: the review shows one new lead and the others as
+    Tasks on it, and the approved run writes exactly that (checked: without it, the
+    preview shows every one of them as a new lead)."""
+    address = "team@example.com"
+    for user in sandbox._world.x_world.users.values():
+        user.description = f"Write to {address}"
+    run = ReviewedRun(str(sandbox.config_path), limit=8)
+    run_id = run.wait_paused()
+    statuses = Counter(row["status"] for row in review_table(run_id))
+    assert statuses["would create"] == 1 and statuses["would log on lead"] >= 2, statuses
+
+    resume_flow_run(run_id, run_input={"approve": True, "comment": "one person"})
+    summary = run.finish()
+
+    (lead,) = sandbox.state()["salesforce"]["Lead"]
+    assert lead["Email"] == address
+    tasks = [t for t in sandbox.state()["salesforce"]["Task"] if t.get("WhoId") == lead["Id"]]
+    assert summary["created"] == 1
+    assert summary["logged_on_lead"] == len(tasks) == statuses["would log on lead"]
