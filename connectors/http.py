@@ -241,6 +241,10 @@ class RetryPolicy:
     max_wait_seconds: float = 900.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+    # Session renewals per call: calls running side by side share a session, so one
+    # call can meet a session that another call's failure renewed, and then its own
+    # expiring; a session refused right after every renewal is a real failure.
+    max_reauthentications: int = 3
     sleep: Callable[[float], None] = time.sleep
 
 
@@ -258,11 +262,12 @@ def call_with_retry(
 
     ``classify`` maps an exception to an :class:`ApiError` (or ``None`` for a bug, which
     is re-raised untouched). Only ``RETRY`` errors are retried; ``REAUTH`` is retried
-    once after ``reauthenticate``; the last error gets the record keys attached.
+    after ``reauthenticate``, at most ``policy.max_reauthentications`` times a call; the
+    last error gets the record keys attached.
     """
     policy = policy or RetryPolicy()
     keys = list(record_keys)
-    reauthenticated = False
+    reauthentications = 0
     backoff = wait_random_exponential(multiplier=policy.backoff_initial, max=policy.backoff_max)
 
     def wait(state: RetryCallState) -> float:
@@ -272,7 +277,7 @@ def call_with_retry(
         return float(backoff(state))
 
     def attempt() -> T:
-        nonlocal reauthenticated
+        nonlocal reauthentications
         pace(system)
         try:
             return fn()
@@ -282,8 +287,9 @@ def call_with_retry(
             error = classify(exc)
             if error is None:
                 raise
-            if error.action is Action.REAUTH and reauthenticate and not reauthenticated:
-                reauthenticated = True
+            renewals_left = reauthentications < policy.max_reauthentications
+            if error.action is Action.REAUTH and reauthenticate and renewals_left:
+                reauthentications += 1
                 reauthenticate()
                 error.action = Action.RETRY
                 error.retry_after = 0.0

@@ -80,7 +80,45 @@ def test_transient_errors_are_retried_with_a_cap_and_name_the_records() -> None:
     assert "x:1" in str(error.value) and "salesforce" in str(error.value)
 
 
-def test_expired_session_reauthenticates_once() -> None:
+def test_a_session_refused_after_every_renewal_stops_after_a_few() -> None:
+    """Calls side by side share a session: a call may meet one another call renewed, then
+    its own expiring, so it may renew more than once; never without end."""
+    reauths: list[int] = []
+
+    def refused() -> str:
+        raise RuntimeError("expired")
+
+    with pytest.raises(ApiError) as error:
+        call_with_retry(
+            refused,
+            system="s",
+            call="c",
+            classify=lambda e: ApiError("s", "c", "expired", 401, Action.REAUTH),
+            policy=RetryPolicy(sleep=lambda _: None, max_reauthentications=3),
+            reauthenticate=lambda: reauths.append(1),
+        )
+    assert error.value.status == 401 and len(reauths) == 3
+
+    calls: list[int] = []
+
+    def expiring_twice() -> str:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise RuntimeError("expired")
+        return "ok"
+
+    result = call_with_retry(
+        expiring_twice,
+        system="s",
+        call="c",
+        classify=lambda e: ApiError("s", "c", "expired", 401, Action.REAUTH),
+        policy=RetryPolicy(sleep=lambda _: None),
+        reauthenticate=lambda: reauths.append(2),
+    )
+    assert result == "ok" and reauths.count(2) == 2
+
+
+def test_an_expired_session_is_renewed_and_the_call_retried() -> None:
     reauths, calls = [], []
 
     def failing() -> str:

@@ -111,11 +111,13 @@ class SalesforceConnection:
     _describe: dict[str, dict[str, DestinationField]] = field(default_factory=dict)
     # A batch is matched while the batch before is written: two threads count calls.
     _counting: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _renewing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def reauthenticate(self) -> None:
-        token, instance_url = obtain_token(self.settings, self.session)
-        self.sf = _client(self.settings, self.session, token, instance_url)
-        self.instance_url = instance_url
+        with self._renewing:  # calls side by side may find the session expired together
+            token, instance_url = obtain_token(self.settings, self.session)
+            self.sf = _client(self.settings, self.session, token, instance_url)
+            self.instance_url = instance_url
 
     def call(
         self, call: str, fn: Callable[[Salesforce], T], *, write: bool, keys: Sequence[str] = ()
