@@ -556,6 +556,7 @@ def joined_frames(*frames: pd.DataFrame | None) -> pd.DataFrame | None:
 
 
 COLLECTION_SIZE = 200  # records per sObject Collections call
+SHARED_ADDRESS = "new leads share an address with an earlier one"  # why they are deferred
 DEFERRED_ROUNDS = 3  # the first of several sharing an address may fail: the next goes
 HOLD_LIMIT = 10_000  # at most this many leads wait for the next batch
 
@@ -1150,8 +1151,7 @@ def defer_same_address(ctx: LeadsContext, plan: BatchPlan) -> BatchPlan:
     if ctx.dry_run:
         plan.same_address.update(same_address(ctx, plan, ctx.dry_run_addresses))
         return plan
-    later = same_address(ctx, plan, {})
-    return defer(ctx, plan, set(later), "new leads share an address with another in the same call")
+    return defer(ctx, plan, set(same_address(ctx, plan, {})), SHARED_ADDRESS)
 
 
 def same_address(ctx: LeadsContext, plan: BatchPlan, first: dict[str, str]) -> dict[str, str]:
@@ -1402,11 +1402,12 @@ def review_and_deliver(
         logger.warning(status)
         return [], status
     logger.info("review approved%s: writing the %d previewed leads", comment, len(preview))
-    why = "new leads share an address with an earlier one"
     outcomes = [
         outcome
         for plan in plans
-        for outcome in write_batch(as_is(ctx), as_is(defer(ctx, plan, set(plan.same_address), why)))
+        for outcome in write_batch(
+            as_is(ctx), as_is(defer(ctx, plan, set(plan.same_address), SHARED_ADDRESS))
+        )
     ]
     outcomes += deliver_deferred(ctx, len(plans))
     return outcomes, f"completed: approved in review{comment}"

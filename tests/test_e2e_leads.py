@@ -11,6 +11,7 @@ import json
 import math
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,25 @@ WEIGHTS = {kind.value: weight for kind, weight in DEFAULT_WEIGHTS.items()}
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
-    box = start_sandbox(seed=11, write_config=tmp_path / "socialcrm.yaml", workdir=tmp_path)
-    yield box
-    box.stop()
+    with own_sandbox(tmp_path) as box:
+        yield box
+
+
+@contextmanager
+def own_sandbox(tmp_path: Path, **options: Any) -> Iterator[Sandbox]:
+    """The seeded sandbox, started with these options, its config in ``tmp_path``."""
+    box = start_sandbox(
+        seed=11, write_config=tmp_path / "socialcrm.yaml", workdir=tmp_path, **options
+    )
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+def write_in_bio(box: Sandbox, person_key: str, text: str) -> None:
+    """What the X user ``person_key`` tells in their bio (people put addresses there)."""
+    box._world.x_world.users[person_key.split(":", 1)[1]].description = text
 
 
 def configure(sandbox: Sandbox, **changes: Any) -> str:
@@ -341,10 +358,7 @@ def test_cli_run_prints_the_json_summary_last(
 def test_leads_and_tickets_on_a_postgresql_store(tmp_path: Path, postgres_url: str) -> None:
     from flows.tickets import TicketsRun, tickets
 
-    box = start_sandbox(
-        seed=11, write_config=tmp_path / "socialcrm.yaml", workdir=tmp_path, state_url=postgres_url
-    )
-    try:
+    with own_sandbox(tmp_path, state_url=postgres_url) as box:
         config = configure(box)
         first = leads(LeadsRun(config=config))
         assert first["created"] == len(expected_leads(box)) > 0
@@ -354,8 +368,6 @@ def test_leads_and_tickets_on_a_postgresql_store(tmp_path: Path, postgres_url: s
         inbox = tickets(TicketsRun(config=config))
         assert inbox["tickets_created"] > 0
         assert tickets(TicketsRun(config=config))["api_calls"]["zendesk"]["writes"] == 0
-    finally:
-        box.stop()
 
 
 def test_more_new_mentions_than_the_timeline_reaches_is_reported_as_a_gap(
@@ -420,26 +432,17 @@ def test_a_batch_is_mapped_while_the_one_before_is_written_yet_matches_its_leads
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    box = start_sandbox(
-        seed=11,
-        write_config=tmp_path / "socialcrm.yaml",
-        workdir=tmp_path,
-        latency_ms=100,
-        sf_duplicate_rules=False,
-    )
-    try:
+    with own_sandbox(tmp_path, latency_ms=100, sf_duplicate_rules=False) as box:
         expected = expected_leads(box)
         first, last = min(expected), max(expected)  # batches go by person key
         address = "shared.person@example.com"
         for key in (first, last):
-            box._world.x_world.users[key.split(":", 1)[1]].description = f"Mail me: {address}"
+            write_in_bio(box, key, f"Mail me: {address}")
         batch_size = len(expected) * 3 // 4  # two batches of the pending people
         config = configure(box, crm={"batch_size": batch_size, "bulk_threshold": 100})
         state = leads(LeadsRun(config=config), return_state=True)
         summary = state.result()
         held = box.state()["salesforce"]["Lead"]
-    finally:
-        box.stop()
     sharing = [lead for lead in held if (lead.get("Email") or "").lower() == address]
     assert len(sharing) == 1, sharing
     outcomes = summary["outcomes"]
@@ -507,16 +510,12 @@ def test_two_of_our_people_with_one_address_share_a_lead_and_neither_takes_it_ov
     the lead flip to the second and back). The second finds the lead by matching, or,
     with matching off, as the lead the org's duplicate rule names when it refuses the
     second's create (checked the same way)."""
-    box = start_sandbox(
-        seed=11, write_config=tmp_path / "socialcrm.yaml", workdir=tmp_path, latency_ms=0
-    )
-    try:
+    with own_sandbox(tmp_path, latency_ms=0) as box:
         expected = expected_leads(box)
         first, second = min(expected), max(expected)  # batches go by person key
         address = "one.person@example.com"
-        users = box._world.x_world.users
         for key in (first, second):
-            users[key.split(":", 1)[1]].description = f"Mail me: {address}"
+            write_in_bio(box, key, f"Mail me: {address}")
         batch_size = len(expected) * 3 // 4  # first in batch 1, second in batch 2
         config = configure(box, crm={"batch_size": batch_size, "matching": {"enabled": matching}})
 
@@ -533,7 +532,7 @@ def test_two_of_our_people_with_one_address_share_a_lead_and_neither_takes_it_ov
         )
         assert summary["logged_on_lead"] == 1
         assert lead["Social_Profile_Id__c"] == first
-        assert lead["Social_Handle__c"] == users[first.split(":", 1)[1]].username
+        assert lead["Social_Handle__c"] == box._world.x_world.users[first.split(":")[1]].username
         tasks = [t for t in box.state()["salesforce"]["Task"] if t.get("WhoId") == lead["Id"]]
         assert [t["Socialcrm_Key__c"].split(":engaged:")[0] for t in tasks] == [second]
         assert "Engagement score" in (tasks[0].get("Description") or "")
@@ -558,8 +557,6 @@ def test_two_of_our_people_with_one_address_share_a_lead_and_neither_takes_it_ov
         after = [t for t in box.state()["salesforce"]["Task"] if t.get("WhoId") == lead["Id"]]
         assert after == tasks
         assert len(box.state()["salesforce"]["Lead"]) == len(expected) - 1
-    finally:
-        box.stop()
 
 
 @pytest.mark.parametrize(
@@ -576,27 +573,17 @@ def test_two_new_people_with_one_address_in_one_batch_make_one_lead(
     to fill calls of 200). The second goes after the first and is logged on its lead
     (checked: without ``defer_same_address``, resp. ``recheck_held``, there are two leads
     with that address)."""
-    box = start_sandbox(
-        seed=11,
-        write_config=tmp_path / "socialcrm.yaml",
-        workdir=tmp_path,
-        latency_ms=0,
-        sf_duplicate_rules=False,
-    )
-    try:
+    with own_sandbox(tmp_path, latency_ms=0, sf_duplicate_rules=False) as box:
         expected = expected_leads(box)
         ordered = sorted(expected)
         first, second = ordered[at_first], ordered[at_second]  # one batch: everyone
         address = "One.Person@Example.com"
-        users = box._world.x_world.users
-        users[first.split(":", 1)[1]].description = f"Mail me: {address}"
-        users[second.split(":", 1)[1]].description = f"mail: {address.lower()} please"
+        write_in_bio(box, first, f"Mail me: {address}")
+        write_in_bio(box, second, f"mail: {address.lower()} please")
         config = configure(box, crm={"batch_size": 2 * len(expected)})
         summary = leads(LeadsRun(config=config))
         held = box.state()["salesforce"]["Lead"]
         tasks = box.state()["salesforce"]["Task"]
-    finally:
-        box.stop()
     sharing = [lead for lead in held if (lead.get("Email") or "").lower() == address.lower()]
     assert len(sharing) == 1, sharing
     assert sharing[0]["Social_Profile_Id__c"] == first
@@ -617,20 +604,16 @@ def test_a_dry_run_shows_the_second_of_two_people_with_one_address_logged_on_the
     a real run does with the second (in the same batch or a later one): a Task on the
     first's lead, not a second lead (checked: without remembering the addresses, both
     show as "would create")."""
-    box = start_sandbox(seed=11, write_config=tmp_path / "socialcrm.yaml", workdir=tmp_path)
-    try:
+    with own_sandbox(tmp_path) as box:
         expected = expected_leads(box)
         ordered = sorted(expected)
         same_batch, later_batch = ordered[3], ordered[-3]
         address = "one.person@example.com"
-        users = box._world.x_world.users
         for key in (ordered[1], same_batch, later_batch):
-            users[key.split(":", 1)[1]].description = f"Mail me: {address}"
+            write_in_bio(box, key, f"Mail me: {address}")
         config = configure(box, crm={"batch_size": len(expected) * 3 // 4})
         summary = leads(LeadsRun(config=config, dry_run=True))
         assert box.state()["salesforce"]["Lead"] == []
-    finally:
-        box.stop()
     outcomes = summary["outcomes"]
     assert outcomes[ordered[1]] == "would create"
     assert outcomes[same_batch] == outcomes[later_batch] == "would log on lead"

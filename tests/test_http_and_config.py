@@ -80,62 +80,42 @@ def test_transient_errors_are_retried_with_a_cap_and_name_the_records() -> None:
     assert "x:1" in str(error.value) and "salesforce" in str(error.value)
 
 
-def test_a_session_refused_after_every_renewal_stops_after_a_few() -> None:
-    """Calls side by side share a session: a call may meet one another call renewed, then
-    its own expiring, so it may renew more than once; never without end."""
-    reauths: list[int] = []
+def expiring(times: float, policy: RetryPolicy) -> tuple[str | ApiError, int]:
+    """A call whose session is refused ``times`` times in a row: its result, and how many
+    times the session was renewed."""
+    refusals, renewals = [0], [0]
 
-    def refused() -> str:
-        raise RuntimeError("expired")
+    def call() -> str:
+        if refusals[0] < times:
+            refusals[0] += 1
+            raise RuntimeError("expired")
+        return "ok"
 
-    with pytest.raises(ApiError) as error:
-        call_with_retry(
-            refused,
+    try:
+        result: str | ApiError = call_with_retry(
+            call,
             system="s",
             call="c",
             classify=lambda e: ApiError("s", "c", "expired", 401, Action.REAUTH),
-            policy=RetryPolicy(sleep=lambda _: None, max_reauthentications=3),
-            reauthenticate=lambda: reauths.append(1),
+            policy=policy,
+            reauthenticate=lambda: renewals.__setitem__(0, renewals[0] + 1),
         )
-    assert error.value.status == 401 and len(reauths) == 3
-
-    calls: list[int] = []
-
-    def expiring_twice() -> str:
-        calls.append(1)
-        if len(calls) <= 2:
-            raise RuntimeError("expired")
-        return "ok"
-
-    result = call_with_retry(
-        expiring_twice,
-        system="s",
-        call="c",
-        classify=lambda e: ApiError("s", "c", "expired", 401, Action.REAUTH),
-        policy=RetryPolicy(sleep=lambda _: None),
-        reauthenticate=lambda: reauths.append(2),
-    )
-    assert result == "ok" and reauths.count(2) == 2
+    except ApiError as error:
+        result = error
+    return result, renewals[0]
 
 
 def test_an_expired_session_is_renewed_and_the_call_retried() -> None:
-    reauths, calls = [], []
+    assert expiring(1, RetryPolicy(sleep=lambda _: None)) == ("ok", 1)
 
-    def failing() -> str:
-        calls.append(1)
-        if len(calls) < 2:
-            raise RuntimeError("expired")
-        return "ok"
 
-    result = call_with_retry(
-        failing,
-        system="s",
-        call="c",
-        classify=lambda e: ApiError("s", "c", "expired", 401, Action.REAUTH),
-        policy=RetryPolicy(sleep=lambda _: None),
-        reauthenticate=lambda: reauths.append(1),
-    )
-    assert result == "ok" and reauths == [1]
+def test_a_session_refused_after_every_renewal_stops_after_a_few() -> None:
+    """Calls side by side share a session: a call may meet one another call renewed, then
+    its own expiring, so it may renew more than once; never without end."""
+    assert expiring(2, RetryPolicy(sleep=lambda _: None)) == ("ok", 2)
+    policy = RetryPolicy(sleep=lambda _: None, max_reauthentications=3)
+    error, renewals = expiring(float("inf"), policy)
+    assert isinstance(error, ApiError) and error.status == 401 and renewals == 3
 
 
 def test_secrets_are_redacted_from_messages() -> None:
