@@ -362,8 +362,9 @@ def test_a_job_that_outlasts_the_wait_is_aborted_and_retried_later(fresh: Sandbo
 def test_collections_calls_of_one_upsert_go_side_by_side_in_order(
     fresh: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The calls of 200 touch different records: up to four are on the wire at once (the
-    sandbox holds each 100 ms), and the outcomes still come back in the records' order."""
+    """The calls of 200 touch different records: several, never more than four, are on the
+    wire at once (the sandbox holds each 100 ms), and the outcomes still come back in the
+    records' order (checked: with one call at a time this fails)."""
     fresh.set_options(latency_ms=100)
     spans: list[tuple[float, float]] = []
     call = SalesforceConnection.call
@@ -387,8 +388,11 @@ def test_collections_calls_of_one_upsert_go_side_by_side_in_order(
     assert [o.record_key for o in outcomes] == keys
     assert {o.status for o in outcomes} == {"created"}
     assert len(spans) == 5
-    first_four = sorted(spans)[:4]
-    assert max(start for start, _ in first_four) < min(end for _, end in first_four)
+    # How many were on the wire when each began: more than one, never more than four.
+    # (Not "all four at once": a thread scheduled late, or a new TLS connection, can start
+    # a call just after another one ended, on a busy machine.)
+    in_flight = [sum(s <= start < e for s, e in spans) for start, _ in spans]
+    assert 2 <= max(in_flight) <= salesforce.PARALLEL_CALLS, in_flight
     assert sorted(leads(fresh, "side:")) == sorted(keys)
 
 
