@@ -126,12 +126,48 @@ def load_phrases(language: str) -> tuple[str, ...]:
     return tuple(phrase for phrase in phrases if phrase)
 
 
+_Trie = dict[str, "_Trie"]
+
+
+def phrase_pattern(phrases: Iterable[str]) -> str:
+    """One regex alternative for ``phrases``, as a character trie.
+
+    ``a demo|a quote|...`` makes the regex engine try every phrase at every position; the
+    trie tries one branch per character (1.7 times faster on posts). A phrase that is the
+    start of a longer one is an optional tail (``demo(?:s)?``), tried longer first:
+    with a ``(?!\\w)`` after it, the longest phrase ending at a word boundary wins, as in
+    an alternation sorted longest first.
+    """
+    trie: _Trie = {}
+    for phrase in phrases:
+        node = trie
+        for char in phrase:
+            node = node.setdefault(char, {})
+        node[""] = {}  # a phrase ends here
+
+    def render(node: _Trie) -> str:
+        branches = [re.escape(char) + render(child) for char, child in sorted(node.items()) if char]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return render(trie)
+
+
+_FOUND_KEPT = 16_384  # texts whose phrases a matcher remembers (see IntentMatcher.find)
+
+
 @dataclass(frozen=True)
 class IntentMatcher:
     """Finds phrases in text: case/accent-insensitive, whole words, longest phrase first."""
 
     pattern: re.Pattern[str] | None
     names: Mapping[str, str]  # folded phrase -> phrase as written in its list
+    # A text is looked into when stored, scored, and ranked twice for the lead: once.
+    _found: dict[str, tuple[str, ...]] = field(
+        default_factory=dict, compare=False, repr=False, hash=False
+    )
 
     @classmethod
     def from_phrases(cls, phrases: Iterable[str]) -> IntentMatcher:
@@ -142,15 +178,19 @@ class IntentMatcher:
                 names[folded] = " ".join(phrase.split())
         if not names:
             return cls(None, names)
-        # Longest first: at one position "book a demo" wins over "a demo".
-        alternatives = "|".join(re.escape(p) for p in sorted(names, key=len, reverse=True))
-        return cls(re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)"), names)
+        return cls(re.compile(rf"(?<!\w){phrase_pattern(names)}(?!\w)"), names)
 
     def find(self, text: str | None) -> list[str]:
         """Distinct phrases found in ``text``, in order of appearance."""
         if not text or self.pattern is None:
             return []
-        found = dict.fromkeys(self.names[m.group(0)] for m in self.pattern.finditer(fold(text)))
+        found = self._found.get(text)
+        if found is None:
+            matches = self.pattern.finditer(fold(text))
+            found = tuple(dict.fromkeys(self.names[m.group(0)] for m in matches))
+            if len(self._found) >= _FOUND_KEPT:
+                self._found.clear()
+            self._found[text] = found
         return list(found)
 
 

@@ -21,8 +21,10 @@ from socialcrm.scoring import (
     decay_factor,
     engagement_score,
     fold,
+    intent_matcher,
     intent_phrases,
     load_phrases,
+    phrase_pattern,
     score_breakdown,
     score_people,
     stored_score,
@@ -358,3 +360,46 @@ def _fold_reference(text: str) -> str:
 @given(st.text(max_size=40))
 def test_fold_matches_the_character_by_character_definition(text: str) -> None:
     assert fold(text) == _fold_reference(text)
+
+
+_SHIPPED = {fold(p) for language in ("en", "fr") for p in load_phrases(language)}
+# Plus their first words ("book a demo": "book", "book a"): phrases inside longer ones.
+_PHRASES = sorted(_SHIPPED | {" ".join(p.split()[:n]) for p in _SHIPPED for n in (1, 2)})
+_ALTERNATION = re.compile(
+    "(?<!\\w)(?:"
+    + "|".join(re.escape(p) for p in sorted(_PHRASES, key=len, reverse=True))
+    + ")(?!\\w)"
+)
+_TRIE = re.compile(f"(?<!\\w){phrase_pattern(_PHRASES)}(?!\\w)")
+_PIECES = sorted({word for p in _PHRASES for word in p.split()} | {"x", "s", "-", "é", "_"})
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=12), st.lists(st.sampled_from(["", " ", "s"])))
+def test_the_phrase_trie_finds_what_the_longest_first_alternation_finds(
+    words: list[str], joints: list[str]
+) -> None:
+    """Texts made of the phrases' own words (glued, spaced, pluralised): the trie must
+    pick the same phrase at the same place as the plain alternation, longest first."""
+    text = "".join(w + (joints[i] if i < len(joints) else " ") for i, w in enumerate(words))
+    trie = [(m.start(), m.group(0)) for m in _TRIE.finditer(text)]
+    assert trie == [(m.start(), m.group(0)) for m in _ALTERNATION.finditer(text)]
+
+
+def test_a_phrase_inside_a_longer_one_and_prefixes() -> None:
+    phrases = ["demo", "demos", "a demo", "ab", "book", "book a demo"]
+    pattern = re.compile(f"(?<!\\w){phrase_pattern(phrases)}(?!\\w)")
+    text = "a demos, demo, a demo, ab, abc, a, book a demo, book a dem"
+    assert [m.group(0) for m in pattern.finditer(text)] == [
+        "demos", "demo", "a demo", "ab", "book a demo", "book",
+    ]  # fmt: skip
+
+
+def test_a_text_is_looked_into_once_and_its_answer_cannot_be_changed() -> None:
+    matcher = intent_matcher(Qualification())
+    text = "how much is it? can we book a demo (memo test)"
+    first = matcher.find(text)
+    assert first == ["how much is", "book a demo"]
+    first.append("tampered")
+    assert matcher._found[text] == ("how much is", "book a demo")
+    assert matcher.find(text) == ["how much is", "book a demo"]
