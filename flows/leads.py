@@ -1115,8 +1115,10 @@ def deliver_batch(
     plan = decide_batch(ctx, prepared)
     if held is not None:
         plan = plan.after(recheck_held(ctx, held))
-    now, later = hold_back(ctx, plan)
-    return write_plan(ctx, defer_same_address(ctx, now)), later
+    # Before holding any back: leads held now go out together with the next batch's, and
+    # the last held ones alone, with no lookup in between.
+    now, later = hold_back(ctx, defer_same_address(ctx, plan))
+    return write_plan(ctx, now), later
 
 
 def recheck_held(ctx: LeadsContext, held: BatchPlan) -> BatchPlan:
@@ -1322,7 +1324,7 @@ def deliver_pending_leads(
             if writing.state.is_failed() or writing.state.is_crashed():
                 writing.result()
         raise
-    if held is not None:
+    if held is not None:  # decided with earlier leads already: no address twice in it
         outcomes.extend(write_batch(as_is(ctx), as_is(recheck_held(ctx, held))))
         number += 1
     outcomes.extend(deliver_deferred(ctx, number))

@@ -560,19 +560,25 @@ def test_two_of_our_people_with_one_address_share_a_lead_and_neither_takes_it_ov
 
 
 @pytest.mark.parametrize(
-    ("at_first", "at_second"),
-    [(3, 5), (3, -3)],
-    ids=["in-the-same-call", "one-held-back-for-the-next-call"],
+    ("at_first", "at_second", "batch_size"),
+    [(3, 5, "twice"), (3, -3, "twice"), (-3, -2, "twice"), (3, 5, "default")],
+    ids=[
+        "in-the-same-call",
+        "one-held-back-for-the-next-call",
+        "both-held-back-for-the-last-call",
+        "defaults-the-whole-batch-held-back-for-a-bulk-job",
+    ],
 )
 def test_two_new_people_with_one_address_in_one_batch_make_one_lead(
-    tmp_path: Path, at_first: int, at_second: int
+    tmp_path: Path, at_first: int, at_second: int, batch_size: str
 ) -> None:
     """People of one batch are looked up together, before either lead exists; with the
     org's duplicate rule off nothing else would stop a second lead, whether they go in the
-    same call or one of them waits for the next (the batch's last 4 leads are held back
-    to fill calls of 200). The second goes after the first and is logged on its lead
-    (checked: without ``defer_same_address``, resp. ``recheck_held``, there are two leads
-    with that address)."""
+    same call, one of them waits for the next (the batch's last 4 leads are held back to
+    fill calls of 200), both wait for the last call, or, with the default settings, the
+    whole batch waits for a Bulk job. The second goes after the first and is logged on
+    its lead (checked: without ``defer_same_address``, resp. ``recheck_held``, and with
+    ``defer_same_address`` after ``hold_back``, there are two leads with that address)."""
     with own_sandbox(tmp_path, latency_ms=0, sf_duplicate_rules=False) as box:
         expected = expected_leads(box)
         ordered = sorted(expected)
@@ -580,7 +586,8 @@ def test_two_new_people_with_one_address_in_one_batch_make_one_lead(
         address = "One.Person@Example.com"
         write_in_bio(box, first, f"Mail me: {address}")
         write_in_bio(box, second, f"mail: {address.lower()} please")
-        config = configure(box, crm={"batch_size": 2 * len(expected)})
+        crm = {"batch_size": 2 * len(expected)} if batch_size == "twice" else {}
+        config = configure(box, crm=crm)
         summary = leads(LeadsRun(config=config))
         held = box.state()["salesforce"]["Lead"]
         tasks = box.state()["salesforce"]["Task"]
