@@ -1012,21 +1012,17 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
         unsure = False
         try:
             sent = send_leads(ctx, plan)
-            sent += log_on_contacts(ctx, plan, plan.contacts)
         except ApiError as error:
             if is_systemic(error):
                 raise
             unsure = True  # some calls may have gone through before this one failed
-            # Retries exhausted or refused whole: every record keeps its reason, replayable.
-            sent = [
-                SinkOutcome(
-                    key,
-                    "failed",
-                    problems=[RecordProblem(key, "delivery", "salesforce", str(error))],
-                    retryable=error.action is Action.RETRY,
-                )
-                for key in plan.send_keys
-            ]
+            sent = failed_outright(plan.send_keys, error)
+        try:
+            sent += log_on_contacts(ctx, plan, plan.contacts)
+        except ApiError as error:
+            if is_systemic(error):
+                raise
+            sent += failed_outright(list(plan.contacts), error)
         for outcome in sent:
             outcome.payload_hash = outcome.payload_hash or plan.hashes.get(outcome.record_key)
         outcomes.extend(sent)
@@ -1082,6 +1078,20 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
         ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to do",
     )
     return outcomes
+
+
+def failed_outright(keys: list[str], error: ApiError) -> list[SinkOutcome]:
+    """Every record of a write refused whole, or whose retries ran out, with the reason:
+    it stays pending (retryable) or goes to the dead letters, never silently done."""
+    return [
+        SinkOutcome(
+            key,
+            "failed",
+            problems=[RecordProblem(key, "delivery", "salesforce", str(error))],
+            retryable=error.action is Action.RETRY,
+        )
+        for key in keys
+    ]
 
 
 @task(

@@ -604,6 +604,52 @@ def test_two_new_people_with_one_address_in_one_batch_make_one_lead(
     assert summary["created"] == len(expected) - 1
 
 
+def test_a_task_write_that_fails_leaves_its_person_pending_and_the_next_run_logs_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second of two people with one address gets a Task on the first's lead; when
+    that write fails for good (retries spent), the person is counted failed and stays
+    pending, and the next run writes the Task (checked: the old code counted nobody
+    failed and cleared the person, whose engagement never reached the CRM)."""
+    from connectors.crm import salesforce
+    from connectors.http import Action, ApiError
+
+    def unavailable(conn: Any, tasks: Any, keys: Any, **_: Any) -> Any:
+        raise ApiError(
+            "salesforce",
+            "PATCH /composite/sobjects/Task/Socialcrm_Key__c",
+            "503 Service Unavailable (retries spent)",
+            status=503,
+            action=Action.RETRY,
+            record_keys=list(keys),
+        )
+
+    with own_sandbox(tmp_path, latency_ms=0, sf_duplicate_rules=False) as box:
+        expected = expected_leads(box)
+        ordered = sorted(expected)
+        first, second = ordered[3], ordered[5]
+        address = "one.person@example.com"
+        write_in_bio(box, first, f"Mail me: {address}")
+        write_in_bio(box, second, f"mail: {address} please")
+        config = configure(box)
+        with monkeypatch.context() as patch:
+            patch.setattr(salesforce, "upsert_tasks", unavailable)
+            summary = leads(LeadsRun(config=config))
+        assert (summary["outcomes"][first], summary["outcomes"][second]) == ("created", "failed")
+        assert summary["failed"] == 1
+        with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
+            pending = {
+                p.person_key for b in store.pending_people(batch_size=1000, min_score=0) for p in b
+            }
+        assert pending == {second}
+        assert box.state()["salesforce"]["Task"] == []
+
+        again = leads(LeadsRun(config=config))
+        assert again["outcomes"] == {second: "logged on lead"}
+        (task,) = box.state()["salesforce"]["Task"]
+        assert task["Socialcrm_Key__c"].startswith(second + ":engaged:")
+
+
 def test_a_dry_run_shows_the_second_of_two_people_with_one_address_logged_on_the_lead(
     tmp_path: Path,
 ) -> None:
