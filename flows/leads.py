@@ -130,6 +130,7 @@ class LeadsContext:
     last_write: salesforce.Written | None = None  # what the last batch's write sent
     deferred: list[PersonRow] = field(default_factory=list)  # see defer_same_address
     dry_run_addresses: dict[str, str] = field(default_factory=dict)  # address -> first key
+    adopting: dict[str, str] = field(default_factory=dict)  # lead id -> who adopts it
     _crm_ready: Future[salesforce.SalesforceConnection] | None = None
     _crm_guard: threading.Lock = field(default_factory=threading.Lock)
     _spec: MappingSpec | None = None
@@ -163,6 +164,13 @@ class LeadsContext:
         if self._exclusions is None:
             self._exclusions = ExclusionRules.build(self.settings.exclusions)
         return self._exclusions
+
+    def adopter(self, lead_id: str, key: str) -> str:
+        """Who of our people adopts the unclaimed lead ``lead_id`` in this run: the first
+        to ask. Two adopting it in one write (or in one reviewed plan) would each write
+        their external id on it, and the last would win; the others get a Task on it."""
+        with self.serial:
+            return self.adopting.setdefault(lead_id, key)
 
     def crm_connection(self) -> salesforce.SalesforceConnection:
         """Connect to the CRM only when there is something to deliver."""
@@ -731,6 +739,10 @@ def decide_batch(ctx: LeadsContext, prepared: PreparedBatch) -> BatchPlan:
             continue
         if match is not None and match.object == "Lead" and match.matched_by != "external_id":
             assert match.id is not None
+            if ctx.adopter(match.id, key) != key:
+                plan.contacts[key] = (match.id, match.matched_by)
+                plan.on_leads.add(key)
+                continue
             plan.adopt[key] = match.id
         if known is not None and known.status == "matched lead":
             plan.adopted_before.add(key)
@@ -854,7 +866,10 @@ def send_leads(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
         contact = next((rid for obj, rid in named if obj == "Contact"), None)
         if contact:
             contacts[outcome.record_key] = (contact, "duplicate rule")
-        elif lead and claims.get(lead, outcome.record_key) != outcome.record_key:
+        elif lead and (
+            claims.get(lead, outcome.record_key) != outcome.record_key
+            or ctx.adopter(lead, outcome.record_key) != outcome.record_key
+        ):
             contacts[outcome.record_key] = (lead, "duplicate rule")
             plan.on_leads.add(outcome.record_key)
         elif lead:

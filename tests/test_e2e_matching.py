@@ -123,3 +123,53 @@ def test_new_leads_and_matched_customers_join_the_campaign_once(sandbox: Sandbox
     leads(LeadsRun(config=str(sandbox.config_path)))
     again = [m for m in sandbox.state()["salesforce"]["CampaignMember"]]
     assert len(again) == len(org["CampaignMember"])
+
+
+@pytest.mark.parametrize("duplicate_rule", [False, True], ids=["matched", "named-by-the-rule"])
+def test_two_of_our_people_matching_one_unclaimed_lead_do_not_both_adopt_it(
+    sandbox: Sandbox, duplicate_rule: bool
+) -> None:
+    """A salesperson's lead (no external id) whose address two of our people give: the
+    first adopts it (our external id and social fields on it), the other gets a Task on
+    it, and a second run changes nothing (checked: both adopting it in one write made the
+    last one's external id win over the first's ledger). With matching off, the org's
+    duplicate rule names the lead to both creates, with the same result."""
+    truth: dict[str, Any] = sandbox.crm_truth()
+    state = sandbox.state()
+    must = qualified(engagement_counts(state), state)
+    owner = next(
+        key
+        for key, entry in sorted(truth.items())
+        if key in must
+        and entry.get("object") == "Lead"
+        and entry.get("matched_by") == "email"
+        and not entry.get("ambiguous")
+    )
+    address, lead_id = truth[owner]["email"], truth[owner]["id"]
+    other = next(key for key in sorted(must) if key not in truth)
+    for key in (owner, other):
+        sandbox._world.x_world.users[key.split(":", 1)[1]].description = f"Mail me: {address}"
+    assert sandbox.config_path is not None
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["crm"]["matching"] = {"enabled": not duplicate_rule}
+    sandbox.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    summary = leads(LeadsRun(config=str(sandbox.config_path)))
+    outcomes = {key: summary["outcomes"][key] for key in (owner, other)}
+    (adopter,) = [key for key, status in outcomes.items() if status == "matched lead"]
+    (logged,) = [key for key, status in outcomes.items() if status == "logged on lead"]
+    lead = next(lead for lead in sandbox.state()["salesforce"]["Lead"] if lead["Id"] == lead_id)
+    assert lead["Social_Profile_Id__c"] == adopter
+    tasks = [t for t in sandbox.state()["salesforce"]["Task"] if t.get("WhoId") == lead_id]
+    assert [t["Socialcrm_Key__c"].split(":engaged:")[0] for t in tasks] == [logged]
+    addressed = [
+        lead
+        for lead in sandbox.state()["salesforce"]["Lead"]
+        if (lead.get("Email") or "").lower() == address.lower()
+    ]
+    assert [lead["Id"] for lead in addressed] == [lead_id]
+
+    again = leads(LeadsRun(config=str(sandbox.config_path)))
+    assert again["failed"] == 0
+    lead = next(lead for lead in sandbox.state()["salesforce"]["Lead"] if lead["Id"] == lead_id)
+    assert lead["Social_Profile_Id__c"] == adopter
