@@ -66,6 +66,12 @@ class ApiError(Exception):
         return f"{self.system} {self.call}{status}: {redact(self.message)}{keys}"
 
 
+def is_systemic(error: ApiError) -> bool:
+    """Failures the next record would meet too (a spent quota, refused credentials): the
+    run stops rather than spoil a batch; any other failure stays with its records."""
+    return error.action is Action.QUOTA or error.status in (401, 403)
+
+
 class _TimeoutAdapter(HTTPAdapter):
     """simple-salesforce sets no timeout; a hung socket must never hang a scheduled run."""
 

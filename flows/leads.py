@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from connectors.crm import salesforce
 from connectors.helpdesk import zendesk
-from connectors.http import Action, ApiError, Pacing, set_pacing
+from connectors.http import Action, ApiError, Pacing, is_systemic, set_pacing
 from connectors.social import x
 from flows.params import RunTarget, as_is
 from flows.reporting import (
@@ -857,9 +857,15 @@ def send_leads(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
     }
     # A lead the rule names may carry another external id (another of our people): a Task
     # on it, not a takeover (see decide_batch).
-    claims = (
-        salesforce.field_values(conn, sobject, spec.external_id, named_leads) if named_leads else {}
-    )
+    claims: dict[str, str] = {}
+    try:
+        if named_leads:
+            claims = salesforce.field_values(conn, sobject, spec.external_id, named_leads)
+    except ApiError as error:  # the leads written above stand; these go again later
+        if is_systemic(error):
+            raise
+        outcomes += salesforce.failed_call([o.record_key for o in duplicates], error)
+        duplicates = []
     for outcome in duplicates:
         named = salesforce.duplicate_matches(outcome)
         lead = next((rid for obj, rid in named if obj == "Lead"), None)
@@ -1031,13 +1037,13 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
             if is_systemic(error):
                 raise
             unsure = True  # some calls may have gone through before this one failed
-            sent = failed_outright(plan.send_keys, error)
+            sent = salesforce.failed_call(plan.send_keys, error)
         try:
             sent += log_on_contacts(ctx, plan, plan.contacts)
         except ApiError as error:
             if is_systemic(error):
                 raise
-            sent += failed_outright(list(plan.contacts), error)
+            sent += salesforce.failed_call(list(plan.contacts), error)
         for outcome in sent:
             outcome.payload_hash = outcome.payload_hash or plan.hashes.get(outcome.record_key)
         outcomes.extend(sent)
@@ -1093,20 +1099,6 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
         ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "nothing to do",
     )
     return outcomes
-
-
-def failed_outright(keys: list[str], error: ApiError) -> list[SinkOutcome]:
-    """Every record of a write refused whole, or whose retries ran out, with the reason:
-    it stays pending (retryable) or goes to the dead letters, never silently done."""
-    return [
-        SinkOutcome(
-            key,
-            "failed",
-            problems=[RecordProblem(key, "delivery", "salesforce", str(error))],
-            retryable=error.action is Action.RETRY,
-        )
-        for key in keys
-    ]
 
 
 @task(
@@ -1236,11 +1228,6 @@ def plan_batch_task(ctx: LeadsContext, people: list[PersonRow], batch_number: in
 def write_batch(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
     """The review gate's second half: write exactly what was approved."""
     return write_plan(ctx, plan)
-
-
-def is_systemic(error: ApiError) -> bool:
-    """Failures the next record would meet too: stop the run rather than spoil a batch."""
-    return error.action is Action.QUOTA or error.status in (401, 403)
 
 
 def stop_status(error: ApiError) -> str:

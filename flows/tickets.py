@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from connectors.helpdesk import zendesk
-from connectors.http import Action, ApiError
+from connectors.http import Action, ApiError, is_systemic
 from connectors.social import x, x_dm
 from flows.leads import (
     TICKET_LEDGER,
@@ -27,7 +27,6 @@ from flows.leads import (
     _logger,
     apply_rate_limits,
     deliver_pending_leads,
-    is_systemic,
     run_namer,
     stop_status,
 )

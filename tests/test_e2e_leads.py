@@ -604,50 +604,57 @@ def test_two_new_people_with_one_address_in_one_batch_make_one_lead(
     assert summary["created"] == len(expected) - 1
 
 
-def test_a_task_write_that_fails_leaves_its_person_pending_and_the_next_run_logs_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "failing",
+    ["upsert_tasks", "field_values"],
+    ids=["the-task-write", "reading-the-lead-the-duplicate-rule-names"],
+)
+def test_a_failed_call_for_the_second_of_two_people_leaves_them_pending_for_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
-    """The second of two people with one address gets a Task on the first's lead; when
-    that write fails for good (retries spent), the person is counted failed and stays
-    pending, and the next run writes the Task (checked: the old code counted nobody
-    failed and cleared the person, whose engagement never reached the CRM)."""
+    """The second of two people with one address gets a Task on the first's lead. When a
+    call on that way fails for good (retries spent): writing the Task, or, with matching
+    off, reading whose lead the org's duplicate rule names, the second is counted failed
+    and stays pending, the first's lead stands, and the next run writes the Task
+    (checked: the old code cleared the second without a word, resp. failed the whole
+    batch, the first's created lead included)."""
     from connectors.crm import salesforce
     from connectors.http import Action, ApiError
 
-    def unavailable(conn: Any, tasks: Any, keys: Any, **_: Any) -> Any:
-        raise ApiError(
-            "salesforce",
-            "PATCH /composite/sobjects/Task/Socialcrm_Key__c",
-            "503 Service Unavailable (retries spent)",
-            status=503,
-            action=Action.RETRY,
-            record_keys=list(keys),
-        )
+    def unavailable(*_: Any, **__: Any) -> Any:
+        raise ApiError("salesforce", failing, "503 Service Unavailable", 503, Action.RETRY)
 
-    with own_sandbox(tmp_path, latency_ms=0, sf_duplicate_rules=False) as box:
+    with own_sandbox(tmp_path, latency_ms=0, sf_duplicate_rules=failing == "field_values") as box:
         expected = expected_leads(box)
-        ordered = sorted(expected)
-        first, second = ordered[3], ordered[5]
+        first, second = min(expected), max(expected)
         address = "one.person@example.com"
         write_in_bio(box, first, f"Mail me: {address}")
         write_in_bio(box, second, f"mail: {address} please")
-        config = configure(box)
+        crm: dict[str, Any] = {"matching": {"enabled": failing != "field_values"}}
+        if failing == "field_values":
+            crm["batch_size"] = len(expected) * 3 // 4  # first in batch 1, second in batch 2
+        config = configure(box, crm=crm)
         with monkeypatch.context() as patch:
-            patch.setattr(salesforce, "upsert_tasks", unavailable)
+            patch.setattr(salesforce, failing, unavailable)
             summary = leads(LeadsRun(config=config))
         assert (summary["outcomes"][first], summary["outcomes"][second]) == ("created", "failed")
-        assert summary["failed"] == 1
+        assert summary["failed"] == 1 and summary["created"] == len(expected) - 1
         with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
-            pending = {
-                p.person_key for b in store.pending_people(batch_size=1000, min_score=0) for p in b
-            }
-        assert pending == {second}
+            batches = store.pending_people(batch_size=1000, min_score=0)
+            assert {p.person_key for batch in batches for p in batch} == {second}
         assert box.state()["salesforce"]["Task"] == []
 
         again = leads(LeadsRun(config=config))
         assert again["outcomes"] == {second: "logged on lead"}
         (task,) = box.state()["salesforce"]["Task"]
         assert task["Socialcrm_Key__c"].startswith(second + ":engaged:")
+        sharing = [
+            lead
+            for lead in box.state()["salesforce"]["Lead"]
+            if (lead.get("Email") or "").lower() == address
+        ]
+        assert [lead["Social_Profile_Id__c"] for lead in sharing] == [first]
+        assert task["WhoId"] == sharing[0]["Id"]
 
 
 def test_a_dry_run_shows_the_second_of_two_people_with_one_address_logged_on_the_lead(

@@ -396,6 +396,48 @@ def test_collections_calls_of_one_upsert_go_side_by_side_in_order(
     assert sorted(leads(fresh, "side:")) == sorted(keys)
 
 
+def test_a_call_of_an_upsert_that_fails_for_good_fails_only_its_own_records(
+    fresh: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of five calls side by side, one fails for good (retries spent) in every attempt:
+    its 200 records fail with the error (sent again in each of the upsert's attempts,
+    then left to the caller as retryable), and the other 800 are created, reported so
+    (checked: raising the call's error made the caller fail all 1,000, created ones too,
+    which then came back "updated" and never joined a campaign). A refused session still
+    stops everything."""
+    doomed = "fail:400"  # the first record of the third call
+    call = SalesforceConnection.call
+    attempts: list[int] = []
+
+    def failing(conn: SalesforceConnection, name: str, fn: Any, **kwargs: Any) -> Any:
+        if doomed in kwargs.get("keys", ()):
+            attempts.append(1)
+            raise ApiError("salesforce", name, "503 (retries spent)", 503, Action.RETRY)
+        return call(conn, name, fn, **kwargs)
+
+    conn = connect(fresh, sleep_cap=0.0, bulk_threshold=10_000)
+    monkeypatch.setattr(SalesforceConnection, "call", failing)
+    batch = [lead(f"fail:{i}") for i in range(1000)]
+    keys = [r[EXT] for r in batch]
+    outcomes = salesforce.upsert(conn, "Lead", EXT, batch, keys)
+    assert [o.record_key for o in outcomes] == keys
+    failed = [o for o in outcomes if o.status == "failed"]
+    assert [o.record_key for o in failed] == keys[400:600]
+    assert all(o.retryable and "503 (retries spent)" in o.problems[0].reason for o in failed)
+    assert {o.status for o in outcomes[:400] + outcomes[600:]} == {"created"}
+    assert len(attempts) == salesforce.RECORD_ATTEMPTS
+    assert sorted(leads(fresh, "fail:")) == sorted(keys[:400] + keys[600:])
+
+    def refused(conn: SalesforceConnection, name: str, fn: Any, **kwargs: Any) -> Any:
+        if doomed in kwargs.get("keys", ()):
+            raise ApiError("salesforce", name, "INVALID_SESSION_ID", 401, Action.FAIL)
+        return call(conn, name, fn, **kwargs)
+
+    monkeypatch.setattr(SalesforceConnection, "call", refused)
+    with pytest.raises(ApiError, match="INVALID_SESSION_ID"):
+        salesforce.upsert(conn, "Lead", EXT, batch, keys)
+
+
 def test_a_job_runs_when_its_time_comes_not_when_someone_next_looks(fresh: Sandbox) -> None:
     """As in the org, a closed job is processed once its processing time has passed, so
     the poll that finds it done answers at once (checked: without the server's timer the

@@ -44,6 +44,7 @@ from connectors.http import (
     RetryPolicy,
     build_session,
     call_with_retry,
+    is_systemic,
     register_secret,
     transport_error,
 )
@@ -393,8 +394,9 @@ def _upsert_once(
 
     The calls touch different records (one external id each), so they need not wait for
     each other; a row lock one of them meets is retried like any other (``upsert``). A
-    call that fails for good raises (see ``side_by_side``): the caller keeps the whole
-    batch to send again, which the external ids make harmless for the calls that landed.
+    call that fails for good fails its own records only (``upsert`` sends them again
+    while attempts remain): the others' outcomes (a lead created) stand. A spent quota or
+    refused credentials raise (see ``side_by_side``).
     """
     headers = {"Sforce-Auto-Assign": "TRUE" if assign else "FALSE"}
     path = f"composite/sobjects/{sobject}/{external_id_field}"
@@ -411,12 +413,35 @@ def _upsert_once(
         def send(sf: Salesforce) -> Any:
             return sf.restful(path, method="PATCH", json=body, headers=headers)
 
-        results = conn.call(
-            f"PATCH /composite/sobjects/{sobject}/{external_id_field}", send, write=True, keys=keys
-        )
+        try:
+            results = conn.call(
+                f"PATCH /composite/sobjects/{sobject}/{external_id_field}",
+                send,
+                write=True,
+                keys=keys,
+            )
+        except ApiError as error:
+            if is_systemic(error):
+                raise
+            return failed_call(keys, error)  # the other calls' outcomes stand
         return parse_collection_results(results, keys, sobject)
 
     return [outcome for outcomes in side_by_side(send_chunk, chunks) for outcome in outcomes]
+
+
+def failed_call(keys: Sequence[str], error: ApiError) -> list[SinkOutcome]:
+    """The records of one call that failed for good (retries spent, or refused whole),
+    each with the call's error: sent again (``RETRY``) or dead-lettered."""
+    retryable = error.action is Action.RETRY
+    return [
+        SinkOutcome(
+            key,
+            "failed",
+            problems=[RecordProblem(key, "delivery", SYSTEM, str(error))],
+            retryable=retryable,
+        )
+        for key in keys
+    ]
 
 
 def side_by_side(fn: Callable[[Any], T], items: Sequence[Any]) -> list[T]:
