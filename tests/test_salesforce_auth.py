@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -100,3 +103,34 @@ def test_untrusted_certificate_is_refused_with_a_clear_message(
     with pytest.raises(ApiError) as error:
         salesforce.connect(untrusted)
     assert "ca_bundle" in str(error.value)
+
+
+def test_calls_refused_together_renew_the_session_once(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four calls side by side meet the expired session together: one of them logs in
+    again and the others use that session (checked: each renewing made four logins,
+    which count toward the org's login limits)."""
+    monkeypatch.setenv("T_ID", "sandbox-client-id")
+    monkeypatch.setenv("T_SECRET", "sandbox-client-secret")
+    conn = salesforce.connect(
+        settings(
+            sandbox, method="client_credentials", client_id="${T_ID}", client_secret="${T_SECRET}"
+        )
+    )
+    with sandbox._world.lock:
+        sandbox._world.salesforce.tokens.clear()  # the session expires
+    logins = sandbox.state()["calls"]["salesforce"]["POST /services/oauth2/token"]
+    together = threading.Barrier(4)
+    first_tries: set[int] = set()
+
+    def limits(sf: Any) -> Any:
+        if threading.get_ident() not in first_tries:  # every first try on the old session
+            first_tries.add(threading.get_ident())
+            together.wait(timeout=10)
+        return sf.restful("limits")
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: conn.call("GET /limits", limits, write=False), range(4)))
+    assert all("DailyApiRequests" in answer for answer in answers)
+    assert sandbox.state()["calls"]["salesforce"]["POST /services/oauth2/token"] == logins + 1

@@ -114,8 +114,13 @@ class SalesforceConnection:
     _counting: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _renewing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def reauthenticate(self) -> None:
-        with self._renewing:  # calls side by side may find the session expired together
+    def reauthenticate(self, refused: Salesforce | None = None) -> None:
+        """A new session. ``refused``: the client a call was refused with; when another
+        call has renewed it meanwhile, that session serves (calls side by side find it
+        expired together: one login for all, not one each)."""
+        with self._renewing:
+            if refused is not None and self.sf is not refused:
+                return
             token, instance_url = obtain_token(self.settings, self.session)
             self.sf = _client(self.settings, self.session, token, instance_url)
             self.instance_url = instance_url
@@ -123,6 +128,8 @@ class SalesforceConnection:
     def call(
         self, call: str, fn: Callable[[Salesforce], T], *, write: bool, keys: Sequence[str] = ()
     ) -> T:
+        used: list[Salesforce] = []  # the client of the last attempt
+
         def once() -> T:
             if write:
                 self._check_quota(call, keys)
@@ -131,7 +138,8 @@ class SalesforceConnection:
                     self.writes += 1
                 else:
                     self.reads += 1
-            return fn(self.sf)
+            used[:] = [self.sf]
+            return fn(used[0])
 
         result = call_with_retry(
             once,
@@ -139,7 +147,7 @@ class SalesforceConnection:
             call=call,
             classify=lambda exc: classify(call, exc),
             policy=self.policy,
-            reauthenticate=self.reauthenticate,
+            reauthenticate=lambda: self.reauthenticate(used[0] if used else None),
             record_keys=keys,
         )
         usage = self.sf.api_usage.get("api-usage")
