@@ -93,7 +93,8 @@ def replay(params: ReplayRun = ReplayRun()) -> dict[str, Any]:  # noqa: B008
                 rules=load_rules(settings.mapping_path(settings.routing.rules)),
                 dry_run=False,
             )
-            for number, batch in enumerate(inbox.pending_conversations(store, batch_size=50), 1):
+            batches = inbox.pending_conversations(store, batch_size=50, account=account.name)
+            for number, batch in enumerate(batches, 1):
                 deliver_conversations(as_is(tickets_ctx), as_is(batch), number)
             summary["messages"] = len(messages) - sum(
                 1 for d in store.dead_letters(pipeline="tickets") if d.record_key in messages

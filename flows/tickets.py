@@ -313,35 +313,20 @@ def _deliver_conversation(
     known = store.deliveries([key], TICKET).get(key)
     ticket: dict[str, Any] | None = None
     pending = list(messages)
-    if known is None and key in inbox.open_intents(store, [key], TICKET):
-        # A create may have happened before a crash: look before creating again.
-        marker = f"[ref {pending[0].message_key}]"
-        found = [
-            t
-            for t in zendesk.find_tickets(client, key)
-            if marker in str(t.get("description") or "")
-        ]
-        if found:
-            ticket = found[0]
-            _record_ticket(ctx, key, ticket)
-            first = pending.pop(0)
-            _comment_done(ctx, first, int(ticket["id"]))
-    elif known is not None:
-        ticket = zendesk.get_ticket(client, int(known.destination_id or 0))
-        if ticket.get("status") == "closed":
+    if key in inbox.open_intents(store, [key], TICKET):
+        # A create (first ticket or follow-up) may have landed before a crash: look first.
+        ticket = _created_before_crash(ctx, client, key, pending, known)
+    follow_up = known.destination_id if known is not None else None
+    if ticket is None and known is not None:
+        ticket = _current_ticket(client, int(known.destination_id or 0))
+        if ticket is None:
+            follow_up = None  # deleted in Zendesk: a new ticket, not a follow-up of it
+        elif ticket.get("status") == "closed":
             ticket = None  # a closed ticket takes no comment: open a follow-up
     status = "updated"
     if ticket is None:
         first = pending.pop(0)
-        ticket = _create_ticket(
-            ctx,
-            client,
-            key,
-            first,
-            fields,
-            requester_id,
-            follow_up=known.destination_id if known else None,
-        )
+        ticket = _create_ticket(ctx, client, key, first, fields, requester_id, follow_up)
         status = "created"
     ticket_id = int(ticket["id"])
     reopened = False
@@ -365,6 +350,41 @@ def _deliver_conversation(
             "url": client.ticket_url(ticket_id),
         }
     )
+
+
+def _created_before_crash(
+    ctx: TicketsContext,
+    client: zendesk.ZendeskClient,
+    key: str,
+    pending: list[inbox.StoredMessage],
+    known: Delivery | None,
+) -> dict[str, Any] | None:
+    """The ticket an interrupted create made, found by external id and the ``[ref]`` of
+    the message it was opened with (any pending one: an older message may have come back
+    since, by replay); that message is then done. None when the create never landed."""
+    refs = {f"[ref {m.message_key}]": m for m in pending}
+    for ticket in zendesk.find_tickets(client, key):
+        if known is not None and str(ticket.get("id")) == known.destination_id:
+            continue  # the ticket this one follows up
+        description = str(ticket.get("description") or "")
+        first = next((m for ref, m in refs.items() if ref in description), None)
+        if first is not None:
+            pending.remove(first)
+            with ctx.store.transaction():  # ticket and its first message recorded together
+                _record_ticket(ctx, key, ticket)
+                _comment_done(ctx, first, int(ticket["id"]))
+            return ticket
+    return None
+
+
+def _current_ticket(client: zendesk.ZendeskClient, ticket_id: int) -> dict[str, Any] | None:
+    """The conversation's ticket as Zendesk has it now; None when an agent deleted it."""
+    try:
+        return zendesk.get_ticket(client, ticket_id)
+    except ApiError as error:
+        if error.status == 404:
+            return None
+        raise
 
 
 def _record_ticket(ctx: TicketsContext, key: str, ticket: dict[str, Any]) -> None:
@@ -393,12 +413,11 @@ def _create_ticket(
         ticket_body["via_followup_source_id"] = int(follow_up)
     inbox.open_intent(ctx.store, key, TICKET, "create", idem)
     ticket, replayed = zendesk.create_ticket(client, ticket_body, idempotency_key=idem, key=key)
-    _record_ticket(ctx, key, ticket)
-    store = ctx.store
-    store.record_deliveries(COMMENT, [SinkOutcome(first.message_key, "created", str(ticket["id"]))])
-    inbox.set_message_status(store, [first.message_key], "delivered")
-    ctx.delivered.add(first.message_key)
-    store.resolve_dead_letters([first.message_key], PIPELINE)
+    # One transaction: a crash between the ticket's record and its first message's would
+    # leave that message pending with no intent, and post it again as a comment.
+    with ctx.store.transaction():
+        _record_ticket(ctx, key, ticket)
+        _comment_done(ctx, first, int(ticket["id"]))
     if replayed:
         ctx.count("creates replayed by Zendesk")
     return ticket
@@ -613,7 +632,7 @@ def run_tickets(params: TicketsRun) -> dict[str, Any]:
         while request is not None:
             request = pull_dm_page(as_is(ctx), request)
         remaining = params.limit
-        batches = inbox.pending_conversations(store, batch_size=50)
+        batches = inbox.pending_conversations(store, batch_size=50, account=account.name)
         for number, batch in enumerate(batches, 1):
             if remaining is not None:
                 batch = dict(list(batch.items())[:remaining])

@@ -119,20 +119,23 @@ def _stored(row: Any) -> StoredMessage:
 
 
 def pending_conversations(
-    store: StateStore, *, batch_size: int
+    store: StateStore, *, batch_size: int, account: str | None = None
 ) -> Iterator[dict[str, list[StoredMessage]]]:
     """Conversations with undelivered customer messages, a batch at a time.
 
     Messages come oldest first within a conversation, so comments keep their order.
+    ``account``: that account's only. A run holds its own account's lock: delivering
+    another account's messages beside that account's run would post them twice.
     """
     table = schema.messages
+    mine = [] if account is None else [table.c.account == account]
     after = ""
     while True:
         with store.transaction() as connection:
             keys = list(
                 connection.execute(
                     sa.select(table.c.conversation_key)
-                    .where(table.c.status == "pending", table.c.conversation_key > after)
+                    .where(table.c.status == "pending", table.c.conversation_key > after, *mine)
                     .group_by(table.c.conversation_key)
                     .order_by(table.c.conversation_key)
                     .limit(batch_size)
@@ -142,7 +145,7 @@ def pending_conversations(
                 return
             rows = connection.execute(
                 sa.select(table)
-                .where(table.c.status == "pending", table.c.conversation_key.in_(keys))
+                .where(table.c.status == "pending", table.c.conversation_key.in_(keys), *mine)
                 .order_by(table.c.conversation_key, table.c.sent_at, table.c.message_key)
             )
             batch: dict[str, list[StoredMessage]] = {key: [] for key in keys}
