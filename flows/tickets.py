@@ -240,17 +240,24 @@ def deliver_conversations(
         return
     client = ctx.zendesk()
     for key, fields in tickets.items():
-        try:
-            _deliver_conversation(ctx, client, key, batch[key], fields)
-        except ApiError as error:
-            if is_systemic(error):
-                raise  # the next conversation would fail the same way
-            _fail(
-                ctx,
-                batch[key],
-                RecordProblem(key, "delivery", "zendesk", str(error)),
-                retryable=error.action is Action.RETRY,
-            )
+        for renew_requester in (False, True):
+            left = [m for m in batch[key] if m.message_key not in ctx.delivered]
+            if not left:
+                break
+            try:
+                _deliver_conversation(ctx, client, key, left, dict(fields), renew_requester)
+            except ApiError as error:
+                if not renew_requester and _requester_gone(error):
+                    continue  # an agent merged or deleted the end user: find them afresh
+                if is_systemic(error):
+                    raise  # the next conversation would fail the same way
+                _fail(
+                    ctx,
+                    batch[key],
+                    RecordProblem(key, "delivery", "zendesk", str(error)),
+                    retryable=error.action is Action.RETRY,
+                )
+            break
     _logger().info(
         "conversations batch %d: %d conversations, %s",
         number,
@@ -286,11 +293,24 @@ def _fail(
     ctx.count("failed messages", len(messages))
 
 
+def _requester_gone(error: ApiError) -> bool:
+    """Zendesk refused the requester or author id we keep (the user was merged or
+    deleted): 422 ``Requester: is invalid`` / ``Author: is invalid``."""
+    text = str(error).lower()
+    return error.status == 422 and ("requester" in text or "author" in text)
+
+
 def _requester(
-    ctx: TicketsContext, client: zendesk.ZendeskClient, message: inbox.StoredMessage, name: str
+    ctx: TicketsContext,
+    client: zendesk.ZendeskClient,
+    message: inbox.StoredMessage,
+    name: str,
+    renew: bool = False,
 ) -> int:
+    """The person's end-user id: kept from the first time, looked up again (``renew``)
+    when Zendesk refuses the kept one."""
     known = ctx.store.deliveries([message.person_key], REQUESTER).get(message.person_key)
-    if known and known.destination_id:
+    if known and known.destination_id and not renew:
         return int(known.destination_id)
     user_id = zendesk.upsert_requester(
         client, message.person_key, name, message.sender.get("email")
@@ -307,9 +327,11 @@ def _deliver_conversation(
     key: str,
     messages: list[inbox.StoredMessage],
     fields: dict[str, Any],
+    renew_requester: bool = False,
 ) -> None:
     store = ctx.store
-    requester_id = _requester(ctx, client, messages[0], str(fields.pop("requester_name", "")))
+    name = str(fields.pop("requester_name", ""))
+    requester_id = _requester(ctx, client, messages[0], name, renew_requester)
     known = store.deliveries([key], TICKET).get(key)
     ticket: dict[str, Any] | None = None
     pending = list(messages)
@@ -330,9 +352,14 @@ def _deliver_conversation(
         status = "created"
     ticket_id = int(ticket["id"])
     reopened = False
+    authors = {messages[0].person_key: requester_id}  # a group conversation has several
     for message in pending:
+        if message.person_key not in authors:
+            sender = message.sender
+            who = str(sender.get("display_name") or sender.get("handle") or "Social user")
+            authors[message.person_key] = _requester(ctx, client, message, who, renew_requester)
         reopen = ticket.get("status") in REOPEN_FROM
-        _add_comment(ctx, client, ticket_id, message, requester_id, reopen)
+        _add_comment(ctx, client, ticket_id, message, authors[message.person_key], reopen)
         if reopen:
             ticket["status"] = "open"
             reopened = True

@@ -216,6 +216,56 @@ def test_a_ticket_an_agent_deleted_gets_a_new_one_with_the_next_message(
     assert sent and not any("via_followup_source_id" in ticket for ticket in sent)
 
 
+def test_an_end_user_an_agent_deleted_is_found_afresh_for_their_next_message(
+    sandbox: Sandbox,
+) -> None:
+    """The end-user id kept for a person is refused once an agent deletes or merges the
+    user (422 ``Requester``/``Author: is invalid``): the person is looked up again and
+    the message goes on (checked: the old code dead-lettered every later message of that
+    person, replay too)."""
+    ctx = context(sandbox)
+    pull(ctx)
+    deliver(ctx)
+    session, url = agent(sandbox)
+    for ticket in sandbox.state()["zendesk"]["tickets"]:  # only then can a user go
+        solved = {"ticket": {"status": "solved"}}
+        session.put(f"{url}/api/v2/tickets/{ticket['id']}", json=solved, timeout=10)
+    assert sandbox.close_solved_tickets() > 0
+    requesters = {t["requester_id"] for t in sandbox.state()["zendesk"]["tickets"]}
+    for user in requesters:
+        assert session.delete(f"{url}/api/v2/users/{user}", timeout=10).status_code == 200
+    sandbox.generate(dms=12)
+    pull(ctx)
+    fresh = {m.message_key for messages in pending(ctx) for m in messages}
+    assert fresh
+    deliver(ctx)
+    assert ctx.store.dead_letters() == []
+    tickets = sandbox.state()["zendesk"]["tickets"]
+    posted = {r for t in tickets for c in t["comments"] for r in REF.findall(c["body"])}
+    assert fresh <= posted
+    assert doubles(sandbox) == ({}, {})
+
+
+def test_each_comment_of_a_group_conversation_is_its_senders(sandbox: Sandbox) -> None:
+    """In a group DM several customers write: each message's comment is authored by its
+    sender's end user, not by whoever opened the ticket (checked: the old code credited
+    every comment of a batch to the first sender)."""
+    ctx = context(sandbox)
+    pull(ctx)
+    deliver(ctx)
+    state = sandbox.state()
+    sender = {event["id"]: event["sender_id"] for event in state["x"]["dm_events"]}
+    users = {user["id"]: user.get("external_id") for user in state["zendesk"]["users"]}
+    authors = [
+        (f"x:{sender[ref.split(':')[2]]}", users[comment["author_id"]])
+        for ticket in state["zendesk"]["tickets"]
+        for comment in ticket["comments"]
+        for ref in REF.findall(comment["body"])
+    ]
+    assert len({want for want, _ in authors}) > len(state["zendesk"]["tickets"]) / 2
+    assert [pair for pair in authors if pair[0] != pair[1]] == []
+
+
 def test_a_run_delivers_its_own_accounts_conversations_only(tmp_path: Path) -> None:
     """Accounts sharing one store run side by side under their own locks: a run that
     delivered another account's messages would post them beside that account's run
