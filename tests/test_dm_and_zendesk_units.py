@@ -11,6 +11,7 @@ import requests
 
 from connectors.helpdesk.zendesk import _classify, _HttpFailure, error_text
 from connectors.http import Action
+from connectors.social.x import unnamed_key
 from connectors.social.x_dm import parse_dm_events
 from flows.tickets import _crm_record, comment_body, idempotency_key
 from socialcrm.inbox import StoredMessage
@@ -79,7 +80,7 @@ def test_joins_are_skipped_and_broken_events_are_problems_naming_the_field() -> 
     assert page.records == []
     assert [(p.record_key, p.field) for p in page.problems] == [
         ("x:dm:8", "dm_conversation_id"),
-        ("x:dm:#2", "id"),
+        (unnamed_key("x:dm", {"id": "oops", "event_type": "MessageCreate"}), "id"),
         ("x:dm:7", "sender_id"),
     ]
 

@@ -170,6 +170,37 @@ def test_likes_have_synthetic_ids_and_partial_errors_are_warnings() -> None:
     assert len(page.problems) == 1 and page.problems[0].field == "id"
 
 
+@pytest.mark.parametrize("odd", ["²", "①", "١٢", "5" * 21, " 5"])
+def test_an_id_int_cannot_read_is_a_problem_not_a_crashed_walk(odd: str) -> None:
+    """``str.isdigit`` takes "²" and Arabic-Indic digits; the walk reads the newest id as a
+    number for its cursor. Such an id is a dead letter and the walk goes on (checked:
+    "²" was a record, and the quote walk failed with ValueError on every run)."""
+    first = {
+        "data": [tweet(odd, "7"), tweet("50", "8")],
+        "includes": {"users": [user("7"), user("8")]},
+        "meta": {"result_count": 2},
+    }
+    c, _, _ = client([response(200, first)])
+    (page,) = walk(c, x.StreamRequest("quotes", post_id="5"))
+    assert [r.id for r in page.records] == ["50"]
+    assert page.cursor == "50"
+    assert [p.field for p in page.problems] == ["id"]
+
+
+def test_records_without_an_id_keep_a_dead_letter_each() -> None:
+    """Unidentifiable records are keyed by their content, not their place in the page:
+    two different ones at the same place of two pages are two letters (checked: keyed
+    "#0" both, the second overwrote the first), the same one read twice is one."""
+    bad = [{"id": "oops", "text": "first"}, {"id": "oops", "text": "second"}]
+    keys = []
+    for item in [*bad, bad[0]]:
+        body = {"data": [item], "meta": {"result_count": 1}}
+        page = x.parse_tweets(body, stream="mentions", brand_id=BRAND)
+        keys += [p.record_key for p in page.problems]
+    assert keys[0] != keys[1] and keys[0] == keys[2]
+    assert all(key.startswith("x:mentions:#") for key in keys)
+
+
 def test_tweet_without_its_author_is_a_problem_naming_the_field() -> None:
     body = {
         "data": [tweet("3", "404"), tweet("2", "7")],

@@ -9,7 +9,10 @@ repost lists have no cursor at all and are re-read and diffed by the state store
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -280,7 +283,7 @@ def _id_after(value: str, since: str) -> bool:
 
 
 def _newest(page: Page[Engagement]) -> str | None:
-    ids = [r.id for r in page.records if r.id.isdigit()]
+    ids = [r.id for r in page.records if _NUMERIC.fullmatch(r.id)]
     return max(ids, key=int) if ids else None
 
 
@@ -301,13 +304,24 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+# ASCII digits only: str.isdigit() also takes "²" or "①", which int() refuses.
+_NUMERIC = re.compile(r"[0-9]{1,20}")  # a 64-bit id has at most 20 digits
+
+
 def _id(value: Any) -> str | None:
     """X ids are numeric strings; a bare JSON number is read as the same id."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**64:
         return str(value)
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and _NUMERIC.fullmatch(value):
         return value
     return None
+
+
+def unnamed_key(prefix: str, item: Any) -> str:
+    """The dead-letter key of a record with no usable id: its content's fingerprint, so
+    two bad records (in two pages, at the same place) keep a letter each."""
+    text = json.dumps(item, sort_keys=True, default=str, ensure_ascii=True)
+    return f"{prefix}:#{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -390,15 +404,21 @@ def _partial_errors(body: dict[str, Any]) -> list[RecordProblem]:
 
 def parse_users(body: dict[str, Any], *, kind: EngagementKind, post_id: str) -> Page[Engagement]:
     page: Page[Engagement] = Page(records=[], warnings=_partial_errors(body))
-    for index, user in enumerate(_list(body.get("data"))):
+    for user in _list(body.get("data")):
         if not isinstance(user, dict):
-            page.problems.append(_bad(f"x:{kind.value}:{post_id}:#{index}", None, "not an object"))
+            key = unnamed_key(f"x:{kind.value}:{post_id}", user)
+            page.problems.append(_bad(key, None, "not an object"))
             continue
         try:
             profile = parse_profile(user)
         except ValueError as exc:
             field_name, _, reason = str(exc).partition(": ")
-            key = f"x:{kind.value}:{post_id}:{user.get('id', f'#{index}')!s:.40}"
+            user_id = _id(user.get("id"))
+            key = (
+                f"x:{kind.value}:{post_id}:{user_id}"
+                if user_id
+                else unnamed_key(f"x:{kind.value}:{post_id}", user)
+            )
             page.problems.append(_bad(key, field_name, reason, user))
             continue
         page.records.append(
@@ -424,15 +444,15 @@ def parse_tweets(
         user_id = _id(user.get("id")) if isinstance(user, dict) else None
         if user_id:
             users[user_id] = user
-    for index, tweet in enumerate(_list(body.get("data"))):
+    for tweet in _list(body.get("data")):
         if not isinstance(tweet, dict):
-            page.problems.append(_bad(f"x:{stream}:#{index}", None, "not an object"))
+            page.problems.append(_bad(unnamed_key(f"x:{stream}", tweet), None, "not an object"))
             continue
         tweet_id = _id(tweet.get("id"))
         if tweet_id is None:
             page.problems.append(
                 _bad(
-                    f"x:{stream}:#{index}",
+                    unnamed_key(f"x:{stream}", tweet),
                     "id",
                     f"expected a numeric string, got {tweet.get('id')!r:.40}",
                     tweet,

@@ -24,6 +24,7 @@ from connectors.social.x import (
     _str_or_none,
     parse_profile,
     parse_time,
+    unnamed_key,
 )
 from socialcrm.config import ConfigError, XAccount, resolve_secret
 from socialcrm.records import DirectMessage, Page, SocialProfile
@@ -90,15 +91,15 @@ def parse_dm_events(body: dict[str, Any], *, brand_id: str) -> Page[DirectMessag
         for user in _list(_dict(body.get("includes")).get("users"))
         if isinstance(user, dict) and _id(user.get("id"))
     }
-    for index, event in enumerate(_list(body.get("data"))):
+    for event in _list(body.get("data")):
         if not isinstance(event, dict):
-            page.problems.append(_bad(f"x:dm:#{index}", None, "not an object"))
+            page.problems.append(_bad(unnamed_key("x:dm", event), None, "not an object"))
             continue
         event_id = _id(event.get("id"))
         if event_id is None:
             page.problems.append(
                 _bad(
-                    f"x:dm:#{index}",
+                    unnamed_key("x:dm", event),
                     "id",
                     f"expected a numeric string, got {event.get('id')!r:.40}",
                     event,
