@@ -1242,8 +1242,13 @@ def queue_help_requests(ctx: LeadsContext, records: list[Engagement]) -> None:
     """
     if ctx._rules is None:
         ctx._rules = load_rules(ctx.settings.mapping_path(ctx.settings.routing.rules))
+    # An erased person's mention, read again (the cursor had not moved past it), must not
+    # bring their words back; one who opted out of marketing still gets support.
+    reasons = consent.suppression_reasons(ctx.store, [r.author.key for r in records])
     routed = []
     for record in records:
+        if reasons.get(record.author.key) == consent.ERASED:
+            continue
         decision = route(ctx._rules, record.text, "mention")
         if decision.route == "support":
             message = DirectMessage(

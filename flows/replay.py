@@ -19,7 +19,7 @@ from connectors.http import Action, ApiError
 from flows.leads import LeadsContext, _logger, apply_rate_limits, deliver_pending_leads, stop_status
 from flows.params import RunTarget, as_is
 from flows.tickets import TicketsContext, deliver_conversations
-from socialcrm import inbox
+from socialcrm import consent, inbox
 from socialcrm.config import load_settings
 from socialcrm.routing import load_rules
 from socialcrm.state import StateStore
@@ -76,6 +76,9 @@ def replay(params: ReplayRun = ReplayRun()) -> dict[str, Any]:  # noqa: B008
         logger.warning(summary["status"])
         return summary
     try:
+        # The config's opt-out list as the leads run reads it: someone added since the
+        # last run is not written by a replay either.
+        consent.merge_config(store, settings.consent)
         if people:
             store.mark_pending(people)
             ctx = LeadsContext(

@@ -303,6 +303,30 @@ def test_replaying_dead_letters_after_the_mapping_is_fixed_delivers_them(
         assert store.dead_letters() == []
 
 
+def test_a_replay_leaves_out_who_was_added_to_the_opt_out_list_since(
+    sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Someone is added to ``consent.opt_out`` after their lead failed: a replay run
+    before any leads run must not write them (checked: replay did not read the list,
+    and wrote the lead)."""
+    spec = yaml.safe_load(Path("mappings/lead.salesforce.yaml").read_text())
+    spec["fields"]["FirstName"] = {"template": "{handle} {bio}", "on_too_long": "reject"}
+    (tmp_path / "strict.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    config = configure(sandbox, crm={"lead_mapping": "strict.yaml"})
+    first = leads(LeadsRun(config=config))
+    with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        failed = sorted({letter.record_key for letter in store.dead_letters()})
+    assert len(failed) >= 2 and first["dead_lettered"] > 0
+    config = configure(
+        sandbox, crm={"lead_mapping": "lead.salesforce.yaml"}, consent={"opt_out": failed[:1]}
+    )
+    assert cli.main(["dead-letters", "replay", "--config", config, "--all"]) == 0
+    capsys.readouterr()
+    held = set(sf_leads(sandbox))
+    assert failed[0] not in held
+    assert set(failed[1:]) <= held
+
+
 def test_a_spent_api_quota_stops_writing_cleanly_and_the_next_run_resumes(
     sandbox: Sandbox,
 ) -> None:

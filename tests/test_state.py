@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -263,6 +264,36 @@ def queue_behind_a_write(ctx: Any, walk: Callable[[str], None], posts: list[str]
             time.sleep(0.01)
     for thread in threads:
         thread.join(timeout=30)
+
+
+def test_an_erased_persons_mention_read_again_is_not_queued_for_the_helpdesk(
+    state_url: str,
+) -> None:
+    """A run stopped before the mentions cursor moved; the person was erased; the next
+    run reads the same mention again. Their words must not come back as a help request;
+    someone who only opted out still gets support (checked: the mention was queued, with
+    the erased person's handle, name and text)."""
+    from flows.leads import queue_help_requests
+    from socialcrm import consent, inbox
+
+    with StateStore.open(state_url) as store:
+        ctx = _pull_context(store)
+        asking = [
+            replace(
+                engagement(f"{n}", EngagementKind.MENTION, f"{n}"), text="@brand help, login broken"
+            )
+            for n in (1, 2, 3)
+        ]
+        consent.opt_out(store, ["x:1"], consent.ERASED)
+        consent.opt_out(store, ["x:2"], consent.OPT_OUT)
+        queue_help_requests(ctx, asking)
+        queued = [
+            m.person_key
+            for batch in inbox.pending_conversations(store, batch_size=10)
+            for messages in batch.values()
+            for m in messages
+        ]
+    assert sorted(queued) == ["x:2", "x:3"]
 
 
 def test_pages_queued_behind_a_write_commit_together_with_their_cursors(state_url: str) -> None:
