@@ -314,8 +314,22 @@ def _ledger_rows(
     return sorted((k, d, i) for (k, d), i in rows.items())
 
 
+# Payload fields that say whose record a letter holds (a tweet's author, a DM's sender, a
+# user object's id, a lead candidate's person key).
+_OWNER_FIELDS = ("person_key", "author_id", "sender_id", "user_id", "id")
+
+
+def _owned(payload: Any, person: Person) -> bool:
+    if not isinstance(payload, dict):
+        return False
+    return any(str(payload.get(f)) in (person.key, person.user_id) for f in _OWNER_FIELDS)
+
+
 def _dead_letters(connection: sa.Connection, record_keys: set[str], needles: Needles) -> list[int]:
-    """Dead letters of their records, or whose key, reason or payload names them.
+    """The person's own dead letters: of their records, keyed by them, or holding a record
+    of theirs that had no usable key. Others' letters that only mention them are kept, and
+    their text scrubbed (``_scrub_mentions``): deleting them would lose those people's
+    failures, which replay could no longer redo.
 
     Read in batches and matched here: payloads are JSON, stored escaped on SQLite.
     """
@@ -334,9 +348,10 @@ def _dead_letters(connection: sa.Connection, record_keys: set[str], needles: Nee
         if not rows:
             return found
         for row in rows:
-            payload = json.dumps(row.payload, ensure_ascii=False) if row.payload else ""
-            if row.record_key in record_keys or any(
-                needles.found_in(text) for text in (row.record_key, row.reason, row.field, payload)
+            if (
+                row.record_key in record_keys
+                or needles.found_in(row.record_key)
+                or _owned(row.payload, needles.person)
             ):
                 found.append(int(row.id))
         after = int(rows[-1].id)

@@ -131,8 +131,9 @@ def add_crm_extras(sandbox: Sandbox, target: Target) -> dict[str, str]:
 
 
 def add_store_extras(sandbox: Sandbox, target: Target) -> None:
-    """A dead letter naming them, one naming someone else, an open intent, and another
-    person's engagement that mentions their handle."""
+    """Dead letters: another's whose payload mentions them, another's, and theirs with no
+    usable key (their tweet); an open intent; another person's engagement that mentions
+    their handle."""
     settings = load_settings(str(sandbox.config_path))
     with StateStore.open(settings.state_url()) as store:
         store.add_dead_letters(
@@ -142,6 +143,9 @@ def add_store_extras(sandbox: Sandbox, target: Target) -> None:
                     "x:mention:1", "mapping", "salesforce", "bad", payload={"h": target.handle}
                 ),
                 RecordProblem("x:mention:2", "mapping", "salesforce", "bad", payload={"h": "z"}),
+                RecordProblem(
+                    "x:mentions:#0f0f", "source", "x", "id", payload={"author_id": target.user_id}
+                ),
             ],
         )
         inbox.open_intent(store, f"{target.key}:probe", "zendesk:ticket", "create", "k1")
@@ -288,8 +292,10 @@ def test_erase_leaves_no_trace_and_a_rerun_writes_nothing(sandbox: Sandbox) -> N
         assert consent.is_suppressed(store, [target.key]) == {target.key}
         lines = erasure.audit_lines(store)
         assert store.engagements_of(["x:42"])["x:42"][0].text == "totally agree with [erased] here"
+        # Others' letters stay, replayable, with the mention of them scrubbed (no trace
+        # above); theirs is gone (checked: a letter mentioning them was deleted outright).
         kept = {d.record_key for d in store.dead_letters()}
-        assert "x:mention:2" in kept and "x:mention:1" not in kept
+        assert kept == {"x:mention:1", "x:mention:2"}
     assert len(lines) == 1 and lines[0].status == "completed"
     assert lines[0].outcome["crm"]["leads_deleted"] == 1
     assert lines[0].outcome["helpdesk"]["requesters_deleted"] == 1
