@@ -396,7 +396,11 @@ class StateStore:
             by_person.setdefault(record.author.key, []).append(record)
         table = schema.people
         existing: dict[str, Any] = {}  # person_key -> row mapping
-        for chunk in _chunks(list(by_person)):
+        # Locked until the commit (PostgreSQL; SQLite's writer holds the database since the
+        # engagements' insert): a tickets run adding a sales DM to the same person must not
+        # write its counts in between and have them overwritten. Sorted, so two writers
+        # lock in the same order and never wait for each other in a circle.
+        for chunk in _chunks(sorted(by_person)):
             for found in connection.execute(
                 sa.select(  # not the profile: it is replaced, never read back
                     table.c.person_key,
@@ -404,7 +408,10 @@ class StateStore:
                     table.c.score,
                     table.c.first_engaged_at,
                     table.c.last_engaged_at,
-                ).where(table.c.person_key.in_(chunk))
+                )
+                .where(table.c.person_key.in_(chunk))
+                .order_by(table.c.person_key)
+                .with_for_update()
             ).mappings():
                 existing[found["person_key"]] = found
         inserts: list[dict[str, Any]] = []

@@ -74,6 +74,49 @@ def test_duplicate_ids_inside_one_page_are_one_engagement(state_url: str) -> Non
         assert store.people(["x:10"])[0].engagement_count == 1
 
 
+def test_two_runs_adding_to_one_person_at_once_lose_no_count(
+    state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leads run stores a quote while the tickets run stores a sales DM of the same
+    person: both counts stay (checked on PostgreSQL: without the row lock the run that
+    read first wrote its counts last, and the DM was lost from them)."""
+    import socialcrm.state as state_module
+
+    qualification = Qualification()
+    first, second = StateStore.open(state_url), StateStore.open(state_url)
+    try:
+        first.ingest("brand", [engagement("1", EngagementKind.MENTION, "77")], qualification)
+        read, go = threading.Event(), threading.Event()
+        scored = state_module._intent_seen
+
+        def after_reading(*args: Any) -> Any:  # between the leads run's read and its write
+            if threading.current_thread().name == "leads":
+                read.set()
+                go.wait(10)
+            return scored(*args)
+
+        monkeypatch.setattr(state_module, "_intent_seen", after_reading)
+        quote = [engagement("2", EngagementKind.QUOTE, "77")]
+        leads = threading.Thread(
+            name="leads", target=lambda: first.ingest("brand", quote, qualification)
+        )
+        leads.start()
+        assert read.wait(10)
+        dm = [engagement("3", EngagementKind.MESSAGE, "77")]
+        tickets = threading.Thread(target=lambda: second.ingest("brand", dm, qualification))
+        tickets.start()
+        tickets.join(0.5)  # it waits for the leads run's commit (or, unlocked, is done)
+        go.set()
+        leads.join(10)
+        tickets.join(10)
+        (person,) = [p for batch in first.pending_people(batch_size=10, min_score=0) for p in batch]
+    finally:
+        first.close()
+        second.close()
+    assert person.counts == {"mention": 1, "quote": 1, "message": 1}
+    assert person.engagement_count == 3
+
+
 def test_cursor_is_written_with_its_page(state_url: str) -> None:
     with StateStore.open(state_url) as store:
         assert store.get_cursor("brand", "mentions") is None
