@@ -187,6 +187,15 @@ def test_an_id_int_cannot_read_is_a_problem_not_a_crashed_walk(odd: str) -> None
     assert [p.field for p in page.problems] == ["id"]
 
 
+def test_a_username_no_column_holds_is_a_problem_naming_the_field() -> None:
+    """A 201-character username failed the page's store on PostgreSQL (a like list is
+    read again every run, so every run failed); it is now refused with its record."""
+    body = {"data": [user("7"), {**user("8"), "username": "u" * 201}], "meta": {}}
+    page = x.parse_users(body, kind=EngagementKind.LIKE, post_id="5")
+    assert [r.key for r in page.records] == ["x:like:5:7"]
+    assert [(p.record_key, p.field) for p in page.problems] == [("x:like:5:8", "username")]
+
+
 def test_records_without_an_id_keep_a_dead_letter_each() -> None:
     """Unidentifiable records are keyed by their content, not their place in the page:
     two different ones at the same place of two pages are two letters (checked: keyed

@@ -304,6 +304,9 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+MAX_USERNAME = 50
+"""Longer is no X username: refused with its record, never left to fail a page's store."""
+
 # ASCII digits only: str.isdigit() also takes "²" or "①", which int() refuses.
 _NUMERIC = re.compile(r"[0-9]{1,20}")  # a 64-bit id has at most 20 digits
 
@@ -350,6 +353,8 @@ def parse_profile(user: dict[str, Any]) -> SocialProfile:
     # The id is the identity; a missing handle costs only the readable profile link.
     raw_username = user.get("username")
     username = raw_username if isinstance(raw_username, str) else ""
+    if len(username) > MAX_USERNAME:  # X allows 15; the store keeps 200
+        raise ValueError(f"username: {len(username)} characters, more than {MAX_USERNAME}")
     metrics = _dict(user.get("public_metrics"))
     return SocialProfile(
         platform="x",
