@@ -187,6 +187,17 @@ def _cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_discard(args: argparse.Namespace) -> int:
+    from socialcrm.state import StateStore
+
+    settings = load_settings(args.config)
+    with StateStore.open(settings.state_url()) as store:
+        removed = store.discard_dead_letters(args.id)
+    missing = len(set(args.id)) - removed
+    print(f"{removed} dead letter(s) discarded" + (f", {missing} not found" if missing else ""))
+    return 0 if not missing else 1
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     if not args.all and not args.id:
         print("socialcrm: say which dead letters: --id N [--id M ...] or --all", file=sys.stderr)
@@ -330,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--id", type=int, action="append", help="a dead-letter id (repeatable)")
     again.add_argument("--all", action="store_true", help="every replayable dead letter")
     again.set_defaults(handler=_cmd_replay)
+    discard = dead_commands.add_parser(
+        "discard",
+        help="let go of dead letters after reading them (e.g. malformed source records, "
+        "which replay cannot redo)",
+    )
+    discard.add_argument("--config", required=True)
+    discard.add_argument("--id", type=int, action="append", required=True, help="repeatable")
+    discard.set_defaults(handler=_cmd_discard)
 
     forget = commands.add_parser(
         "erase",

@@ -175,6 +175,38 @@ def test_dead_letters_are_kept_once_per_record_stage_and_field(state_url: str) -
         assert store.dead_letters() == []
 
 
+def test_a_source_letter_is_discarded_by_id_through_the_cli(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A malformed source record no replay can redo is let go by id, the others stay."""
+    from socialcrm import cli
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    config = tmp_path / "socialcrm.yaml"
+    config.write_text(
+        "accounts: [{name: brand, user_id: '1000', handle: brand, bearer_token: '${X}'}]\n"
+        "crm: {login_url: 'https://acme.my.salesforce.com', auth: {method: client_credentials,"
+        " client_id: '${A}', client_secret: '${B}'}}\n"
+        f"state: {{url: '{url}'}}\n"
+    )
+    with StateStore.open(url) as store:
+        store.add_dead_letters(
+            "leads",
+            [
+                RecordProblem("x:mentions:#ab", "source", "x", "id: not numeric", field="id"),
+                RecordProblem("x:2", "mapping", "salesforce", "too long", field="LastName"),
+            ],
+        )
+        source, mapping = store.dead_letters()
+    assert (
+        cli.main(["dead-letters", "discard", "--config", str(config), "--id", str(source.id)]) == 0
+    )
+    assert cli.main(["dead-letters", "discard", "--config", str(config), "--id", "999"]) == 1
+    assert "1 dead letter(s) discarded" in capsys.readouterr().out
+    with StateStore.open(url) as store:
+        assert [letter.id for letter in store.dead_letters()] == [mapping.id]
+
+
 def test_dry_run_store_leaves_no_trace(state_url: str) -> None:
     with StateStore.open(state_url, dry_run=True) as store:
         store.ingest(
