@@ -16,7 +16,14 @@ from prefect import flow
 from pydantic import Field
 
 from connectors.http import Action, ApiError
-from flows.leads import LeadsContext, _logger, apply_rate_limits, deliver_pending_leads, stop_status
+from flows.leads import (
+    DELIVERED,
+    LeadsContext,
+    _logger,
+    apply_rate_limits,
+    deliver_pending_leads,
+    stop_status,
+)
 from flows.params import RunTarget, as_is
 from flows.tickets import TicketsContext, deliver_conversations
 from socialcrm import consent, inbox
@@ -85,7 +92,9 @@ def replay(params: ReplayRun = ReplayRun()) -> dict[str, Any]:  # noqa: B008
                 settings=settings, account=account, store=store, x_client=None, dry_run=False
             )
             outcomes = deliver_pending_leads(ctx, only=people)
-            summary["leads"] = sum(1 for o in outcomes if o.status != "failed")
+            # Delivered only: a person skipped now (consent, a score decayed below the
+            # threshold) is not counted as replayed (their letter stays).
+            summary["leads"] = sum(1 for o in outcomes if o.status in DELIVERED)
         if messages:
             inbox.set_message_status(store, messages, "pending")
             tickets_ctx = TicketsContext(

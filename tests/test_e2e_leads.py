@@ -320,11 +320,13 @@ def test_a_replay_leaves_out_who_was_added_to_the_opt_out_list_since(
     config = configure(
         sandbox, crm={"lead_mapping": "lead.salesforce.yaml"}, consent={"opt_out": failed[:1]}
     )
-    assert cli.main(["dead-letters", "replay", "--config", config, "--all"]) == 0
     capsys.readouterr()
+    assert cli.main(["dead-letters", "replay", "--config", config, "--all"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     held = set(sf_leads(sandbox))
     assert failed[0] not in held
     assert set(failed[1:]) <= held
+    assert summary["leads"] == len(failed) - 1  # the one left out is not counted replayed
 
 
 def test_a_spent_api_quota_stops_writing_cleanly_and_the_next_run_resumes(
