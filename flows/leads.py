@@ -438,6 +438,10 @@ def pull_task(ctx: LeadsContext, requests: list[x.StreamRequest], streams: int) 
     most of them one page long. Each page is logged (and shown) under this task. A retry
     walks again from the stored cursors, so nothing is read or written twice.
     """
+    # A retry starts each walk where the stored cursors say: the walks the failed attempt
+    # finished are not read (nor counted) again.
+    stored = ctx.store.cursors(ctx.account.name)
+    requests = [replace(r, since_id=stored.get(r.cursor_name, r.since_id)) for r in requests]
     lanes = 1 if ctx.dry_run else PARALLEL_STREAMS  # a dry run holds one connection
     stores = PageStores(ctx, lanes)
     with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="walk") as pool:

@@ -329,6 +329,37 @@ def test_a_replay_leaves_out_who_was_added_to_the_opt_out_list_since(
     assert summary["leads"] == len(failed) - 1  # the one left out is not counted replayed
 
 
+def test_a_retried_pull_does_not_read_again_the_walks_it_finished(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A late page fails for good (retries spent): Prefect retries the pull task, whose
+    walks start from the stored cursors, so the mentions, finished before the failure,
+    are asked only for what is newer (checked: the retry walked every mention page
+    again, and counted them twice)."""
+    from connectors.http import Action, ApiError
+    from connectors.social import x
+
+    fetch = x.fetch_page
+    calls: list[tuple[str, bool]] = []  # (stream, after the failure)
+    failed = threading.Event()
+
+    def failing_once(client: Any, request: Any) -> Any:
+        if len(calls) == 60 and not failed.is_set():
+            failed.set()
+            raise ApiError("x", "GET /2/tweets/:id/liking_users", "503", 503, Action.RETRY)
+        calls.append((request.stream, failed.is_set()))
+        return fetch(client, request)
+
+    monkeypatch.setattr(x, "fetch_page", failing_once)
+    summary = leads(LeadsRun(config=configure(sandbox)))
+    assert failed.is_set() and summary["status"] == "completed"
+    mentions_before = sum(1 for stream, after in calls if stream == "mentions" and not after)
+    mentions_after = sum(1 for stream, after in calls if stream == "mentions" and after)
+    assert mentions_before >= 2
+    assert mentions_after == 1  # since the stored cursor: nothing newer
+    assert set(sf_leads(sandbox)) == set(expected_leads(sandbox))
+
+
 def test_a_spent_api_quota_stops_writing_cleanly_and_the_next_run_resumes(
     sandbox: Sandbox,
 ) -> None:
