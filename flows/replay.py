@@ -95,6 +95,9 @@ def replay(params: ReplayRun = ReplayRun()) -> dict[str, Any]:  # noqa: B008
             # Delivered only: a person skipped now (consent, a score decayed below the
             # threshold) is not counted as replayed (their letter stays).
             summary["leads"] = sum(1 for o in outcomes if o.status in DELIVERED)
+        # This account's messages only: another account's are its own runs' to deliver
+        # (under its lock), and would be counted here without being sent.
+        messages = inbox.messages_of(store, messages, account.name)
         if messages:
             inbox.set_message_status(store, messages, "pending")
             tickets_ctx = TicketsContext(

@@ -155,6 +155,23 @@ def pending_conversations(
         after = keys[-1]
 
 
+def messages_of(store: StateStore, message_keys: Iterable[str], account: str) -> list[str]:
+    """Those of ``message_keys`` that came to ``account``, in their order."""
+    keys = list(message_keys)
+    table = schema.messages
+    found: set[str] = set()
+    with store.transaction() as connection:
+        for chunk in _chunks(keys):
+            found.update(
+                connection.execute(
+                    sa.select(table.c.message_key).where(
+                        table.c.message_key.in_(chunk), table.c.account == account
+                    )
+                ).scalars()
+            )
+    return [key for key in keys if key in found]
+
+
 def set_message_status(store: StateStore, message_keys: Iterable[str], status: str) -> None:
     keys = list(message_keys)
     with store.transaction() as connection:

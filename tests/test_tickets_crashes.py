@@ -267,9 +267,10 @@ def test_each_comment_of_a_group_conversation_is_its_senders(sandbox: Sandbox) -
 
 
 def test_a_run_delivers_its_own_accounts_conversations_only(tmp_path: Path) -> None:
-    """Accounts sharing one store run side by side under their own locks: a run that
-    delivered another account's messages would post them beside that account's run
-    (checked: without the account filter, both runs take every conversation)."""
+    """Accounts sharing one store run side by side under their own locks: a run (or a
+    replay) that delivered another account's messages would post them beside that
+    account's run (checked: without the account filter, both runs take every
+    conversation)."""
     with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
         for account, conversation in (("brand", "1"), ("brand2", "2"), ("brand", "3")):
             message = DirectMessage(
@@ -289,5 +290,8 @@ def test_a_run_delivers_its_own_accounts_conversations_only(tmp_path: Path) -> N
         everyone = [
             key for batch in inbox.pending_conversations(store, batch_size=50) for key in batch
         ]
+        # What a replay of "brand" sends again of the dead-lettered messages: its own only.
+        letters = ["x:dm:103", "x:dm:102", "x:dm:101", "x:dm:999"]
+        assert inbox.messages_of(store, letters, "brand") == ["x:dm:103", "x:dm:101"]
     assert mine == ["x:conversation:1", "x:conversation:3"]
     assert everyone == ["x:conversation:1", "x:conversation:2", "x:conversation:3"]
