@@ -309,15 +309,16 @@ def store_pages(ctx: LeadsContext, group: list[QueuedPage]) -> None:
 
 def write_pages(ctx: LeadsContext, group: list[QueuedPage]) -> IngestResult:
     """The store writes of ``group``: help requests, engagements, cursors, dead letters."""
+    records = [record for item in group for record in item.page.records]
+    reasons = consent.suppression_reasons(ctx.store, [r.author.key for r in records])
     cursors: dict[str, str] = {}
     for item in group:
         if item.request.stream == "mentions" and ctx.settings.routing.tickets_from_mentions:
-            queue_help_requests(ctx, item.page.records)
+            queue_help_requests(ctx, item.page.records, reasons)
         if item.page.cursor:
             cursors[item.request.cursor_name] = item.page.cursor
-    records = [record for item in group for record in item.page.records]
     # Whoever opted out or was erased is not stored again, whatever they like next.
-    allowed, _ = consent.filter_suppressed(ctx.store, records, key=lambda e: e.author.key)
+    allowed = [record for record in records if record.author.key not in reasons]
     result = ctx.store.ingest(
         ctx.account.name, allowed, ctx.settings.qualification, cursors=cursors or None
     )
@@ -733,17 +734,13 @@ def decide_batch(ctx: LeadsContext, prepared: PreparedBatch) -> BatchPlan:
         if match is not None and contact is not None:
             plan.contacts[key] = (contact, match.matched_by)
             continue
-        if match is not None and match.object == "Lead" and match.claimed_by:
-            # Another of our people's lead (the same human on another account: same
-            # address) or another tool's: adopting it would write our external id over
-            # theirs, and the next run of theirs would take it back. A Task on it instead.
-            assert match.id is not None
-            plan.contacts[key] = (match.id, match.matched_by)
-            plan.on_leads.add(key)
-            continue
         if match is not None and match.object == "Lead" and match.matched_by != "external_id":
             assert match.id is not None
-            if ctx.adopter(match.id, key) != key:
+            # Another of our people's lead (the same human on another account: same
+            # address), another tool's, or one another of ours adopts in this run: taking
+            # it would write our external id over theirs, and their next run would take it
+            # back. A Task on it instead.
+            if match.claimed_by or ctx.adopter(match.id, key) != key:
                 plan.contacts[key] = (match.id, match.matched_by)
                 plan.on_leads.add(key)
                 continue
@@ -1239,7 +1236,9 @@ def stop_status(error: ApiError) -> str:
     return f"quota: {error}" if error.action is Action.QUOTA else f"failed: {error}"
 
 
-def queue_help_requests(ctx: LeadsContext, records: list[Engagement]) -> None:
+def queue_help_requests(
+    ctx: LeadsContext, records: list[Engagement], reasons: dict[str, str]
+) -> None:
     """Public mentions asking for help wait in the inbox for the tickets flow.
 
     Written before the page's cursor moves, and keyed, so a crash re-queues nothing twice.
@@ -1248,7 +1247,7 @@ def queue_help_requests(ctx: LeadsContext, records: list[Engagement]) -> None:
         ctx._rules = load_rules(ctx.settings.mapping_path(ctx.settings.routing.rules))
     # An erased person's mention, read again (the cursor had not moved past it), must not
     # bring their words back; one who opted out of marketing still gets support.
-    reasons = consent.suppression_reasons(ctx.store, [r.author.key for r in records])
+    # ``reasons``: the page's suppressions (``consent.suppression_reasons``), read once.
     routed = []
     for record in records:
         if reasons.get(record.author.key) == consent.ERASED:

@@ -397,9 +397,7 @@ def _created_before_crash(
         first = next((m for ref, m in refs.items() if ref in description), None)
         if first is not None:
             pending.remove(first)
-            with ctx.store.transaction():  # ticket and its first message recorded together
-                _record_ticket(ctx, key, ticket)
-                _comment_done(ctx, first, int(ticket["id"]))
+            _record_ticket(ctx, key, ticket, first)
             return ticket
     return None
 
@@ -414,9 +412,15 @@ def _current_ticket(client: zendesk.ZendeskClient, ticket_id: int) -> dict[str, 
         raise
 
 
-def _record_ticket(ctx: TicketsContext, key: str, ticket: dict[str, Any]) -> None:
-    ctx.store.record_deliveries(TICKET, [SinkOutcome(key, "created", str(ticket["id"]))])
-    inbox.close_intent(ctx.store, key, TICKET)
+def _record_ticket(
+    ctx: TicketsContext, key: str, ticket: dict[str, Any], first: inbox.StoredMessage
+) -> None:
+    """The ticket and the message it was opened with, in one transaction: a crash between
+    the two would leave that message pending with no intent, and post it again."""
+    with ctx.store.transaction():
+        ctx.store.record_deliveries(TICKET, [SinkOutcome(key, "created", str(ticket["id"]))])
+        inbox.close_intent(ctx.store, key, TICKET)
+        _comment_done(ctx, first, int(ticket["id"]))
 
 
 def _create_ticket(
@@ -440,11 +444,7 @@ def _create_ticket(
         ticket_body["via_followup_source_id"] = int(follow_up)
     inbox.open_intent(ctx.store, key, TICKET, "create", idem)
     ticket, replayed = zendesk.create_ticket(client, ticket_body, idempotency_key=idem, key=key)
-    # One transaction: a crash between the ticket's record and its first message's would
-    # leave that message pending with no intent, and post it again as a comment.
-    with ctx.store.transaction():
-        _record_ticket(ctx, key, ticket)
-        _comment_done(ctx, first, int(ticket["id"]))
+    _record_ticket(ctx, key, ticket, first)
     if replayed:
         ctx.count("creates replayed by Zendesk")
     return ticket

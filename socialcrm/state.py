@@ -772,10 +772,10 @@ class StateStore:
     def discard_dead_letters(self, ids: Sequence[int]) -> int:
         """Letters an operator has read and let go (a malformed source record, which no
         replay can redo: the source sends it whole or never again); returns how many."""
+        table = schema.dead_letters
         removed = 0
         with self.transaction() as connection:
             for chunk in _chunks(sorted(set(ids))):
-                table = schema.dead_letters
                 result = connection.execute(table.delete().where(table.c.id.in_(chunk)))
                 removed += int(result.rowcount or 0)
         return removed

@@ -361,7 +361,8 @@ def test_an_erased_persons_mention_read_again_is_not_queued_for_the_helpdesk(
         ]
         consent.opt_out(store, ["x:1"], consent.ERASED)
         consent.opt_out(store, ["x:2"], consent.OPT_OUT)
-        queue_help_requests(ctx, asking)
+        reasons = consent.suppression_reasons(store, ["x:1", "x:2", "x:3"])
+        queue_help_requests(ctx, asking, reasons)
         queued = [
             m.person_key
             for batch in inbox.pending_conversations(store, batch_size=10)
