@@ -322,6 +322,27 @@ class Units:
         paired[starts] = paired[starts + 1] = True
         return self.items_at(np.flatnonzero(surrogate & ~paired))
 
+    def items_not_web_urls(self) -> np.ndarray:
+        """Values that are no ``http(s)://host...`` URL, as ``validate.WEB_URL`` decides.
+
+        A few unit comparisons at each value's start instead of a regex scan of the whole
+        text: a value shorter than the prefix meets its closing separator (0), which
+        matches none of the expected units, so reading on into the next value is harmless.
+        """
+        codes = np.concatenate((self.codes, np.zeros(_URL_PREFIX_UNITS, dtype=np.uint16)))
+        first = self.separators[:-1] + 1
+        valid = np.ones(len(first), dtype=bool)
+        for offset, letter in enumerate("http"):
+            unit = codes[first + offset]
+            valid &= (unit == ord(letter)) | (unit == ord(letter.upper()))
+        unit = codes[first + 4]
+        # Python's IGNORECASE also matches "ſ" (U+017F) for "s": WEB_URL accepts it.
+        after = first + 4 + ((unit == ord("s")) | (unit == ord("S")) | (unit == 0x17F))
+        for offset, char in enumerate("://"):
+            valid &= codes[after + offset] == ord(char)
+        valid &= ~_NOT_HOST_START[codes[after + 3]]
+        return np.union1d(np.flatnonzero(~valid), self.items_with(WHITESPACE))
+
     def items_starting_or_ending_with(self, table: np.ndarray) -> np.ndarray:
         """Values whose first or last unit is flagged in ``table``, and empty values."""
         opening, closing = self.separators[:-1], self.separators[1:]
@@ -346,6 +367,8 @@ def _table(chars: Iterable[str]) -> np.ndarray:
 TRIMMED = _table(charsets.TRIM_CHARS)
 """What ``trim`` strips (all BMP characters)."""
 WHITESPACE = _table(chr(code) for code in range(0x10000) if chr(code).isspace())
+_URL_PREFIX_UNITS = len("https://x")
+_NOT_HOST_START = WHITESPACE | _table("/?#" + SEPARATOR)
 CONTROLS = _table(chr(code) for code in [*range(1, 9), *range(11, 32), 127])
 """C0 controls but NUL, tab and newline: what Salesforce refuses (NUL is gone already)."""
 

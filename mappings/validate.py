@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import contains
 
 import numpy as np
 import pandas as pd
@@ -35,8 +34,8 @@ _INVALID_WEB_URL = re.compile(r"\x00(?![hH][tT][tT][pP][sSſ]?://[^\s/?#\x00]+[^
 # (NUL is gone already: mappings.columnar removes it), or a blank one.
 _CONTROLS = "\x01-\x08\x0b-\x1f\x7f\ud800-\udfff"
 _CLEANING_NEEDED = re.compile(f"\x00(?:[^\x00{_CONTROLS}]*+[{_CONTROLS}]|\\s*+(?=\x00))")
-_CONTROL_BYTES = bytes([*range(0, 9), *range(11, 32), 127])
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# C0 controls but tab and newline, DEL, and the first byte of an encoded surrogate.
+_SUSPECT_BYTES = bytes([*range(0, 9), *range(11, 32), 127, 0xED])
 
 _BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 _PREVIEW = 40
@@ -73,14 +72,15 @@ def _clean_value(value: str) -> str | None:
 
 
 def _items_needing_cleaning(items: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Values ``_clean_value`` changes, for long text, where joining costs more than this.
+    """Values ``_clean_value`` may change, for long text, where joining costs more than this.
 
     Every step is a ``str`` or ``bytes`` method mapped in C, one pass a value: UTF-8 keeps
-    each control character as one byte, which ``bytes.translate`` deletes, and a lone
-    surrogate encodes (with ``surrogatepass``) to a three-byte sequence starting with
-    ``0xED``, as do some Hangul syllables: those values are checked again. Returns (their
-    indices, each value's UTF-8 size, which is at least its length in UTF-16 units).
-    Values are encoded a slice at a time, so that the copies stay small.
+    each control character as one byte, and a lone surrogate encodes (with
+    ``surrogatepass``) to a three-byte sequence starting with ``0xED``, as do some Hangul
+    syllables. ``bytes.translate`` deletes those bytes: a value it shortens is a candidate,
+    and the caller's ``_clean_value`` keeps the ones that did not change. Returns (the
+    candidates' indices, each value's UTF-8 size, which is at least its length in UTF-16
+    units). Values are encoded a slice at a time, so that the copies stay small.
     """
     found, sizes = [], []
     for start in range(0, len(items), _SLICE):
@@ -88,13 +88,10 @@ def _items_needing_cleaning(items: list[str]) -> tuple[np.ndarray, np.ndarray]:
         count = len(chunk)
         encoded = list(map(str.encode, chunk, repeat("utf-8"), repeat("surrogatepass")))
         size = np.fromiter(map(len, encoded), np.int64, count)
-        kept = map(bytes.translate, encoded, repeat(None), repeat(_CONTROL_BYTES))
-        control = np.fromiter(map(len, kept), np.int64, count) != size
+        kept = map(bytes.translate, encoded, repeat(None), repeat(_SUSPECT_BYTES))
+        suspect = np.fromiter(map(len, kept), np.int64, count) != size
         blank = (size == 0) | np.fromiter(map(str.isspace, chunk), bool, count)
-        suspect = np.fromiter(map(contains, encoded, repeat(b"\xed")), bool, count)
-        for i in np.flatnonzero(suspect & ~control & ~blank).tolist():
-            control[i] = _LONE_SURROGATE.search(chunk[i]) is not None
-        found.append(np.flatnonzero(control | blank) + start)
+        found.append(np.flatnonzero(suspect | blank) + start)
         sizes.append(size)
     if not found:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -234,7 +231,11 @@ def _cast_text(
         found = checks.joined.items_matching(_INVALID_EMAIL)
         checks.invalid(found, "is not an email", policy)
     elif field_type == "url":
-        found = checks.joined.items_matching(_INVALID_WEB_URL)
+        joined = checks.joined
+        if joined.count and joined.units().exact:
+            found = joined.units().items_not_web_urls()
+        else:
+            found = joined.items_matching(_INVALID_WEB_URL)
         checks.invalid(found, "is not a web URL", policy)
     if dest.restricted_picklist and dest.picklist_values:
         allowed = dest.picklist_values

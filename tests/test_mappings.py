@@ -29,7 +29,7 @@ from mappings import (
     parse_spec,
 )
 from mappings import text as text_module
-from mappings.columnar import collapse_spaces
+from mappings.columnar import Units, collapse_spaces
 from mappings.engine import EMAIL, WEB_URL
 from mappings.spec import TransformStep
 from mappings.transforms import TransformContext, format_datetime
@@ -800,6 +800,7 @@ _HOSTILE_PIECES = [
     "٣",
     "²",
     "漢",
+    "한",  # UTF-8 starts with 0xED, as an encoded lone surrogate does
     "ع",
     "ा",
     "http://",
@@ -985,6 +986,19 @@ def test_vectorised_names_equal_the_regex_passes() -> None:
 def test_joined_url_check_agrees_with_the_url_rule(value: str) -> None:
     invalid = _INVALID_WEB_URL.match("\x00" + value + "\x00") is not None
     assert invalid == (WEB_URL.fullmatch(value) is None)
+
+
+_URL_PIECES = ["h", "H", "t", "T", "p", "P", "s", "S", "\u017f", ":", "/", "//", "?", "#", " ",
+               "\u3000", "x", ".", "é", "🚀", "\x1c", "http", "https://", "HTTP://"]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(_URL_PIECES), max_size=8).map("".join), max_size=12))
+def test_url_check_on_code_units_agrees_with_the_url_rule(values: list[str]) -> None:
+    """The unit comparisons read past short values into the next one: never a false pass."""
+    units = Units.of("\x00".join(["", *values, ""]))
+    found = units.items_not_web_urls().tolist()
+    assert found == [i for i, value in enumerate(values) if WEB_URL.fullmatch(value) is None]
 
 
 def test_records_carry_any_field_name(lead_spec: MappingSpec) -> None:
