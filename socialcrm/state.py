@@ -395,69 +395,35 @@ class StateStore:
         for record in fresh:
             by_person.setdefault(record.author.key, []).append(record)
         table = schema.people
-        existing: dict[str, Any] = {}  # person_key -> row mapping
-        # Locked until the commit (PostgreSQL; SQLite's writer holds the database since the
-        # engagements' insert): a tickets run adding a sales DM to the same person must not
-        # write its counts in between and have them overwritten. Sorted, so two writers
-        # lock in the same order and never wait for each other in a circle.
-        for chunk in _chunks(sorted(by_person)):
-            for found in connection.execute(
-                sa.select(  # not the profile: it is replaced, never read back
-                    table.c.person_key,
-                    table.c.counts,
-                    table.c.score,
-                    table.c.first_engaged_at,
-                    table.c.last_engaged_at,
-                )
-                .where(table.c.person_key.in_(chunk))
-                .order_by(table.c.person_key)
-                .with_for_update()
-            ).mappings():
-                existing[found["person_key"]] = found
+        existing = _locked_people(connection, sorted(by_person))
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
-        may_qualify = 0
         for key, items in by_person.items():
-            row: Any = existing.get(key)
-            counts: dict[str, int] = dict(row["counts"]) if row else {}
-            intent_seen = _intent_seen(row, counts, items, qualification)
-            for item in items:
-                counts[item.kind.value] = counts.get(item.kind.value, 0) + 1
-            times = [item.occurred_at or now for item in items]
-            earlier = (
-                [_aware(row["first_engaged_at"]), _aware(row["last_engaged_at"])] if row else []
-            )
-            known = [t for t in earlier if t is not None]
-            first = min([*times, *known])
-            last = max([*times, *known])
-            latest = max(items, key=lambda item: item.occurred_at or now).author
-            # An upper bound of the decayed score at any later time (see scoring).
-            score = scoring.stored_score(counts, qualification, intent_seen=intent_seen)
-            may_qualify += score >= qualification.threshold
-            values = {
-                "handle": latest.handle,
-                "profile": profile_to_json(latest),
-                "counts": counts,
-                "engagement_count": sum(counts.values()),
-                "score": score,
-                "first_engaged_at": first,
-                "last_engaged_at": last,
-                "pending": True,
-                "updated_at": now,
-            }
+            row = existing.get(key)
+            values = _person_values(row, items, qualification, now)
             if row is None:
+                latest = values.pop("author")
                 inserts.append(
-                    {
-                        "person_key": key,
-                        "platform": latest.platform,
-                        "user_id": latest.user_id,
-                        **values,
-                    }
+                    {"person_key": key, "platform": latest.platform, "user_id": latest.user_id}
+                    | values
                 )
             else:
+                del values["author"]
                 updates.append({"key_": key, **values})
         if inserts:
-            connection.execute(table.insert(), inserts)
+            # Another run may insert one of them meanwhile (nothing locks a row that is not
+            # there yet): that insert is skipped here and its row updated like the others.
+            added = set(
+                connection.execute(
+                    _insert_new(connection, table).returning(table.c.person_key), inserts
+                ).scalars()
+            )
+            lost = sorted(row["person_key"] for row in inserts if row["person_key"] not in added)
+            inserts = [row for row in inserts if row["person_key"] in added]
+            for key, row in _locked_people(connection, lost).items():
+                values = _person_values(row, by_person[key], qualification, now)
+                del values["author"]
+                updates.append({"key_": key, **values})
         if updates:
             # One statement for the page (executemany), not one round trip per person.
             columns = [name for name in updates[0] if name != "key_"]
@@ -467,7 +433,7 @@ class StateStore:
                 .values({name: sa.bindparam(name) for name in columns}),
                 updates,
             )
-        return may_qualify
+        return sum(row["score"] >= qualification.threshold for row in [*inserts, *updates])
 
     def rescore_people(self, qualification: Qualification, *, batch_size: int = 1000) -> int:
         """Recompute every stored score from the engagements, after a change of weights or
@@ -794,6 +760,74 @@ class StateStore:
                 )
                 removed += int(result.rowcount or 0)
         return removed
+
+
+def _locked_people(connection: sa.Connection, keys: Sequence[str]) -> dict[str, Any]:
+    """The stored rows of these people (sorted keys), locked until the commit.
+
+    Locked (PostgreSQL; SQLite's writer holds the database since the engagements' insert):
+    a tickets run adding a sales DM to the same person must not write its counts in
+    between and have them overwritten. Sorted, so two writers lock in the same order and
+    never wait for each other in a circle.
+    """
+    table = schema.people
+    existing: dict[str, Any] = {}
+    for chunk in _chunks(keys):
+        for found in connection.execute(
+            sa.select(  # not the profile: it is replaced, never read back
+                table.c.person_key,
+                table.c.counts,
+                table.c.score,
+                table.c.first_engaged_at,
+                table.c.last_engaged_at,
+            )
+            .where(table.c.person_key.in_(chunk))
+            .order_by(table.c.person_key)
+            .with_for_update()
+        ).mappings():
+            existing[found["person_key"]] = found
+    return existing
+
+
+def _insert_new(connection: sa.Connection, table: sa.Table) -> Any:
+    """An insert that skips the rows whose key exists (both backends say ON CONFLICT)."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+        return postgresql_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+def _person_values(
+    row: Any, items: Sequence[Engagement], qualification: Qualification, now: datetime
+) -> dict[str, Any]:
+    """A person's row after ``items``: ``row`` is what is stored (None: nothing yet).
+
+    ``author`` is the profile the latest engagement carried (for a new row's identity).
+    """
+    counts: dict[str, int] = dict(row["counts"]) if row else {}
+    intent_seen = _intent_seen(row, counts, items, qualification)
+    for item in items:
+        counts[item.kind.value] = counts.get(item.kind.value, 0) + 1
+    times = [item.occurred_at or now for item in items]
+    earlier = [_aware(row["first_engaged_at"]), _aware(row["last_engaged_at"])] if row else []
+    known = [t for t in earlier if t is not None]
+    latest = max(items, key=lambda item: item.occurred_at or now).author
+    return {
+        "author": latest,
+        "handle": latest.handle,
+        "profile": profile_to_json(latest),
+        "counts": counts,
+        "engagement_count": sum(counts.values()),
+        # An upper bound of the decayed score at any later time (see scoring).
+        "score": scoring.stored_score(counts, qualification, intent_seen=intent_seen),
+        "first_engaged_at": min([*times, *known]),
+        "last_engaged_at": max([*times, *known]),
+        "pending": True,
+        "updated_at": now,
+    }
 
 
 def score(counts: dict[str, int], qualification: Qualification) -> float:

@@ -21,7 +21,7 @@ from socialcrm.records import (
     SinkOutcome,
     SocialProfile,
 )
-from socialcrm.state import StateStore
+from socialcrm.state import PersonRow, StateStore
 
 NOW = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 RULES = Qualification(threshold=3)
@@ -74,18 +74,22 @@ def test_duplicate_ids_inside_one_page_are_one_engagement(state_url: str) -> Non
         assert store.people(["x:10"])[0].engagement_count == 1
 
 
-def test_two_runs_adding_to_one_person_at_once_lose_no_count(
-    state_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The leads run stores a quote while the tickets run stores a sales DM of the same
-    person: both counts stay (checked on PostgreSQL: without the row lock the run that
-    read first wrote its counts last, and the DM was lost from them)."""
+def _leads_and_tickets_at_once(
+    state_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    before: list[Engagement],
+    quote: list[Engagement],
+    dm: list[Engagement],
+) -> PersonRow:
+    """``before`` is stored; then the leads run stores ``quote`` and, between its read of
+    the person and its write, the tickets run stores ``dm``. The one person afterwards."""
     import socialcrm.state as state_module
 
     qualification = Qualification()
     first, second = StateStore.open(state_url), StateStore.open(state_url)
+    errors: list[BaseException] = []
     try:
-        first.ingest("brand", [engagement("1", EngagementKind.MENTION, "77")], qualification)
+        first.ingest("brand", before, qualification)
         read, go = threading.Event(), threading.Event()
         scored = state_module._intent_seen
 
@@ -95,15 +99,17 @@ def test_two_runs_adding_to_one_person_at_once_lose_no_count(
                 go.wait(10)
             return scored(*args)
 
+        def run(store: StateStore, records: list[Engagement]) -> None:
+            try:
+                store.ingest("brand", records, qualification)
+            except BaseException as error:  # reported by the assertion below
+                errors.append(error)
+
         monkeypatch.setattr(state_module, "_intent_seen", after_reading)
-        quote = [engagement("2", EngagementKind.QUOTE, "77")]
-        leads = threading.Thread(
-            name="leads", target=lambda: first.ingest("brand", quote, qualification)
-        )
+        leads = threading.Thread(name="leads", target=run, args=(first, quote))
         leads.start()
         assert read.wait(10)
-        dm = [engagement("3", EngagementKind.MESSAGE, "77")]
-        tickets = threading.Thread(target=lambda: second.ingest("brand", dm, qualification))
+        tickets = threading.Thread(target=run, args=(second, dm))
         tickets.start()
         tickets.join(0.5)  # it waits for the leads run's commit (or, unlocked, is done)
         go.set()
@@ -113,8 +119,44 @@ def test_two_runs_adding_to_one_person_at_once_lose_no_count(
     finally:
         first.close()
         second.close()
+    assert not errors, errors
+    return person
+
+
+def test_two_runs_adding_to_one_person_at_once_lose_no_count(
+    state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The leads run stores a quote while the tickets run stores a sales DM of the same
+    person: both counts stay (checked on PostgreSQL: without the row lock the run that
+    read first wrote its counts last, and the DM was lost from them)."""
+    person = _leads_and_tickets_at_once(
+        state_url,
+        monkeypatch,
+        before=[engagement("1", EngagementKind.MENTION, "77")],
+        quote=[engagement("2", EngagementKind.QUOTE, "77")],
+        dm=[engagement("3", EngagementKind.MESSAGE, "77")],
+    )
     assert person.counts == {"mention": 1, "quote": 1, "message": 1}
     assert person.engagement_count == 3
+
+
+def test_two_runs_adding_one_new_person_at_once_both_count(
+    state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both runs find no row for a new person; the tickets run inserts it first. The leads
+    run then adds its counts to that row (on PostgreSQL its own insert used to fail on the
+    unique key and the whole pull was retried, or failed on a second collision)."""
+    person = _leads_and_tickets_at_once(
+        state_url,
+        monkeypatch,
+        before=[],
+        quote=[engagement("2", EngagementKind.QUOTE, "88", minutes=5)],
+        dm=[engagement("3", EngagementKind.MESSAGE, "88")],
+    )
+    assert person.counts == {"quote": 1, "message": 1}
+    assert person.engagement_count == 2
+    assert person.first_engaged_at == NOW
+    assert person.last_engaged_at == NOW + timedelta(minutes=5)
 
 
 def test_cursor_is_written_with_its_page(state_url: str) -> None:
