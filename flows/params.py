@@ -14,14 +14,19 @@ from typing import Any, TypeVar, cast
 
 import yaml
 from prefect.utilities.annotations import quote
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_CONFIG = "socialcrm.yaml"
 
 
+def default_config() -> str:
+    """$SOCIALCRM_CONFIG, else ``socialcrm.yaml`` in the working folder."""
+    return os.environ.get("SOCIALCRM_CONFIG") or DEFAULT_CONFIG
+
+
 def configured_accounts(path: str | None = None) -> list[str]:
     """Account names in the config at ``path`` (default: $SOCIALCRM_CONFIG), or none."""
-    target = Path(path or os.environ.get("SOCIALCRM_CONFIG") or DEFAULT_CONFIG)
+    target = Path(path or default_config())
     try:
         data = yaml.safe_load(target.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
@@ -40,12 +45,21 @@ def _account_choices(schema: dict[str, Any]) -> None:
 
 
 class RunTarget(BaseModel):
-    """Which config and which account a run works on."""
+    """Which config and which account a run works on.
+
+    An unknown key is an error: a misspelt ``dryrun`` must not start a run that writes.
+    The config defaults to $SOCIALCRM_CONFIG at run time: a run started with
+    ``--param params='{...}'`` replaces the deployment's whole ``params`` object (Prefect
+    merges parameters by top-level name), config path included.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     config: str = Field(
-        DEFAULT_CONFIG,
+        default_factory=default_config,
         title="Config file",
-        description="Path of the socialcrm YAML config, as seen by the worker",
+        description="Path of the socialcrm YAML config, as seen by the worker "
+        "(empty: $SOCIALCRM_CONFIG, else socialcrm.yaml)",
     )
     account: str | None = Field(
         None,
@@ -53,6 +67,11 @@ class RunTarget(BaseModel):
         description="Account name from the config; empty means the first",
         json_schema_extra=_account_choices,
     )
+
+    @field_validator("config")
+    @classmethod
+    def _blank_means_default(cls, config: str) -> str:
+        return config.strip() or default_config()
 
 
 C = TypeVar("C")

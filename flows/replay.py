@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from connectors.http import Action, ApiError
 from flows.leads import (
@@ -40,6 +40,11 @@ class ReplayRun(RunTarget):
     ids: list[int] | None = Field(
         None, title="Dead-letter ids", description="Replay only these; empty means all"
     )
+
+    @field_validator("ids")
+    @classmethod
+    def _empty_means_all(cls, ids: list[int] | None) -> list[int] | None:
+        return ids or None  # a list cleared in the UI form arrives as []
 
 
 @flow(

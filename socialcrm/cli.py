@@ -13,7 +13,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from socialcrm import progress
 from socialcrm.config import ConfigError, load_settings
@@ -83,19 +85,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
         close_bar()
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def _params(model: type[M], **values: Any) -> M:
+    """A flow's parameters from the command line; a bad value is a usage error, not a trace."""
+    try:
+        return model(**values)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"--{'-'.join(str(part) for part in problem['loc']).replace('_', '-')}: "
+            f"{problem['msg']}"
+            for problem in error.errors()
+        )
+        raise ConfigError(problems) from None
+
+
 def _run_flow(args: argparse.Namespace) -> int:
     from connectors.http import ApiError
 
+    common = {
+        "config": args.config,
+        "account": args.account,
+        "dry_run": args.dry_run,
+        "limit": args.limit,
+    }
     if args.flow == "leads":
         from flows.leads import LeadsRun, leads
 
-        params = LeadsRun(
-            config=args.config,
-            account=args.account,
-            dry_run=args.dry_run,
-            limit=args.limit,
-            sales_csv=args.sales_csv,
-        )
+        params = _params(LeadsRun, **common, sales_csv=args.sales_csv)
         try:
             summary: dict[str, Any] = leads(params)
         except ApiError as error:
@@ -111,9 +129,7 @@ def _run_flow(args: argparse.Namespace) -> int:
     else:
         from flows.tickets import TicketsRun, tickets
 
-        ticket_params = TicketsRun(
-            config=args.config, account=args.account, dry_run=args.dry_run, limit=args.limit
-        )
+        ticket_params = _params(TicketsRun, **common)
         try:
             summary = tickets(ticket_params)
         except ApiError as error:
@@ -208,7 +224,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     try:
         summary = replay(
-            ReplayRun(config=args.config, account=args.account, ids=None if args.all else args.id)
+            _params(
+                ReplayRun,
+                config=args.config,
+                account=args.account,
+                ids=None if args.all else args.id,
+            )
         )
     except ApiError as error:
         print(f"socialcrm: replay stopped: {error}", file=sys.stderr)
@@ -227,7 +248,9 @@ def _cmd_erase(args: argparse.Namespace) -> int:
     except ErasureError as error:
         print(f"socialcrm: --person: {error}", file=sys.stderr)
         return 2
-    params = EraseRun(config=args.config, account=args.account, person=person, dry_run=args.dry_run)
+    params = _params(
+        EraseRun, config=args.config, account=args.account, person=person, dry_run=args.dry_run
+    )
     try:
         summary = erase(params)
     except ErasureIncomplete as error:

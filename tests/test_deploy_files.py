@@ -54,6 +54,36 @@ def test_flow_forms_have_titles_and_descriptions() -> None:
         assert definitions[field].get("title") and definitions[field].get("description")
 
 
+def test_a_misspelt_run_parameter_is_refused_by_the_model_and_the_form() -> None:
+    from flows.erase import EraseRun
+    from flows.leads import LeadsRun, leads
+    from flows.replay import ReplayRun
+    from flows.tickets import TicketsRun
+
+    for model in (LeadsRun, TicketsRun, ReplayRun, EraseRun):
+        with pytest.raises(ValueError, match="dryrun"):
+            model.model_validate({"account": "brand", "dryrun": True})
+    schema = leads.parameters.model_dump()["definitions"]["LeadsRun"]
+    assert schema["additionalProperties"] is False  # Prefect's server-side check refuses it
+
+
+def test_a_run_without_a_config_path_reads_the_one_the_worker_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--param params='{...}'` replaces the deployment's whole params, config included."""
+    from flows.leads import LeadsRun
+    from flows.replay import ReplayRun
+
+    monkeypatch.setenv("SOCIALCRM_CONFIG", "/etc/socialcrm/socialcrm.yaml")
+    assert LeadsRun(account="brand").config == "/etc/socialcrm/socialcrm.yaml"
+    assert LeadsRun.model_validate({"config": " "}).config == "/etc/socialcrm/socialcrm.yaml"
+    assert LeadsRun(config="mine.yaml").config == "mine.yaml"
+    monkeypatch.delenv("SOCIALCRM_CONFIG")
+    assert LeadsRun().config == "socialcrm.yaml"
+    assert ReplayRun(ids=[]).ids is None  # a list cleared in the form means all
+    assert ReplayRun(ids=[3]).ids == [3]
+
+
 # --- scale-out files: image, compose stack, Kubernetes work pool --------------------------
 # Static checks only: no Docker daemon, no cluster, no kubectl.
 
@@ -621,3 +651,22 @@ def test_permission_set_grants_every_socialcrm_field_and_the_lead_object() -> No
     readme = (ROOT / "README.md").read_text()
     assert "sf project deploy start --source-dir force-app --target-org" in readme
     assert "sf org assign permset --name Socialcrm_Integration" in readme
+
+
+def test_files_holding_secrets_are_never_committed() -> None:
+    """The README says never to commit them: git ignores them (their examples are kept)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    secret = ["deploy/.env", "socialcrm.yaml", "socialcrm.deploy.yaml", "deploy/config/sf.key"]
+    kept = ["deploy/.env.example", "socialcrm.example.yaml"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *secret, *kept],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    assert ignored == secret

@@ -223,3 +223,12 @@ def test_the_pull_task_is_retried_only_for_what_may_pass_next_time(
     from flows.leads import worth_retrying
 
     assert worth_retrying(None, None, Failed(data=error)) is retried
+
+
+def test_a_bad_run_option_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from socialcrm import cli
+
+    code = cli.main(["run", "leads", "--config", "socialcrm.example.yaml", "--limit", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == "socialcrm: --limit: Input should be greater than or equal to 1"

@@ -402,7 +402,8 @@ def test_a_run_started_like_the_ui_run_button_is_executed_by_the_worker(
         crons = [(s["schedule"]["cron"], s["schedule"]["timezone"]) for s in stored["schedules"]]
         assert crons == [(s["cron"], s["timezone"]) for s in spec["schedules"]], stored["name"]
         assert all(s["active"] for s in stored["schedules"])  # as deployed, before the pause
-        assert stored["global_concurrency_limit"]["limit"] == spec["concurrency_limit"]
+        assert stored["global_concurrency_limit"]["limit"] == spec["concurrency_limit"]["limit"]
+        assert stored["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
         assert stored["work_pool_name"] == POOL
         assert stored["parameters"]["params"] == {
             **spec["parameters"]["params"],
