@@ -619,7 +619,10 @@ def service_times(box: SandboxProcess, state: dict[str, Any], repeats: int = 3) 
         "GET /2/users/:id": (f"/2/users/{brand}", {}),
         "GET /2/tweets/:id/liking_users": (f"/2/tweets/{post}/liking_users", users),
         "GET /2/tweets/:id/retweeted_by": (f"/2/tweets/{post}/retweeted_by", users),
-        "GET /2/tweets/:id/quote_tweets": (f"/2/tweets/{post}/quote_tweets", tweets),
+        "GET /2/tweets/:id/quote_tweets": (
+            f"/2/tweets/{post}/quote_tweets",
+            {**tweets, "exclude": "retweets"},
+        ),
         "GET /2/users/:id/mentions": (
             f"/2/users/{brand}/mentions",
             {**tweets, "expansions": "author_id,referenced_tweets.id"},

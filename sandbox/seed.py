@@ -114,7 +114,7 @@ class XTweet:
     created_ms: int
     lang: str
     conversation_id: str
-    kind: str  # post | mention | reply | quote
+    kind: str  # post | mention | reply | quote | retweet (of a quote: sandbox.x_api)
     post_id: str | None = None  # the brand post replied to or quoted
     in_reply_to_user_id: str | None = None
     hostile: str | None = None

@@ -85,6 +85,7 @@ class WorldIndex:
     posts: dict[str, XTweet]
     mentions: list[XTweet]  # mentions and replies, oldest first
     quotes: dict[str, list[XTweet]]  # by quoted post
+    quote_retweets: dict[str, list[XTweet]]  # reposts of those quotes, by the brand post
     reactions: dict[tuple[str, str], list[Reaction]]  # by (kind, post), most recent first
 
     @classmethod
@@ -96,6 +97,14 @@ class WorldIndex:
                 mentions.append(t)
             elif t.kind == "quote" and t.post_id:
                 quotes.setdefault(t.post_id, []).append(t)
+        taken = {t.id for t in world.tweets} | {p.id for p in world.posts}
+        users = sorted(world.users)
+        quote_retweets: dict[str, list[XTweet]] = {}
+        for post_id, quoting in quotes.items():
+            for t in quoting:
+                retweet = _retweet_of(t, world, users, taken)
+                if retweet is not None:
+                    quote_retweets.setdefault(post_id, []).append(retweet)
         reactions: dict[tuple[str, str], list[Reaction]] = {}
         for r in world.reactions:
             reactions.setdefault((r.kind, r.post_id), []).append(r)
@@ -108,8 +117,32 @@ class WorldIndex:
             posts={p.id: p for p in world.posts},
             mentions=sorted(mentions, key=lambda t: int(t.id)),
             quotes=quotes,
+            quote_retweets=quote_retweets,
             reactions=reactions,
         )
+
+
+def _retweet_of(quote: XTweet, world: World, users: list[str], taken: set[str]) -> XTweet | None:
+    """Every other quote is reposted by someone: X lists such reposts among a post's quote
+    tweets ("RT @quoter: ...", recordings/x/quote_tweets.json) unless asked
+    ``exclude=retweets``. Not an engagement with the brand's post: never in the truth."""
+    number = int(quote.id)
+    retweet_id = str(number + (1 << 21))  # half a millisecond later in snowflake terms
+    if number % 2 or not users or retweet_id in taken or quote.author_id not in world.users:
+        return None
+    taken.add(retweet_id)
+    author = users[number // 2 % len(users)]
+    quoter = world.users[quote.author_id].username
+    return XTweet(
+        retweet_id,
+        f"RT @{quoter}: {quote.text}"[:140],
+        author,
+        quote.created_ms,
+        quote.lang,
+        retweet_id,
+        "retweet",
+        post_id=quote.id,
+    )
 
 
 class XSimulator:
@@ -265,7 +298,7 @@ class XSimulator:
         if t.in_reply_to_user_id:
             full["in_reply_to_user_id"] = t.in_reply_to_user_id
         if t.post_id:
-            kind = "replied_to" if t.kind == "reply" else "quoted"
+            kind = {"reply": "replied_to", "retweet": "retweeted"}.get(t.kind, "quoted")
             full["referenced_tweets"] = [{"type": kind, "id": t.post_id}]
         if t.overrides:
             full = overridden(full, t.overrides)
@@ -444,11 +477,13 @@ class XSimulator:
             ],
         )
         size = max_results(req, 10, 100, 10)
-        list_param(req, "exclude", ["retweets", "replies"])
+        excluded = list_param(req, "exclude", ["retweets", "replies"])
         index = self._index()
         if tweet_id not in index.posts:
             return json_response(200, {"errors": [not_found("tweet", tweet_id)]})
         quotes = index.quotes.get(tweet_id, [])
+        if "retweets" not in excluded:
+            quotes = [*quotes, *index.quote_retweets.get(tweet_id, [])]
         return self._tweet_page(req, quotes, size, ids_in_meta=False)
 
     def reactors(self, req: Request, tweet_id: str, kind: str) -> Response:

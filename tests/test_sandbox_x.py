@@ -265,20 +265,21 @@ def test_retweeted_by_and_quote_tweets_match_the_ground_truth(
     got = {u["id"] for page in pages for u in page.get("data", [])}
     assert got == {e["user_id"] for e in truth(sandbox, "repost") if e["post_id"] == post}
     quoted = Counter(e["post_id"] for e in truth(sandbox, "quote")).most_common(1)[0][0]
-    pages = walk(
-        x,
-        sandbox,
-        f"/2/tweets/{quoted}/quote_tweets",
-        max_results=10,
-        expansions="author_id",
-        **{"tweet.fields": "referenced_tweets,author_id"},
-    )
+    fields = {"tweet.fields": "referenced_tweets,author_id"}
+    path = f"/2/tweets/{quoted}/quote_tweets"
+    quotes = {e["id"] for e in truth(sandbox, "quote") if e["post_id"] == quoted}
+    pages = walk(x, sandbox, path, max_results=10, expansions="author_id", **fields)
     tweets = [t for page in pages for t in page["data"]]
-    assert {t["id"] for t in tweets} == {
-        e["id"] for e in truth(sandbox, "quote") if e["post_id"] == quoted
-    }
-    assert all(t["referenced_tweets"] == [{"type": "quoted", "id": quoted}] for t in tweets)
     assert all("newest_id" not in page["meta"] for page in pages)  # as recorded
+    # As recorded too: reposts of the quotes come along ("RT @quoter: ..."), unless excluded.
+    reposts = [t for t in tweets if t["id"] not in quotes]
+    assert reposts and all(t["text"].startswith("RT @") for t in reposts)
+    assert all(t["referenced_tweets"][0]["type"] == "retweeted" for t in reposts)
+    assert {t["referenced_tweets"][0]["id"] for t in reposts} <= quotes
+    pages = walk(x, sandbox, path, max_results=10, exclude="retweets", **fields)
+    tweets = [t for page in pages for t in page["data"]]
+    assert {t["id"] for t in tweets} == quotes
+    assert all(t["referenced_tweets"] == [{"type": "quoted", "id": quoted}] for t in tweets)
 
 
 def test_brand_timeline_is_newest_first(

@@ -134,6 +134,40 @@ def test_replies_to_brand_posts_are_replies_and_quotes_stay_quotes() -> None:
     assert page.records[1].key == "x:quote:2"
 
 
+def test_reposts_are_no_mentions_or_quotes_and_the_quote_walk_excludes_them() -> None:
+    """X lists reposts among mentions and quote tweets ("RT @..."): the reposter did not
+    write it, and retweeted_by already counts reposts of the brand's posts."""
+    mentions = {
+        "data": [
+            tweet(
+                "4",
+                "7",
+                text="RT @brand: big launch",
+                referenced_tweets=[{"type": "retweeted", "id": "9"}],
+            ),
+            tweet("3", "8", text="RT @fan: love @brand"),  # no referenced_tweets field
+            tweet("2", "7", text="RT @ is how I start my notes @brand", referenced_tweets=[]),
+        ],
+        "includes": {"users": [user("7"), user("8")]},
+        "meta": {"result_count": 3, "newest_id": "4"},
+    }
+    quotes = {
+        "data": [
+            tweet("6", "8", referenced_tweets=[{"type": "retweeted", "id": "5"}]),
+            tweet("5", "7", referenced_tweets=[{"type": "quoted", "id": "1"}]),
+        ],
+        "includes": {"users": [user("7"), user("8")]},
+        "meta": {"result_count": 2},
+    }
+    c, session, _ = client([response(200, mentions), response(200, quotes)])
+    (page,) = walk(c, x.StreamRequest("mentions"))
+    assert [(r.id, r.kind) for r in page.records] == [("2", EngagementKind.MENTION)]
+    assert page.cursor == "4" and not page.problems
+    (page,) = walk(c, x.StreamRequest("quotes", post_id="1"))
+    assert [(r.id, r.kind) for r in page.records] == [("5", EngagementKind.QUOTE)]
+    assert session.seen[-1][1]["exclude"] == "retweets"
+
+
 def test_quote_walk_stops_at_the_first_known_quote() -> None:
     first = {
         "data": [tweet("50", "7"), tweet("40", "8")],
@@ -312,9 +346,12 @@ def test_real_recorded_pages_parse(name: str, stream: str) -> None:
     body = recording["body"]
     if stream in ("mentions", "quotes"):
         page = x.parse_tweets(body, stream=stream, brand_id="783214", post_id="1")
-        with_author = [t for t in body.get("data", []) if t.get("author_id")]
-        assert len(page.records) + len(page.problems) == len(body.get("data", []))
+        tweets = body.get("data", [])
+        reposts = [t for t in tweets if t["text"].startswith("RT @")]
+        with_author = [t for t in tweets if t.get("author_id") and t not in reposts]
+        assert len(page.records) + len(page.problems) + len(reposts) == len(tweets)
         assert len(page.records) == len(with_author) or page.problems
+        assert not any(r.text and r.text.startswith("RT @") for r in page.records)
     else:
         kind = EngagementKind.LIKE if stream == "likes" else EngagementKind.REPOST
         page = x.parse_users(body, kind=kind, post_id="1")

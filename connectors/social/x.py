@@ -237,6 +237,7 @@ def fetch_page(
     elif request.stream == "quotes":
         params = {
             "max_results": max(10, size),
+            "exclude": "retweets",  # reposts of the quotes: not engagements with the post
             "expansions": "author_id",
             "tweet.fields": TWEET_FIELDS,
             "user.fields": USER_FIELDS,
@@ -464,6 +465,8 @@ def parse_tweets(
                 )
             )
             continue
+        if _is_repost(tweet):
+            continue  # an amplified post, not their words: reposts come from retweeted_by
         kind, touched = _tweet_kind(tweet, stream, brand_id)
         touched = touched or post_id
         key = f"x:{kind.value}:{tweet_id}"
@@ -494,6 +497,17 @@ def parse_tweets(
             )
         )
     return page
+
+
+def _is_repost(tweet: dict[str, Any]) -> bool:
+    """A retweet: X lists reposts of a quote among the quotes (unless excluded) and
+    reposts of posts naming the brand among its mentions. Without ``referenced_tweets``
+    (the field not asked for, or the original gone) the "RT @" text prefix tells."""
+    references = tweet.get("referenced_tweets")
+    if isinstance(references, list):
+        return any(isinstance(r, dict) and r.get("type") == "retweeted" for r in references)
+    text = tweet.get("text")
+    return isinstance(text, str) and text.startswith("RT @")
 
 
 def _tweet_kind(
