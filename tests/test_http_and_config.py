@@ -162,6 +162,18 @@ def test_salesforce_failure_table() -> None:
     )
     assert classify("c", expired).action is Action.REAUTH  # type: ignore[union-attr]
     assert classify("c", quota).action is Action.QUOTA  # type: ignore[union-attr]
+    busy = SalesforceRefusedRequest(
+        "u",
+        403,
+        "Lead",
+        [
+            {
+                "errorCode": "REQUEST_LIMIT_EXCEEDED",
+                "message": "ConcurrentPerOrgLongTxn Limit exceeded.",
+            }
+        ],
+    )
+    assert classify("c", busy).action is Action.RETRY  # type: ignore[union-attr]
     assert classify("c", down).action is Action.RETRY  # type: ignore[union-attr]
     assert classify("c", KeyError("bug")) is None
 

@@ -281,8 +281,10 @@ def classify(call: str, exc: BaseException) -> ApiError | None:
     status = int(exc.status)
     if status == 401:
         action = Action.REAUTH
+    elif code == "REQUEST_LIMIT_EXCEEDED" and "Concurrent" not in message:
+        action = Action.QUOTA  # "TotalRequests Limit exceeded.": the day's API calls are spent
     elif code == "REQUEST_LIMIT_EXCEEDED":
-        action = Action.QUOTA
+        action = Action.RETRY  # "ConcurrentPerOrgLongTxn Limit exceeded.": clears in moments
     elif status >= 500 or status == 429 or code in TRANSIENT_RECORD_ERRORS:
         action = Action.RETRY
     else:
