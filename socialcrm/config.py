@@ -57,11 +57,9 @@ def resolve_secret(ref: str, *, what: str) -> SecretStr:
     """
     env = _ENV_REF.match(ref)
     if env:
-        value = os.environ.get(env["name"])
-        if value is None:
-            value = env["default"]
-        if value is None:
-            raise ConfigError(f"{what}: environment variable {env['name']} is not set")
+        value = os.environ.get(env["name"]) or env["default"]
+        if not value:  # an empty variable (an uncommented `X_DM_TOKEN=`) is no secret
+            raise ConfigError(f"{what}: environment variable {env['name']} is not set or empty")
         return SecretStr(value)
     block = _BLOCK_REF.match(ref)
     if block:
@@ -525,18 +523,30 @@ class Settings(_Model):
         return url
 
 
+# Keys whose value may be a secret: what was written there is never echoed.
+_SECRET_KEY = re.compile(r"secret|token|password|private_key|api_key|credential", re.IGNORECASE)
+_SHOWN_ERRORS = 20
+
+
 def _format_validation_error(path: Path, exc: ValidationError) -> str:
     lines = [f"{path}: invalid configuration"]
-    for error in exc.errors():
+    errors = exc.errors()
+    for error in errors[:_SHOWN_ERRORS]:
         loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key (check the spelling against socialcrm.example.yaml)"
         got = error.get("input")
-        # Never echo what was written where a secret belongs: it may be the secret.
-        hidden = error["type"] in ("missing", "extra_forbidden") or "secret" in message
+        keys = [part for part in error["loc"] if isinstance(part, str)]
+        hidden = (
+            error["type"] in ("missing", "extra_forbidden")
+            or "secret" in message
+            or any(_SECRET_KEY.search(key) for key in keys)
+        )
         shown = "" if hidden else f" (got {got!r:.80})"
-        lines.append(f"  {loc}: {message}{shown}")
+        lines.append(f"  {loc[:120]}: {message}{shown}")
+    if len(errors) > _SHOWN_ERRORS:
+        lines.append(f"  ... and {len(errors) - _SHOWN_ERRORS} more")
     return "\n".join(lines)
 
 
@@ -549,6 +559,14 @@ def parse_settings(data: Any, *, source: Path, base_dir: Path) -> Settings:
         raise ConfigError(_format_validation_error(source, exc)) from None
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without the offending line: it may hold a secret."""
+    problem = getattr(exc, "problem", None) or "cannot be parsed"
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def load_settings(path: str | Path) -> Settings:
     """Read and validate the config file; errors name the key and what was expected."""
     path = Path(path)
@@ -556,8 +574,11 @@ def load_settings(path: str | Path) -> Settings:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"{path}: cannot read the config file: {reason}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     return parse_settings(data, source=path, base_dir=path.resolve().parent)

@@ -203,18 +203,50 @@ def test_config_loads_and_resolves_paths(tmp_path: Path, monkeypatch: pytest.Mon
     ],
 )
 def test_config_errors_name_the_key(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    message = _config_error(tmp_path, GOOD.replace(*change))
+    assert expected in message and "AAAAliteral" not in message
+
+
+def _config_error(tmp_path: Path, text: str) -> str:
     path = tmp_path / "bad.yaml"
-    path.write_text(GOOD.replace(*change))
+    path.write_text(text)
     with pytest.raises(ConfigError) as error:
         load_settings(path)
-    assert expected in str(error.value)
-    assert "AAAAliteral" not in str(error.value)
+    return str(error.value)
 
 
 def test_missing_secret_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOPE_NOT_SET", raising=False)
     with pytest.raises(ConfigError, match="NOPE_NOT_SET"):
         resolve_secret("${NOPE_NOT_SET}", what="crm.auth.client_secret")
+    monkeypatch.setenv("X_DM_TOKEN", "")  # an uncommented `X_DM_TOKEN=` line in .env
+    with pytest.raises(ConfigError, match=r"dm_token: .*X_DM_TOKEN is not set or empty"):
+        resolve_secret("${X_DM_TOKEN}", what="accounts.0.dm_token")
+    assert resolve_secret("${X_DM_TOKEN:-sandbox}", what="t").get_secret_value() == "sandbox"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        # A secret written as a number or a mapping: the error names the key, not the value.
+        (('client_secret: "${SF_SECRET}"', "client_secret: 8362947561029384756"), "client_secret"),
+        (("bearer_token: ${X_TOKEN}", "bearer_token: {k: 8362947561029384756}"), "bearer_token"),
+        # A YAML error shows where, never the line (it may be the secret itself).
+        (("bearer_token: ${X_TOKEN}", "bearer_token: 8362947561029384756: x"), "line 6, column"),
+    ],
+)
+def test_config_errors_never_echo_a_secret(
+    tmp_path: Path, change: tuple[str, str], expected: str
+) -> None:
+    message = _config_error(tmp_path, GOOD.replace(*change))
+    assert expected in message and "8362947561029384756" not in message
+
+
+def test_a_config_path_that_is_no_readable_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_settings(tmp_path)
+    message = _config_error(tmp_path, GOOD + "".join(f"unknown_{i}: 1\n" for i in range(200)))
+    assert len(message.splitlines()) < 30 and "... and 180 more" in message
 
 
 @pytest.mark.parametrize(
