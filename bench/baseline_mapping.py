@@ -287,7 +287,7 @@ def evaluate(
         elif name == "url":
             if value is not None:
                 prefix, suffix = arg.split("{value}", 1)
-                value = prefix + quote(str(as_text(value)), safe="") + suffix
+                value = prefix + quote(str(as_text(value)), safe="", errors="ignore") + suffix
         elif name == "lookup":
             value = lookup(value, arg, tables)
         elif name == "coalesce":

@@ -120,11 +120,20 @@ def _finish(
     else:
         series = passthrough(series, memo)
     if required:
-        empty = np.flatnonzero(series.isna().to_numpy())
-        if len(empty):
-            what = f"{name} is required but empty after mapping"
-            issues.reject(name, pd.Series(what, index=empty, dtype="str"))
+        _reject_empty(name, series, issues)
     return series
+
+
+def _reject_empty(name: str, series: pd.Series, issues: Issues) -> None:
+    """A required field left empty rejects its row, unless the field rejected it already
+    (a value that is not a number is rejected once, not once more for being empty)."""
+    empty = np.flatnonzero(series.isna().to_numpy())
+    rejected = [reasons.index.to_numpy() for field, reasons in issues.rejects if field == name]
+    if rejected and len(empty):
+        empty = np.setdiff1d(empty, np.concatenate(rejected))
+    if len(empty):
+        what = f"{name} is required but empty after mapping"
+        issues.reject(name, pd.Series(what, index=empty, dtype="str"))
 
 
 # Transforms whose value in a row depends on that row's value alone (coalesce reads others).
@@ -181,10 +190,7 @@ def _finish_distinct(
         issues.warn(field_name, _spread(reasons, codes))
     series = pd.Series(pd.api.extensions.take(mapped.array, codes), index=ctx.frame.index)
     if required:
-        empty = np.flatnonzero(series.isna().to_numpy())
-        if len(empty):
-            what = f"{name} is required but empty after mapping"
-            issues.reject(name, pd.Series(what, index=empty, dtype="str"))
+        _reject_empty(name, series, issues)
     return series
 
 

@@ -119,7 +119,18 @@ def parse_datetime(series: pd.Series) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         return series.dt.tz_localize("UTC")
     values = series if is_text(series) else series.astype("str")
-    return pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+    failed = parsed.isna().to_numpy() & values.notna().to_numpy()
+    if failed.any():
+        # One value with more than 6 fractional digits makes pandas parse the whole column
+        # in nanoseconds, where every date outside 1677-2262 fails: those go again, cut
+        # to microseconds, on their own.
+        again = values[failed].str.replace(r"(\.\d{6})\d+", r"\1", regex=True)
+        reparsed = pd.to_datetime(again, utc=True, errors="coerce", format="ISO8601")
+        micros = "datetime64[us, UTC]"  # fits both: years 1-9999, finer than printed
+        parsed = parsed.astype(micros)
+        parsed[failed] = reparsed.astype(micros)
+    return parsed
 
 
 def format_datetime(parsed: pd.Series, unit: str = "ms") -> pd.Series:
@@ -321,7 +332,8 @@ def url(series: pd.Series, template: str, _ctx: TransformContext) -> pd.Series:
     needs_encoding = values.notna() & ~safe
     if needs_encoding.any():
         # Only the rare values outside [A-Za-z0-9._~-] go through urllib, one by one.
-        encoded = values[needs_encoding].map(partial(quote, safe=""))
+        # A lone surrogate has no UTF-8 form: it is dropped, as the cast drops it elsewhere.
+        encoded = values[needs_encoding].map(partial(quote, safe="", errors="ignore"))
         values = values.where(~needs_encoding, encoded)
     prefix, suffix = template.split("{value}", 1)
     return (prefix + values + suffix).where(values.notna())

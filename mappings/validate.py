@@ -299,7 +299,8 @@ def cast(
     if kind in (fieldtypes.NUMERIC, fieldtypes.INTEGER):
         if pd.api.types.is_bool_dtype(series.dtype):
             series = series.astype("float64")
-        numbers = pd.to_numeric(series, errors="coerce").astype("float64")
+        # NaT would become the smallest int64, a finite number: missing stays missing.
+        numbers = pd.to_numeric(series, errors="coerce").astype("float64").where(present)
         finite = np.isfinite(numbers)
         if kind == fieldtypes.INTEGER:
             whole = finite & (numbers % 1 == 0) & (numbers.abs() < 2**53)

@@ -1060,3 +1060,57 @@ def test_fields_with_few_distinct_values_map_like_the_baseline(lead_spec: Mappin
     got = apply_spec(lead_spec, frame, LEAD)
     assert got.rejected and got.warnings
     assert _outcome(got) == _outcome(BASELINE.map_rows(lead_spec, frame, LEAD))
+
+
+# --- found in review: one row must not change another's value; no batch-wide crash --------
+
+
+def _one_field(field: dict[str, Any]) -> MappingSpec:
+    return parse_spec({"object": "Lead", "fields": {"F": field}})
+
+
+def test_a_nanosecond_date_does_not_void_the_dates_of_the_other_rows() -> None:
+    """pandas parses a whole column in nanoseconds once one value has 9 fractional digits,
+    where a date beyond 2262 does not fit: those rows are parsed again on their own."""
+    spec = _one_field({"source": "r", "on_invalid": "reject"})
+    frame = pd.DataFrame(
+        {
+            "record_key": ["a", "b", "c", "d"],
+            "r": ["2300-01-01T00:00:00Z", "2026-11-20T10:00:00.123456789Z", None, "soon"],
+        }
+    )
+    fields = {"F": DestinationField("F", "datetime")}
+    got = apply_spec(spec, frame, fields)
+    assert [r["F"] for r in got.records] == [
+        "2300-01-01T00:00:00.000+0000",
+        "2026-11-20T10:00:00.123+0000",
+        None,
+    ]
+    assert [(p.record_key, p.field) for p in got.rejected] == [("d", "F")]
+    assert _outcome(got) == _outcome(BASELINE.map_rows(spec, frame, fields))
+
+
+def test_a_lone_surrogate_in_a_url_value_is_dropped_not_a_crash() -> None:
+    spec = _one_field({"source": "handle", "transforms": [{"url": "https://x.com/{value}"}]})
+    frame = pd.DataFrame({"record_key": ["a", "b"], "handle": ["ann", "bob\ud800 j"]})
+    got = apply_spec(spec, frame)
+    assert [r["F"] for r in got.records] == ["https://x.com/ann", "https://x.com/bob%20j"]
+    assert _outcome(got) == _outcome(BASELINE.map_rows(spec, frame))
+
+
+def test_a_missing_timestamp_is_no_number() -> None:
+    stamps = pd.to_datetime(["2026-11-20T10:00Z", None], utc=True)
+    frame = pd.DataFrame({"record_key": ["a", "b"], "t": stamps})
+    got = apply_spec(_one_field({"source": "t"}), frame, {"F": DestinationField("F", "double")})
+    assert got.records[1] == {"F": None} and not got.warnings
+
+
+def test_a_required_value_that_is_no_number_is_rejected_once() -> None:
+    spec = _one_field({"source": "v", "required": True, "on_invalid": "reject"})
+    frame = pd.DataFrame({"record_key": ["a", "b", "c"], "v": ["high", "2", None]})
+    got = apply_spec(spec, frame, {"F": DestinationField("F", "double")})
+    assert got.records == [{"F": 2.0}]
+    assert [(p.record_key, p.reason) for p in got.rejected] == [
+        ("a", "value 'high' is not a number (policy: reject)"),
+        ("c", "F is required but empty after mapping"),
+    ]
