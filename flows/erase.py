@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 from connectors.crm import salesforce
 from connectors.helpdesk import zendesk
 from connectors.http import ApiError
+from flows.leads import DELIVERY_LOCK
 from flows.params import RunTarget, as_is
 from mappings import load_spec
 from socialcrm import consent, erasure
@@ -476,12 +477,15 @@ def erase(params: EraseRun) -> dict[str, Any]:
     # between the moment we look and the moment the store forgets them.
     guard = ExitStack()
     names = [f"{pipeline}:{a.name}" for a in accounts for pipeline in ("leads", "tickets")]
-    busy = guard.enter_context(store.locks(names))
+    busy = guard.enter_context(store.locks([*names, DELIVERY_LOCK]))
     if busy:
         guard.close()
         store.close()
-        pipeline, name = busy.split(":", 1)
-        summary["status"] = f"skipped: a {pipeline} run for account {name} is in progress"
+        if busy == DELIVERY_LOCK:  # a run of another account delivers the shared people
+            summary["status"] = "skipped: a leads run is delivering"
+        else:
+            pipeline, name = busy.split(":", 1)
+            summary["status"] = f"skipped: a {pipeline} run for account {name} is in progress"
         logger.warning(summary["status"])
         return summary
     try:

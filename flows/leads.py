@@ -51,6 +51,10 @@ from socialcrm.routing import RoutingRules, load_rules, route
 from socialcrm.state import EngagementRow, IngestResult, PersonRow, StateStore, payload_hash
 
 PIPELINE = "leads"
+DELIVERY_LOCK = "leads-delivery"
+"""Held while leads are delivered: pending people are shared by every account of a store,
+so the runs of two accounts must not deliver them at the same time (each account's own
+lock keeps its pulls apart)."""
 TICKET_LEDGER = "zendesk:ticket"  # the tickets flow's ledger of conversations -> tickets
 REVIEW_POLL_SECONDS = 5
 # Streams walked at once; the X client paces them all by the API's rate-limit windows.
@@ -1569,12 +1573,19 @@ def run_leads(params: LeadsRun) -> dict[str, Any]:
         return run_summary(ctx, [], status)
     try:
         pull_streams(ctx, first_requests(ctx, params.since))
-        if params.review and not params.dry_run:
-            outcomes, status = review_and_deliver(
-                ctx, limit=params.limit, timeout_minutes=params.review_timeout_minutes
-            )
-        else:
-            outcomes = deliver_pending_leads(ctx, limit=params.limit)
+        with store.lock(DELIVERY_LOCK) as delivering:
+            if not delivering:
+                status = (
+                    "completed: pulled only; another account's leads run is delivering, "
+                    "the people pulled here stay pending for it or the next run"
+                )
+                logger.warning(status)
+            elif params.review and not params.dry_run:
+                outcomes, status = review_and_deliver(
+                    ctx, limit=params.limit, timeout_minutes=params.review_timeout_minutes
+                )
+            else:
+                outcomes = deliver_pending_leads(ctx, limit=params.limit)
     except ApiError as error:
         status = stop_status(error)
         logger.error("run stopped: %s", error)

@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 from connectors.http import Action, ApiError
 from flows.leads import (
     DELIVERED,
+    DELIVERY_LOCK,
     LeadsContext,
     _logger,
     apply_rate_limits,
@@ -78,12 +79,17 @@ def replay(params: ReplayRun = ReplayRun()) -> dict[str, Any]:  # noqa: B008
     # The same locks as the leads and tickets runs: a replay must not comment on a ticket
     # while a tickets run of the account does.
     guard = ExitStack()
-    busy = guard.enter_context(store.locks([f"leads:{account.name}", f"tickets:{account.name}"]))
+    # It replays every account's lead letters: no leads run may deliver meanwhile.
+    busy = guard.enter_context(
+        store.locks([f"leads:{account.name}", f"tickets:{account.name}", DELIVERY_LOCK])
+    )
     if busy:
         guard.close()
         store.close()
         summary["status"] = (
-            f"skipped: a {busy.split(':')[0]} run for account {account.name} is in progress"
+            "skipped: a leads run is delivering"
+            if busy == DELIVERY_LOCK
+            else f"skipped: a {busy.split(':')[0]} run for account {account.name} is in progress"
         )
         logger.warning(summary["status"])
         return summary

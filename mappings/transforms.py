@@ -127,7 +127,7 @@ def parse_datetime(series: pd.Series) -> pd.Series:
         # to microseconds, on their own.
         again = values[failed].str.replace(r"(\.\d{6})\d+", r"\1", regex=True)
         reparsed = pd.to_datetime(again, utc=True, errors="coerce", format="ISO8601")
-        micros = "datetime64[us, UTC]"  # fits both: years 1-9999, finer than printed
+        micros = pd.DatetimeTZDtype(unit="us", tz="UTC")  # years 1-9999, finer than printed
         parsed = parsed.astype(micros)
         parsed[failed] = reparsed.astype(micros)
     return parsed

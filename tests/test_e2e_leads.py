@@ -255,6 +255,27 @@ def test_limit_delivers_at_most_that_many_and_the_rest_next_time(sandbox: Sandbo
     assert rest["created"] == len(expected_leads(sandbox)) - first["created"]
 
 
+def test_while_another_accounts_run_delivers_a_run_pulls_only(sandbox: Sandbox) -> None:
+    """Pending people are shared by the accounts of a store: the leads runs of two
+    accounts never deliver them at once. The one that finds delivery busy pulls, and its
+    people are delivered by the next run."""
+    from flows.leads import DELIVERY_LOCK
+    from socialcrm.config import load_settings
+    from socialcrm.state import StateStore
+
+    config = configure(sandbox)
+    url = load_settings(config).state_url()
+    with StateStore.open(url) as other, other.lock(DELIVERY_LOCK) as held:
+        assert held
+        pulled = leads(LeadsRun(config=config))
+    assert pulled["status"].startswith("completed: pulled only")
+    assert pulled["new_engagements"] > 0 and pulled["created"] == 0
+    assert sf_writes(sandbox) == 0
+    later = leads(LeadsRun(config=config))
+    assert later["status"] == "completed"
+    assert set(sf_leads(sandbox)) == set(expected_leads(sandbox))
+
+
 def test_too_long_value_for_a_reject_field_is_dead_lettered_and_the_rest_delivered(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
