@@ -633,7 +633,7 @@ def run_tickets(params: TicketsRun) -> dict[str, Any]:
         settings=settings,
         account=account,
         store=store,
-        dm_client=x_dm.connect_dm(account),
+        dm_client=x_dm.connect_dm(account, store=store),
         rules=rules,
         dry_run=params.dry_run,
     )

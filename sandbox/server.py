@@ -61,6 +61,7 @@ from sandbox.zendesk_api import ZendeskSimulator, error_response
 
 SYSTEMS = ("x", "salesforce", "zendesk")
 TOKEN_KEY = "POST /services/oauth2/token"
+TOKEN_KEYS = frozenset({TOKEN_KEY, "POST /2/oauth2/token"})  # Salesforce's and X's
 
 
 class _World:
@@ -101,7 +102,7 @@ class _World:
             calls = {name: dict(sorted(c.items())) for name, c in self.calls.items()}
             reads = {n: sum(v for k, v in c.items() if _reads(k)) for n, c in calls.items()}
             writes = {
-                n: sum(v for k, v in c.items() if not _reads(k) and k != TOKEN_KEY)
+                n: sum(v for k, v in c.items() if not _reads(k) and k not in TOKEN_KEYS)
                 for n, c in calls.items()
             }
             x_state: dict[str, Any] = {
@@ -225,7 +226,7 @@ class _World:
             key, respond = routed
             self.calls[system][key] += 1
             fault = None
-            if key != TOKEN_KEY:  # token issuance stays reliable, so expiry can be recovered
+            if key not in TOKEN_KEYS:  # token issuance stays reliable: expiry can be recovered
                 fault = self.faults.draw(system, _applicable(system, key, req))
             if fault is None:
                 return respond()

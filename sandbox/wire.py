@@ -87,6 +87,7 @@ class Options:
     zendesk_rate_limit: int = 700  # requests per window (X-Rate-Limit), then 429 + Retry-After
     zendesk_window_seconds: float = 60.0  # Zendesk counts per minute; tests shorten it
     zendesk_429_every: int = 0  # every Nth Zendesk request answers a plain-text 429; 0 = never
+    x_user_token_ttl_s: float = 7200.0  # an X OAuth 2.0 user-context token lives 2 hours
 
     def update(self, **opts: Any) -> None:
         for name, value in opts.items():
@@ -107,6 +108,7 @@ class Options:
                 "rate_window_seconds",
                 "zendesk_window_seconds",
                 "sf_bulk_delay_ms",
+                "x_user_token_ttl_s",
             ):
                 setattr(self, name, float(value))
             elif name in ("sf_daily_limit", "sf_batch_size", "zendesk_429_every"):
@@ -127,4 +129,5 @@ class Options:
             "zendesk_rate_limit": self.zendesk_rate_limit,
             "zendesk_window_seconds": self.zendesk_window_seconds,
             "zendesk_429_every": self.zendesk_429_every,
+            "x_user_token_ttl_s": self.x_user_token_ttl_s,
         }

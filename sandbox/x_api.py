@@ -17,7 +17,7 @@ from typing import Any
 from sandbox.dm_seed import DMInbox
 from sandbox.seed import Reaction, World, XTweet, XUser, overridden, x_time
 from sandbox.wire import Options, Request, Response, json_response
-from sandbox.x_dm import USER_TOKEN, DMEndpoints
+from sandbox.x_dm import USER_TOKEN, DMEndpoints, UserTokens
 from sandbox.x_params import (
     BEARER,
     MENTIONS_REACHABLE,
@@ -155,7 +155,7 @@ class XSimulator:
         self._indexed: WorldIndex | None = None
         if inbox is not None:
             render = lambda t, f: self._tweet(t, f, self._metrics())  # noqa: E731
-            self.dms = DMEndpoints(inbox, self._spend, render)
+            self.dms = DMEndpoints(inbox, self._spend, render, UserTokens(options))
         self.routes: list[tuple[re.Pattern[str], str, Callable[[Request, str], Response]]] = [
             (
                 re.compile(r"^/2/users/([^/]+)/mentions$"),
@@ -188,11 +188,11 @@ class XSimulator:
 
     def route(self, req: Request) -> tuple[str, Callable[[], Response]] | None:
         """Match a request; returns the call key and a thunk producing the response."""
-        if req.method != "GET":
-            return None
         dm_route = self.dms.route(req) if self.dms is not None else None
         if dm_route is not None:
             return dm_route
+        if req.method != "GET":
+            return None
         for pattern, key, handler in self.routes:
             match = pattern.match(req.path)
             if match:

@@ -5,6 +5,11 @@ Authentication" problem (not a 401): only a user-context token (``USER_TOKEN``) 
 Events come newest first and only from the last 30 days; there is no ``since_id``, so
 clients page until they meet an event they already hold.
 
+User-context tokens expire (``x_user_token_ttl_s``, 2 hours as on X) and are renewed at
+``POST /2/oauth2/token`` with ``grant_type=refresh_token``: each refresh token works once
+and the answer carries the next one (X rotates them). ``USER_TOKEN`` itself never expires,
+for configs that hand a ready token.
+
 Pagination follows the recordings: every non-empty page carries ``previous_token`` (newer
 events) and ``next_token`` (older ones), even the last page, whose ``next_token`` then
 leads to ``{"meta":{"result_count":0}}``. Clients must stop on either signal.
@@ -12,14 +17,19 @@ leads to ``{"meta":{"result_count":0}}``. Clients must stop on either signal.
 
 from __future__ import annotations
 
+import base64
 import functools
 import re
+import secrets
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from sandbox.dm_seed import DMEvent, DMInbox
 from sandbox.seed import DAY_MS, XTweet, XUser, now_ms, overridden, x_time
-from sandbox.wire import Request, Response, json_response
+from sandbox.wire import Options, Request, Response, json_response
 from sandbox.x_params import (
     BEARER,
     PROBLEM,
@@ -37,6 +47,8 @@ from sandbox.x_params import (
 )
 
 USER_TOKEN = "sandbox-x-user-token"
+REFRESH_TOKEN = "sandbox-x-refresh-token"  # the first refresh token a config hands over
+CLIENT_ID = "sandbox-x-client-id"
 DM_FIELDS = [
     "id",
     "text",
@@ -81,9 +93,61 @@ def unsupported_authentication() -> Response:
     return json_response(403, body, content_type=PROBLEM)
 
 
+class UserTokens:
+    """OAuth 2.0 user-context tokens: access tokens that expire, refresh tokens used once."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self._lock = threading.Lock()
+        self._access: dict[str, float] = {}  # token -> expiry (time.time())
+        self._refresh = {REFRESH_TOKEN}
+        self.refreshes = 0
+
+    def valid(self, token: str) -> bool:
+        if token == USER_TOKEN:
+            return True
+        with self._lock:
+            return self._access.get(token, 0.0) > time.time()
+
+    def token_endpoint(self, req: Request) -> Response:
+        form = {k: v[-1] for k, v in parse_qs(req.body.decode("utf-8", "replace")).items()}
+        client_id = form.get("client_id")
+        basic = req.header("authorization") or ""
+        if basic.startswith("Basic "):  # a confidential client names itself this way
+            client_id = base64.b64decode(basic[6:]).decode("utf-8", "replace").partition(":")[0]
+        if form.get("grant_type") != "refresh_token" or not form.get("refresh_token"):
+            return _oauth_error("invalid_request", "Missing required parameter [grant_type].")
+        if client_id != CLIENT_ID:
+            return _oauth_error("unauthorized_client", "Missing valid authorization header")
+        with self._lock:
+            if form["refresh_token"] not in self._refresh:
+                return _oauth_error("invalid_request", "Value passed for the token was invalid.")
+            self._refresh.discard(form["refresh_token"])
+            access, refresh = secrets.token_urlsafe(48), secrets.token_urlsafe(48)
+            ttl = self.options.x_user_token_ttl_s
+            self._access[access] = time.time() + ttl
+            self._refresh.add(refresh)
+            self.refreshes += 1
+        body = {
+            "token_type": "bearer",
+            "expires_in": int(ttl),
+            "access_token": access,
+            "scope": "tweet.read users.read dm.read offline.access",
+            "refresh_token": refresh,
+        }
+        return json_response(200, body)
+
+
+def _oauth_error(error: str, description: str) -> Response:
+    return json_response(400, {"error": error, "error_description": description})
+
+
 class DMEndpoints:
-    def __init__(self, inbox: DMInbox, spend: Spend, render_tweet: RenderTweet) -> None:
+    def __init__(
+        self, inbox: DMInbox, spend: Spend, render_tweet: RenderTweet, tokens: UserTokens
+    ) -> None:
         self.inbox = inbox
+        self.tokens = tokens
         self.spend = spend  # the X simulator's rate-limit windows, shared
         self.render_tweet = render_tweet
         self.routes: list[tuple[re.Pattern[str], str, Callable[[Request, str], Response]]] = [
@@ -101,6 +165,8 @@ class DMEndpoints:
         ]
 
     def route(self, req: Request) -> tuple[str, Callable[[], Response]] | None:
+        if req.method == "POST" and req.path.rstrip("/") == "/2/oauth2/token":
+            return "POST /2/oauth2/token", functools.partial(self.tokens.token_endpoint, req)
         if req.method != "GET":
             return None
         for pattern, key, handler in self.routes:
@@ -115,7 +181,7 @@ class DMEndpoints:
         auth = req.header("authorization")
         if auth == f"Bearer {BEARER}":
             return unsupported_authentication()
-        if auth != f"Bearer {USER_TOKEN}":
+        if not auth or not auth.startswith("Bearer ") or not self.tokens.valid(auth[7:]):
             return problem(401, "Unauthorized")
         rate_headers, allowed = self.spend(key)
         if not allowed:

@@ -95,7 +95,20 @@ class XAccount(_Model):
     dm_token: SecretRef | None = Field(
         None,
         description="OAuth2 user-context token with dm.read (DMs need user context); "
-        "only for the tickets flow",
+        "only for the tickets flow. It lives 2 hours: for scheduled runs give "
+        "dm_refresh_token instead",
+    )
+    dm_refresh_token: SecretRef | None = Field(
+        None,
+        description="OAuth2 refresh token (scopes dm.read tweet.read users.read "
+        "offline.access): runs renew the DM token with it. X rotates it at every renewal: "
+        "the next one is kept in the state store, this one only starts the chain",
+    )
+    dm_client_id: str | None = Field(
+        None, description="The X app's OAuth 2.0 client id (renewing needs it)"
+    )
+    dm_client_secret: SecretRef | None = Field(
+        None, description="The app's OAuth 2.0 client secret, for a confidential client"
     )
     streams: list[XStream] = Field(default_factory=lambda: list(ALL_X_STREAMS))
     recent_posts: int = Field(
@@ -107,6 +120,12 @@ class XAccount(_Model):
     max_rate_limit_wait_seconds: float = Field(
         900, ge=0, description="Longest wait for a rate-limit window before giving up"
     )
+
+    @model_validator(mode="after")
+    def _renewal_names_the_client(self) -> XAccount:
+        if self.dm_refresh_token is not None and not self.dm_client_id:
+            raise ValueError("dm_refresh_token needs dm_client_id (the app's OAuth 2.0 client id)")
+        return self
 
 
 Account = XAccount

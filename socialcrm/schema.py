@@ -152,3 +152,18 @@ erasure_audit = sa.Table(
     sa.Column("helpdesk_policy", sa.String(20), nullable=False),
     sa.Column("outcome", sa.JSON, nullable=False),
 )
+
+
+# --- renewed OAuth tokens (migration 0004) ------------------------------------------------
+
+# The latest token of a connection a run renews itself (an X DM user-context token): X
+# rotates the refresh token at every renewal, so the one in the config works only once.
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),  # e.g. "x-dm:brand"
+    sa.Column("access_token", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("refresh_token", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -103,6 +103,18 @@ class EngagementRow:
     occurred_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class StoredToken:
+    """An OAuth token a run renewed: ``refresh_token`` is the one to use next time."""
+
+    access_token: str
+    expires_at: datetime | None
+    refresh_token: str | None
+
+    def __repr__(self) -> str:  # never the tokens themselves
+        return f"StoredToken(expires_at={self.expires_at!r})"
+
+
 @dataclass(slots=True)
 class Delivery:
     record_key: str
@@ -745,6 +757,37 @@ class StateStore:
                 result = connection.execute(table.delete().where(table.c.id.in_(chunk)))
                 removed += int(result.rowcount or 0)
         return removed
+
+    # renewed tokens ------------------------------------------------------------------
+
+    def stored_token(self, name: str) -> StoredToken | None:
+        table = schema.tokens
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                sa.select(table.c.access_token, table.c.expires_at, table.c.refresh_token).where(
+                    table.c.name == name
+                )
+            ).first()
+        if row is None:
+            return None
+        return StoredToken(row.access_token, _aware(row.expires_at), row.refresh_token)
+
+    def save_token(self, name: str, token: StoredToken) -> None:
+        """Kept at once and even in a dry run: a rotated refresh token lost is a token
+        nobody can renew any more (someone must authorize the app again)."""
+        table = schema.tokens
+        values = {
+            "access_token": token.access_token,
+            "expires_at": token.expires_at,
+            "refresh_token": token.refresh_token,
+            "updated_at": utcnow(),
+        }
+        with self.engine.begin() as connection:
+            updated = connection.execute(
+                table.update().where(table.c.name == name).values(values)
+            ).rowcount
+            if not updated:
+                connection.execute(table.insert().values(name=name, **values))
 
     def resolve_dead_letters(self, record_keys: Iterable[str], pipeline: str) -> int:
         """A record delivered at last leaves the dead-letter store."""

@@ -7,6 +7,7 @@ message is found in the helpdesk.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -121,6 +122,38 @@ def test_second_run_makes_no_zendesk_write(sandbox: Sandbox) -> None:
     assert again["new_messages"] == 0
     assert zendesk_writes(sandbox) == 0
     assert again["api_calls"]["zendesk"]["writes"] == 0
+
+
+def test_runs_renew_the_dm_token_and_keep_the_rotated_refresh_token(
+    sandbox: Sandbox,
+) -> None:
+    """A user-context token lives 2 hours: scheduled runs renew it with the refresh token,
+    which X rotates, so the next run (any worker) must go on from the newest one."""
+    import time
+
+    from sandbox.x_dm import CLIENT_ID, REFRESH_TOKEN
+
+    assert sandbox.config_path is not None
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    account = data["accounts"][0]
+    del account["dm_token"]
+    account["dm_refresh_token"] = "${SCRM_TEST_X_REFRESH:-" + REFRESH_TOKEN + "}"
+    account["dm_client_id"] = CLIENT_ID
+    sandbox.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    sandbox.set_options(x_user_token_ttl_s=1.0)  # expires within a run: renewed on the 401
+
+    def renewals() -> int:
+        return int(sandbox.state()["calls"]["x"].get("POST /2/oauth2/token", 0))
+
+    first = run(sandbox)
+    assert first["tickets_created"] > 0 and renewals() >= 1
+    time.sleep(1.2)
+    done = renewals()
+    sandbox.generate(dms=3)
+    second = run(sandbox)  # the configured refresh token is spent: only the stored one works
+    assert second["status"] == "completed" and second["new_messages"] == 3
+    assert renewals() > done
+    assert "refresh" not in json.dumps(second).lower()  # no token text in the summary
 
 
 def test_a_new_message_reopens_a_solved_ticket_with_one_comment(sandbox: Sandbox) -> None:

@@ -276,3 +276,13 @@ def test_a_bad_run_option_is_a_one_line_usage_error(capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip() == "socialcrm: --limit: Input should be greater than or equal to 1"
+
+
+def test_a_dm_refresh_token_needs_the_apps_client_id(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        "bearer_token: ${X_TOKEN}", "bearer_token: ${X_TOKEN}\n    dm_refresh_token: ${X_R}"
+    )
+    assert "dm_refresh_token needs dm_client_id" in _config_error(tmp_path, text)
+    path = tmp_path / "good.yaml"
+    path.write_text(text.replace("${X_R}", "${X_R}\n    dm_client_id: abc"))
+    assert load_settings(path).accounts[0].dm_client_id == "abc"

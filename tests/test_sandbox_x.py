@@ -588,3 +588,76 @@ def test_dm_seed_is_deterministic_and_mixed() -> None:
     # Follow-ups such as "any update?" only make sense in their thread, and say so.
     assert {e["standalone"] for e in customer} == {True, False}
     assert all(e["standalone"] for e in customer if e["text"].startswith("how much is"))
+
+
+def test_user_tokens_expire_and_each_refresh_token_works_once(sandbox: Sandbox) -> None:
+    """OAuth 2.0 user context as X runs it: 2-hour tokens, rotating refresh tokens."""
+    import time
+
+    from sandbox.x_dm import CLIENT_ID, REFRESH_TOKEN
+
+    session = requests.Session()
+    session.verify = str(sandbox.ca_path)
+    session.trust_env = False
+    url = sandbox.urls["x"] + "/2/oauth2/token"
+
+    def refresh(token: str, client: str = CLIENT_ID) -> requests.Response:
+        form = {"grant_type": "refresh_token", "refresh_token": token, "client_id": client}
+        return session.post(url, data=form, timeout=10)
+
+    assert refresh(REFRESH_TOKEN, client="someone-else").json()["error"] == "unauthorized_client"
+    sandbox.set_options(x_user_token_ttl_s=1.0)
+    try:
+        first = refresh(REFRESH_TOKEN)
+        body = first.json()
+        assert first.status_code == 200 and body["token_type"] == "bearer"
+        assert body["expires_in"] == 1 and "offline.access" in body["scope"]
+        again = refresh(REFRESH_TOKEN)  # rotated: the old one is spent
+        assert again.status_code == 400
+        assert again.json() == {
+            "error": "invalid_request",
+            "error_description": "Value passed for the token was invalid.",
+        }
+        path = sandbox.urls["x"] + "/2/dm_events"
+        headers = {"Authorization": f"Bearer {body['access_token']}"}
+        assert session.get(path, headers=headers, timeout=10).status_code == 200
+        time.sleep(1.1)
+        assert session.get(path, headers=headers, timeout=10).status_code == 401
+        assert refresh(body["refresh_token"]).status_code == 200
+    finally:
+        sandbox.set_options(x_user_token_ttl_s=7200.0)
+    assert sandbox.state()["writes"]["x"] == 0  # renewing is no write
+
+
+def test_calls_side_by_side_renew_the_dm_token_once(tmp_path: Path) -> None:
+    """Each renewal spends the refresh token: four lanes starting together get one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from connectors.social import x_dm
+    from sandbox.x_dm import CLIENT_ID, REFRESH_TOKEN
+    from socialcrm.config import load_settings
+    from socialcrm.state import StateStore
+
+    box = start_sandbox(write_config=tmp_path / "socialcrm.yaml")
+    try:
+        settings = load_settings(tmp_path / "socialcrm.yaml")
+        account = settings.accounts[0].model_copy(
+            update={
+                "dm_token": None,
+                "dm_refresh_token": "${SCRM_UNSET_R:-" + REFRESH_TOKEN + "}",
+                "dm_client_id": CLIENT_ID,
+            }
+        )
+        with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
+            client = x_dm.connect_dm(account, store=store)
+            with ThreadPoolExecutor(4) as pool:
+                pages = list(
+                    pool.map(lambda _: x_dm.fetch_dm_page(client, x_dm.DmRequest()), range(4))
+                )
+            stored = store.stored_token(f"x-dm:{account.name}")
+        assert all(page.records for page, _ in pages)
+        assert box.state()["calls"]["x"]["POST /2/oauth2/token"] == 1
+        assert stored is not None and stored.refresh_token not in (None, REFRESH_TOKEN)
+        assert REFRESH_TOKEN not in repr(stored) and stored.access_token not in repr(stored)
+    finally:
+        box.stop()

@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -63,6 +64,9 @@ class XClient:
     token: SecretStr
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     calls: int = 0
+    credential: str = "bearer_token"  # the config key a refused token came from
+    # A token that expires: given the refused token, a valid one (x_dm.DmTokens.renew).
+    renew: Callable[[SecretStr], SecretStr] | None = None
     _windows: dict[str, tuple[int, float]] = field(default_factory=dict)
     _window_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -86,13 +90,25 @@ class XClient:
                 raise ApiError(SYSTEM, call, "response body is not a JSON object", status=200)
             return body
 
-        return call_with_retry(
-            once,
-            system=SYSTEM,
-            call=call,
-            classify=lambda exc: _classify(call, exc, self.account),
-            policy=self.policy,
-        )
+        def attempt() -> dict[str, Any]:
+            return call_with_retry(
+                once,
+                system=SYSTEM,
+                call=call,
+                classify=lambda exc: _classify(call, exc, self.account, self.credential),
+                policy=self.policy,
+            )
+
+        if self.renew is not None and not self.token.get_secret_value():
+            self.token = self.renew(self.token)  # the first call of a renewing client
+        try:
+            return attempt()
+        except ApiError as error:
+            if error.status != 401 or self.renew is None:
+                raise
+            # An expired user-context token: renewed once (by whichever call asks first).
+            self.token = self.renew(self.token)
+            return attempt()
 
     def _remember_window(self, template: str, headers: Any) -> None:
         remaining = headers.get("x-rate-limit-remaining")
@@ -136,7 +152,9 @@ def connect(account: XAccount, *, policy: RetryPolicy | None = None) -> XClient:
     return XClient(account=account, session=session, token=token, policy=policy)
 
 
-def _classify(call: str, exc: BaseException, account: XAccount) -> ApiError | None:
+def _classify(
+    call: str, exc: BaseException, account: XAccount, credential: str = "bearer_token"
+) -> ApiError | None:
     if isinstance(exc, requests.RequestException):
         return transport_error(SYSTEM, call, exc)
     if isinstance(exc, ValueError):  # JSON decode of a 200 body
@@ -156,7 +174,7 @@ def _classify(call: str, exc: BaseException, account: XAccount) -> ApiError | No
             retry_after=retry_after_seconds(response.headers),
         )
     if status == 401:
-        detail = f"{detail}: check accounts[{account.name}].bearer_token"
+        detail = f"{detail}: check accounts[{account.name}].{credential}"
     elif status == 403:
         detail = f"{detail}: the app's access level does not allow this endpoint"
     return ApiError(SYSTEM, call, detail, status=status, action=Action.FAIL)

@@ -7,10 +7,24 @@ recognised by sender and marked, so they never become customer messages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+import logging
+import threading
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
-from connectors.http import RetryPolicy, build_session, register_secret
+import requests
+from pydantic import SecretStr
+
+from connectors.http import (
+    Action,
+    ApiError,
+    RetryPolicy,
+    build_session,
+    call_with_retry,
+    register_secret,
+    transport_error,
+)
 from connectors.social.x import (
     SYSTEM,
     USER_FIELDS,
@@ -28,23 +42,163 @@ from connectors.social.x import (
 )
 from socialcrm.config import ConfigError, XAccount, resolve_secret
 from socialcrm.records import DirectMessage, Page, SocialProfile
+from socialcrm.state import StoredToken, utcnow
+
+if TYPE_CHECKING:
+    from socialcrm.state import StateStore
+
+log = logging.getLogger(__name__)
 
 DM_FIELDS = "id,text,event_type,created_at,dm_conversation_id,sender_id,participant_ids,attachments"
 STREAM = "dms"
 
 
-def connect_dm(account: XAccount, *, policy: RetryPolicy | None = None) -> XClient:
-    """A client holding the user-context token DMs need (an app bearer is refused)."""
+RENEWAL_PATH = "/2/oauth2/token"
+RENEW_BEFORE = timedelta(minutes=15)  # a stored token closer to its end is renewed first
+
+
+def connect_dm(
+    account: XAccount, *, policy: RetryPolicy | None = None, store: StateStore | None = None
+) -> XClient:
+    """A client holding the user-context token DMs need (an app bearer is refused).
+
+    With ``dm_refresh_token`` the token is renewed as it runs out, and each rotated
+    refresh token is kept in ``store`` (required then); with ``dm_token`` alone it is
+    used as given until X refuses it.
+    """
+    session = build_session(ca_bundle=account.ca_bundle, timeout=account.timeout_seconds)
+    policy = policy or RetryPolicy(max_wait_seconds=account.max_rate_limit_wait_seconds)
+    if account.dm_refresh_token is not None:
+        if store is None:
+            raise ConfigError(f"accounts[{account.name}].dm_refresh_token needs a state store")
+        tokens = DmTokens(account, session, store, policy)
+        return XClient(  # the token is read (or renewed) at the first call, not here
+            account=account,
+            session=session,
+            token=SecretStr(""),
+            policy=policy,
+            credential="dm_refresh_token",
+            renew=tokens.renew,
+        )
     if account.dm_token is None:
         raise ConfigError(
             f"accounts[{account.name}].dm_token: DMs need an OAuth2 user-context token "
-            "with dm.read; set dm_token to its reference"
+            "with dm.read; set dm_refresh_token (and dm_client_id) or dm_token"
         )
     token = resolve_secret(account.dm_token, what=f"accounts[{account.name}].dm_token")
     register_secret(token.get_secret_value())
-    session = build_session(ca_bundle=account.ca_bundle, timeout=account.timeout_seconds)
-    policy = policy or RetryPolicy(max_wait_seconds=account.max_rate_limit_wait_seconds)
-    return XClient(account=account, session=session, token=token, policy=policy)
+    return XClient(
+        account=account, session=session, token=token, policy=policy, credential="dm_token"
+    )
+
+
+@dataclass
+class DmTokens:
+    """An account's DM token, renewed with the refresh token X rotates at every renewal.
+
+    The newest pair lives in the state store (``tokens``, name ``x-dm:<account>``), so the
+    next run, on any worker, goes on from it; the configured refresh token only starts the
+    chain. Renewals are serialised: calls side by side that find the token expired get
+    one renewal, not one each (a second would spend a refresh token already used).
+    """
+
+    account: XAccount
+    session: requests.Session
+    store: StateStore
+    policy: RetryPolicy
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def name(self) -> str:
+        return f"x-dm:{self.account.name}"
+
+    def renew(self, refused: SecretStr) -> SecretStr:
+        """A token instead of ``refused`` (empty: none yet): the stored one while it has a
+        while left and is not the refused one (another call or run renewed it), else new."""
+        with self._lock:
+            stored = self.store.stored_token(self.name)
+            if (
+                stored is not None
+                and stored.access_token != refused.get_secret_value()
+                and stored.expires_at is not None
+                and stored.expires_at - utcnow() > RENEW_BEFORE
+            ):
+                register_secret(stored.access_token)
+                return SecretStr(stored.access_token)
+            return self._refresh(stored)
+
+    def _refresh(self, stored: StoredToken | None) -> SecretStr:
+        account = self.account
+        assert account.dm_refresh_token is not None and account.dm_client_id
+        what = f"accounts[{account.name}].dm_refresh_token"
+        refresh = stored.refresh_token if stored and stored.refresh_token else None
+        if refresh is None:
+            refresh = resolve_secret(account.dm_refresh_token, what=what).get_secret_value()
+        register_secret(refresh)
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": refresh,
+            "client_id": account.dm_client_id,
+        }
+        auth = None
+        if account.dm_client_secret is not None:
+            secret = resolve_secret(
+                account.dm_client_secret, what=f"accounts[{account.name}].dm_client_secret"
+            )
+            register_secret(secret.get_secret_value())
+            auth = (account.dm_client_id, secret.get_secret_value())
+        url = account.api_base_url.rstrip("/") + RENEWAL_PATH
+        call = f"POST {RENEWAL_PATH}"
+
+        def once() -> requests.Response:
+            response = self.session.post(url, data=form, auth=auth)
+            if response.status_code >= 500 or response.status_code == 429:
+                raise ApiError(
+                    SYSTEM, call, f"HTTP {response.status_code}", status=response.status_code
+                )
+            return response
+
+        def classify(exc: BaseException) -> ApiError | None:
+            if isinstance(exc, requests.RequestException):
+                return transport_error(SYSTEM, call, exc)
+            return exc if isinstance(exc, ApiError) else None
+
+        response = call_with_retry(
+            once, system=SYSTEM, call=call, classify=classify, policy=self.policy
+        )
+        body = _json_object(response)
+        access, rotated = body.get("access_token"), body.get("refresh_token")
+        if response.status_code != 200 or not isinstance(access, str) or not access:
+            reason = body.get("error_description") or body.get("error") or response.text[:200]
+            raise ApiError(
+                SYSTEM,
+                call,
+                f"the DM token could not be renewed ({reason}): the refresh token was "
+                f"revoked or already used; authorize the app again and set {what}",
+                status=response.status_code,
+                action=Action.FAIL,
+            )
+        register_secret(access)
+        if isinstance(rotated, str) and rotated:
+            register_secret(rotated)
+        lifetime = body.get("expires_in")
+        seconds = lifetime if isinstance(lifetime, int | float) and lifetime > 0 else 7200
+        token = StoredToken(
+            access_token=access,
+            expires_at=utcnow() + timedelta(seconds=seconds),
+            refresh_token=rotated if isinstance(rotated, str) and rotated else refresh,
+        )
+        self.store.save_token(self.name, token)  # at once: the old refresh token is spent
+        log.info("x %s: DM token renewed, valid until %s", account.name, token.expires_at)
+        return SecretStr(access)
+
+
+def _json_object(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 @dataclass(frozen=True, slots=True)
