@@ -497,7 +497,10 @@ class RecordStore:
         results: list[dict[str, Any]] = []
         for (obj, _, existing, _, _), (values, error) in zip(plan, checked, strict=True):
             if error is not None:
-                results.append({"success": False, "errors": [error]})
+                # A batch's duplicate error names no match (the docs' collections example):
+                # only a single-record call's error carries the duplicateResult.
+                shown = {k: v for k, v in error.items() if k != "duplicateResult"}
+                results.append({"success": False, "errors": [shown]})
             elif all_or_none and failed:
                 results.append({"success": False, "errors": [ROLLED_BACK]})
             else:

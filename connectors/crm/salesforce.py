@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, ClassVar, Literal, TypeVar
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 import jwt
 import requests
@@ -354,8 +354,10 @@ def upsert(
     API 2.0 job runs no default assignment rule, so records to assign always go by
     collections; known records may go by Bulk.
 
-    A Bulk result names no matched record for a ``DUPLICATES_DETECTED`` row: those rows are
-    sent once more by collections, whose answer carries the ``duplicateResult``.
+    A Bulk result names no matched record for a ``DUPLICATES_DETECTED`` row, and neither
+    does a collections result as the docs show it: those records are sent once more one by
+    one (a single-record upsert's error carries the ``duplicateResult``). Duplicates are
+    few: the records matched in the org beforehand never meet the rule.
     """
     assign_new = conn.settings.auto_assign if assign is None else assign
     known_keys = set(known)
@@ -371,19 +373,28 @@ def upsert(
                 continue
             rules = assign_new and not existing
             by_bulk, by_collections = bulk_share(conn, external_id_field, group, assign=rules)
+            sent: list[tuple[list[tuple[str, dict[str, Any]]], list[SinkOutcome]]] = []
             if by_bulk:
-                bulk_outcomes = _bulk_upsert_once(conn, sobject, external_id_field, by_bulk)
-                unnamed = {
-                    o.record_key
-                    for o in bulk_outcomes
-                    if o.status == DUPLICATE and o.destination_id is None
-                }
-                outcomes.extend(o for o in bulk_outcomes if o.record_key not in unnamed)
-                by_collections = [*by_collections, *((k, r) for k, r in by_bulk if k in unnamed)]
+                sent.append((by_bulk, _bulk_upsert_once(conn, sobject, external_id_field, by_bulk)))
             if by_collections:
-                outcomes.extend(
-                    _upsert_once(conn, sobject, external_id_field, by_collections, assign=rules)
+                sent.append(
+                    (
+                        by_collections,
+                        _upsert_once(
+                            conn, sobject, external_id_field, by_collections, assign=rules
+                        ),
+                    )
                 )
+            for items, results in sent:
+                unnamed = {
+                    o.record_key for o in results if o.status == DUPLICATE and not o.destination_id
+                }
+                outcomes.extend(o for o in results if o.record_key not in unnamed)
+                if unnamed:
+                    again = [(k, r) for k, r in items if k in unnamed]
+                    outcomes.extend(
+                        _name_duplicates(conn, sobject, external_id_field, again, assign=rules)
+                    )
         for outcome in outcomes:
             by_key[outcome.record_key] = outcome
         pending = [(k, r) for k, r in pending if by_key[k].retryable]
@@ -437,6 +448,60 @@ def _upsert_once(
         return parse_collection_results(results, keys, sobject)
 
     return [outcome for outcomes in side_by_side(send_chunk, chunks) for outcome in outcomes]
+
+
+def _name_duplicates(
+    conn: SalesforceConnection,
+    sobject: str,
+    external_id_field: str,
+    items: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    assign: bool,
+) -> list[SinkOutcome]:
+    """Refused by a duplicate rule without naming the match: each record alone, whose
+    ``DUPLICATES_DETECTED`` error names it (or, the rule quiet now, its upsert result)."""
+    headers = {"Sforce-Auto-Assign": "TRUE" if assign else "FALSE"}
+
+    def send_one(item: tuple[str, dict[str, Any]]) -> SinkOutcome:
+        key, record = item
+        value = str(record.get(external_id_field) or "")
+        fields = {k: v for k, v in record.items() if k != external_id_field}
+        path = f"sobjects/{sobject}/{external_id_field}/{quote(value, safe='')}"
+
+        def send(sf: Salesforce) -> Any:
+            try:
+                return sf.restful(path, method="PATCH", json=fields, headers=headers)
+            except SalesforceError as refused:  # the answer we asked for, not a failure
+                if refused.status == 400 and isinstance(refused.content, list):
+                    return {"refused": refused.content}
+                raise
+
+        try:
+            answer = conn.call(
+                f"PATCH /sobjects/{sobject}/{external_id_field}/:value",
+                send,
+                write=True,
+                keys=[key],
+            )
+        except ApiError as error:
+            if is_systemic(error):
+                raise
+            return failed_call([key], error)[0]
+        if isinstance(answer, dict) and "refused" in answer:
+            errors = [
+                {**e, "statusCode": e.get("errorCode")}
+                for e in answer["refused"]
+                if isinstance(e, dict)
+            ]
+            return parse_collection_results([{"success": False, "errors": errors}], [key], sobject)[
+                0
+            ]
+        if isinstance(answer, dict) and answer.get("id"):
+            status = "created" if answer.get("created") else "updated"
+            return SinkOutcome(key, status, destination_id=str(answer["id"]))
+        return SinkOutcome(key, "updated")  # 204: an older API version's update
+
+    return side_by_side(send_one, list(items))
 
 
 def failed_call(keys: Sequence[str], error: ApiError) -> list[SinkOutcome]:
