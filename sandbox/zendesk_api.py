@@ -175,9 +175,26 @@ class ZendeskSimulator:
     ) -> Response:
         return json_response(status, payload, content_type=JSON, headers=headers)
 
-    def _listing(self, name: str, items: list[dict[str, Any]]) -> Response:
+    def _listing(self, name: str, items: list[dict[str, Any]], req: Request) -> Response:
+        """Offset pagination as Zendesk lists answer: ``per_page`` (at most 100) items of
+        ``page``, and absolute ``next_page``/``previous_page`` URLs (null at either end)."""
+        page = _positive(req.param("page"), 1)
+        per_page = min(_positive(req.param("per_page"), MAX_PAGE), MAX_PAGE)  # clamped
+        shown = items[(page - 1) * per_page : page * per_page]
+
+        def link(number: int) -> str:
+            query = {k: v[-1] for k, v in req.query.items()}
+            query.update(page=str(number), per_page=str(per_page))
+            return f"{self.base_url}{req.path}?{urlencode(query)}"
+
+        more = page * per_page < len(items)
         return self._ok(
-            {name: items, "next_page": None, "previous_page": None, "count": len(items)}
+            {
+                name: shown,
+                "next_page": link(page + 1) if more else None,
+                "previous_page": link(page - 1) if page > 1 else None,
+                "count": len(items),
+            }
         )
 
     def _ticket_body(self, ticket: Ticket, audit: dict[str, Any]) -> dict[str, Any]:
@@ -200,7 +217,7 @@ class ZendeskSimulator:
 
     def search_users(self, req: Request) -> Response:
         users = self.store.search_users(req.param("external_id"), req.param("query"))
-        return self._listing("users", [u.payload(self.base_url) for u in users])
+        return self._listing("users", [u.payload(self.base_url) for u in users], req)
 
     def get_user(self, req: Request, raw: str) -> Response:
         user = self.store.users.get(self._id(raw))
@@ -260,7 +277,7 @@ class ZendeskSimulator:
         comments = [c.payload() for c in ticket.comments]
         if req.param("sort_order") == "desc":
             comments.reverse()
-        return self._listing("comments", comments)
+        return self._listing("comments", comments, req)
 
     def create_many(self, req: Request) -> Response:
         return self.jobs.submit("tickets", self._body(req, "tickets"), time.time())
@@ -273,7 +290,7 @@ class ZendeskSimulator:
         external_id = req.param("external_id")
         if external_id is not None:  # a filter: several tickets may share one external id
             matches = [t.payload(self.base_url) for t in tickets if t.external_id == external_id]
-            return self._listing("tickets", matches)
+            return self._listing("tickets", matches, req)
         cursor_params = ("page[size]", "page[after]", "page[before]")
         if any(req.param(p) is not None for p in cursor_params):
             return self._cursor_page(req, tickets)

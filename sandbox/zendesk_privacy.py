@@ -144,11 +144,11 @@ class PrivacyEndpoints:
 
     def requested(self, req: Request, raw: str) -> Response:
         tickets = requested_tickets(self.store, self.sim._id(raw))
-        return self.sim._listing("tickets", [t.payload(self.sim.base_url) for t in tickets])
+        return self.sim._listing("tickets", [t.payload(self.sim.base_url) for t in tickets], req)
 
     def list_deleted_users(self, req: Request) -> Response:
         users = sorted((u for u in self.store.users.values() if not u.active), key=lambda u: u.id)
-        return self.sim._listing("deleted_users", [self._user(u) for u in users])
+        return self.sim._listing("deleted_users", [self._user(u) for u in users], req)
 
     def show_deleted_user(self, req: Request, raw: str) -> Response:
         user = deleted_user(self.store, self.sim._id(raw))

@@ -428,3 +428,31 @@ def test_fixed_port_puts_zendesk_on_port_plus_two(tmp_path: Path) -> None:
     base = _free_port_triple()
     with start_sandbox(port=base, workdir=tmp_path) as box:
         assert box.urls["zendesk"] == f"https://127.0.0.1:{base + 2}"
+
+
+def test_lists_come_100_a_page_and_the_connector_reads_every_page(
+    zd: requests.Session, sandbox: Sandbox
+) -> None:
+    """A long conversation: the marker of message 140 is on the comments' second page, and
+    the check whether a comment already landed must find it there."""
+    from connectors.helpdesk import zendesk
+
+    ticket = new_ticket(zd, sandbox)
+    for n in range(150):
+        response = put_ticket(
+            zd, sandbox, ticket["id"], comment={"body": f"msg {n} [ref x:dm:{n}]", "public": True}
+        )
+        assert response.status_code == 200
+    first = zd.get(url(sandbox, f"/api/v2/tickets/{ticket['id']}/comments")).json()
+    assert len(first["comments"]) == 100 and first["count"] == 151
+    assert first["next_page"].startswith(sandbox.urls["zendesk"] + "/api/v2/tickets/")
+    assert first["previous_page"] is None
+    last = zd.get(first["next_page"]).json()
+    assert len(last["comments"]) == 51 and last["next_page"] is None
+    assert last["previous_page"]
+    settings = load_settings(sandbox.config_path)
+    assert settings.helpdesk is not None
+    client = zendesk.connect(settings.helpdesk)
+    comments = zendesk.ticket_comments(client, ticket["id"])
+    assert len(comments) == 151
+    assert any("[ref x:dm:140]" in c["body"] for c in comments)

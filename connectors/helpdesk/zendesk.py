@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from pydantic import SecretStr
@@ -200,15 +201,48 @@ def upsert_requester(
     return int(body["user"]["id"])
 
 
+def list_all(
+    client: ZendeskClient,
+    path: str,
+    name: str,
+    *,
+    template: str,
+    params: dict[str, Any] | None = None,
+    keys: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Every item of an offset-paginated list (``name``), 100 a page, following
+    ``next_page``: an absolute URL, read on our own host whatever its spelling."""
+    items: list[dict[str, Any]] = []
+    query: dict[str, Any] | None = {**(params or {}), "per_page": 100}
+    own = urlsplit(client.settings.base_url).netloc.lower()
+    next_path: str | None = path
+    while next_path:
+        body, _ = client.request("GET", next_path, template=template, params=query, keys=keys)
+        items.extend(item for item in body.get(name) or [] if isinstance(item, dict))
+        link = body.get("next_page")
+        if not isinstance(link, str) or not link:
+            break
+        parts = urlsplit(link)
+        if parts.netloc.lower() != own:
+            raise ApiError(
+                SYSTEM,
+                f"GET {template}",
+                f"next_page points at another host ({parts.netloc!r:.80}); not followed",
+            )
+        next_path = parts.path + (f"?{parts.query}" if parts.query else "")
+        query = None  # the link holds them
+    return items
+
+
 def find_tickets(client: ZendeskClient, external_id: str) -> list[dict[str, Any]]:
-    body, _ = client.request(
-        "GET",
+    return list_all(
+        client,
         "/api/v2/tickets",
+        "tickets",
         template="/api/v2/tickets",
         params={"external_id": external_id},
         keys=[external_id],
     )
-    return [t for t in body.get("tickets") or [] if isinstance(t, dict)]
 
 
 def get_ticket(client: ZendeskClient, ticket_id: int) -> dict[str, Any]:
@@ -255,20 +289,12 @@ def add_comment(
 
 
 def ticket_comments(client: ZendeskClient, ticket_id: int) -> list[dict[str, Any]]:
-    comments: list[dict[str, Any]] = []
-    path: str | None = f"/api/v2/tickets/{ticket_id}/comments"
-    params: dict[str, Any] | None = {"per_page": 100}
-    while path:
-        body, _ = client.request(
-            "GET", path, template="/api/v2/tickets/:id/comments", params=params
-        )
-        comments.extend(c for c in body.get("comments") or [] if isinstance(c, dict))
-        next_page = body.get("next_page")
-        if not next_page:
-            break
-        path = str(next_page).replace(client.settings.base_url.rstrip("/"), "")
-        params = None
-    return comments
+    return list_all(
+        client,
+        f"/api/v2/tickets/{ticket_id}/comments",
+        "comments",
+        template="/api/v2/tickets/:id/comments",
+    )
 
 
 # --- privacy: finding a person's records, redaction, deletion for good --------------------
@@ -285,36 +311,28 @@ def _gone(error: ApiError) -> bool:
 
 def users_by_external_id(client: ZendeskClient, external_id: str) -> list[dict[str, Any]]:
     """Active users holding this external id (deleted users are not found)."""
-    body, _ = client.request(
-        "GET",
+    return list_all(
+        client,
         "/api/v2/users/search",
+        "users",
         template="/api/v2/users/search",
         params={"external_id": external_id},
     )
-    return [u for u in body.get("users") or [] if isinstance(u, dict)]
 
 
 def requested_tickets(client: ZendeskClient, user_id: int) -> list[dict[str, Any]]:
     """Tickets a user is the requester of; none when the user is gone."""
-    tickets: list[dict[str, Any]] = []
-    path: str | None = f"/api/v2/users/{user_id}/tickets/requested"
-    params: dict[str, Any] | None = {"per_page": 100}
-    while path:
-        try:
-            body, _ = client.request(
-                "GET", path, template="/api/v2/users/:id/tickets/requested", params=params
-            )
-        except ApiError as error:
-            if _gone(error):
-                return tickets
-            raise
-        tickets.extend(t for t in body.get("tickets") or [] if isinstance(t, dict))
-        next_page = body.get("next_page")
-        path = (
-            str(next_page).replace(client.settings.base_url.rstrip("/"), "") if next_page else None
+    try:
+        return list_all(
+            client,
+            f"/api/v2/users/{user_id}/tickets/requested",
+            "tickets",
+            template="/api/v2/users/:id/tickets/requested",
         )
-        params = None
-    return tickets
+    except ApiError as error:
+        if _gone(error):
+            return []
+        raise
 
 
 def find_ticket(client: ZendeskClient, ticket_id: int) -> dict[str, Any] | None:
