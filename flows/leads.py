@@ -1510,10 +1510,33 @@ def run_summary(ctx: LeadsContext, outcomes: list[SinkOutcome], status: str) -> 
 
 
 def apply_rate_limits(settings: Settings) -> None:
-    """Pace each external system as the config says, for every call of this process."""
+    """Pace each external system as the config says, for every call of this process.
+
+    A named Prefect limit must exist: Prefect skips a missing one with a log line on every
+    call (``strict=False``), and the pacing the config asks for would silently not be.
+    """
     for system in ("x", "salesforce", "zendesk"):
         limit = settings.rate_limits.get(system)
+        if limit and limit.prefect_limit:
+            _check_prefect_limit(system, limit.prefect_limit)
         set_pacing(system, Pacing(limit.per_second, limit.prefect_limit) if limit else None)
+
+
+def _check_prefect_limit(system: str, name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            raise ConfigError(
+                f"rate_limits.{system}.prefect_limit: the Prefect server has no global "
+                f"concurrency limit {name!r}; create it (prefect gcl create {name} --limit N "
+                f"--slot-decay-per-second N) or remove the key"
+            ) from None
+    if not found.active:
+        _logger().warning("rate_limits.%s.prefect_limit: limit %r is inactive", system, name)
 
 
 def run_namer(flow_name: str) -> Callable[[], str]:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -46,6 +47,18 @@ def _check_secret_ref(value: str) -> str:
 
 
 SecretRef = Annotated[str, AfterValidator(_check_secret_ref)]
+
+
+def _check_web_url(value: str) -> str:
+    if "${" in value:
+        raise ValueError("only secrets take ${ENV_VAR} references: write the URL itself")
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("expected a web address such as https://host.example.com")
+    return value
+
+
+WebUrl = Annotated[str, AfterValidator(_check_web_url)]
 
 
 def resolve_secret(ref: str, *, what: str) -> SecretStr:
@@ -90,7 +103,7 @@ class XAccount(_Model):
     platform: Literal["x"] = "x"
     user_id: str = Field(pattern=r"^[0-9]+$", description="The brand account's numeric user id")
     handle: str = Field(description="The brand account's handle, without @")
-    api_base_url: str = "https://api.x.com"
+    api_base_url: WebUrl = "https://api.x.com"
     bearer_token: SecretRef
     dm_token: SecretRef | None = Field(
         None,
@@ -191,8 +204,8 @@ class CampaignSettings(_Model):
 
 class SalesforceSettings(_Model):
     kind: Literal["salesforce"] = "salesforce"
-    login_url: str = Field(description="Your My Domain URL, e.g. https://acme.my.salesforce.com")
-    instance_url: str | None = Field(None, description="Only for auth method 'session'")
+    login_url: WebUrl = Field(description="Your My Domain URL, e.g. https://acme.my.salesforce.com")
+    instance_url: WebUrl | None = Field(None, description="Only for auth method 'session'")
     api_version: str = Field("60.0", pattern=r"^[0-9]{2}\.0$")
     auth: SalesforceAuth
     lead_mapping: Path = Path("lead.salesforce.yaml")
@@ -233,7 +246,7 @@ class ZendeskSettings(_Model):
     """The helpdesk: API-token auth as ``{email}/token``."""
 
     kind: Literal["zendesk"] = "zendesk"
-    base_url: str = Field(description="https://yoursubdomain.zendesk.com")
+    base_url: WebUrl = Field(description="https://yoursubdomain.zendesk.com")
     email: str = Field(description="The agent the API token belongs to")
     api_token: SecretRef
     ticket_mapping: Path = Path("ticket.zendesk.yaml")

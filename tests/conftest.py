@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from socialcrm.config import Settings
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -73,3 +77,25 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: igno
     problem = _pg_state.get("problem")
     if problem:
         terminalreporter.write_line(f"NOTE: PostgreSQL tests were not run: {problem}")
+
+
+def minimal_settings(**extra: object) -> Settings:
+    """Settings with one X account and a Salesforce org, plus ``extra`` top-level keys."""
+    from socialcrm.config import Settings
+
+    return Settings.model_validate(
+        {
+            "accounts": [
+                {"name": "brand", "user_id": "1000", "handle": "brand", "bearer_token": "${X}"}
+            ],
+            "crm": {
+                "login_url": "https://acme.my.salesforce.com",
+                "auth": {
+                    "method": "client_credentials",
+                    "client_id": "${A}",
+                    "client_secret": "${B}",
+                },
+            },
+            **extra,
+        }
+    )

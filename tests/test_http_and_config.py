@@ -200,6 +200,14 @@ def test_config_loads_and_resolves_paths(tmp_path: Path, monkeypatch: pytest.Mon
         (('user_id: "1000"', "user_id: abc"), "accounts.0.user_id"),
         (("bearer_token: ${X_TOKEN}", "bearer_token: AAAAliteral"), "a secret must be a reference"),
         (("method: client_credentials, ", "method: jwt, "), "needs username, private_key"),
+        (
+            ("https://acme.my.salesforce.com", "${SF_LOGIN_URL}"),
+            "crm.login_url: Value error, only secrets take ${ENV_VAR} references",
+        ),
+        (
+            ("https://acme.my.salesforce.com", "acme.my.salesforce.com"),
+            "crm.login_url: Value error, expected a web address",
+        ),
     ],
 )
 def test_config_errors_name_the_key(tmp_path: Path, change: tuple[str, str], expected: str) -> None:

@@ -78,3 +78,29 @@ def test_x_window_is_shared_by_threads() -> None:
             pool.submit(take)
     # Five calls were left in the window: five go, the rest stop instead of a sure 429.
     assert taken.count(True) == 5 and taken.count(False) == 7
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_named_prefect_limit_must_exist_on_the_server() -> None:
+    """Prefect skips a missing limit quietly: the pacing asked for would not happen."""
+    from conftest import minimal_settings
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from flows.leads import apply_rate_limits
+    from socialcrm.config import ConfigError, Settings
+
+    def settings(limit: str) -> Settings:
+        return minimal_settings(rate_limits={"salesforce": {"prefect_limit": limit}})
+
+    with pytest.raises(ConfigError, match=r"rate_limits\.salesforce\.prefect_limit: .*'sf-typo'"):
+        apply_rate_limits(settings("sf-typo"))
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name="sf-calls", limit=5, slot_decay_per_second=5.0)
+        )
+    try:
+        apply_rate_limits(settings("sf-calls"))
+    finally:
+        set_pacing("salesforce", None)

@@ -329,25 +329,11 @@ def test_upgrade_from_the_previous_revision_keeps_the_data(state_url: str) -> No
 
 
 def _pull_context(store: StateStore) -> Any:
-    from flows.leads import LeadsContext
-    from socialcrm.config import Settings
+    from conftest import minimal_settings
 
-    settings = Settings.model_validate(
-        {
-            "accounts": [
-                {"name": "brand", "user_id": "1000", "handle": "brand", "bearer_token": "${X}"}
-            ],
-            "crm": {
-                "login_url": "https://acme.my.salesforce.com",
-                "auth": {
-                    "method": "client_credentials",
-                    "client_id": "${A}",
-                    "client_secret": "${B}",
-                },
-            },
-            "qualification": {"threshold": 3},
-        }
-    )
+    from flows.leads import LeadsContext
+
+    settings = minimal_settings(qualification={"threshold": 3})
     return LeadsContext(settings, settings.accounts[0], store, x_client=None, dry_run=False)
 
 
