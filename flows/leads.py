@@ -27,7 +27,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.futures import PrefectFuture
 from prefect.input import RunInput
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from connectors.crm import salesforce
 from connectors.helpdesk import zendesk
@@ -98,8 +98,17 @@ class LeadsRun(RunTarget):
         None,
         title="Sales CSV",
         description="Also write the run's new leads, best first, to this CSV file on the "
-        "machine that runs the flow (a spreadsheet cannot run what people wrote)",
+        "machine that runs the flow (a spreadsheet cannot run what people wrote); the name "
+        "must end in .csv",
     )
+
+    @field_validator("sales_csv")
+    @classmethod
+    def _a_csv_file(cls, path: str | None) -> str | None:
+        # Anyone who can start a run picks this path: never a config, a script or a key.
+        if path is not None and not path.strip().lower().endswith(".csv"):
+            raise ValueError("the sales CSV's name must end in .csv")
+        return path
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:

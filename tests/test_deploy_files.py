@@ -81,6 +81,9 @@ def test_a_run_without_a_config_path_reads_the_one_the_worker_names(
     monkeypatch.delenv("SOCIALCRM_CONFIG")
     assert LeadsRun().config == "socialcrm.yaml"
     assert ReplayRun(ids=[]).ids is None  # a list cleared in the form means all
+    assert LeadsRun(sales_csv="out/New Leads.CSV").sales_csv == "out/New Leads.CSV"
+    with pytest.raises(ValueError, match=r"must end in \.csv"):
+        LeadsRun(sales_csv="/home/worker/.bashrc")
     assert ReplayRun(ids=[3]).ids == [3]
 
 
