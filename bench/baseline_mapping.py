@@ -368,6 +368,8 @@ def cast(name: str, spec: FieldSpec, value: Any, dest: DestinationField, row: Ro
                     text = text[: dest.length]
                     while utf16_units(text) > dest.length:
                         text = text[:-1]
+                    if not text.strip():  # what is left is blank: no value
+                        text = None
         return text
     if kind in (fieldtypes.NUMERIC, fieldtypes.INTEGER):
         if value is None:

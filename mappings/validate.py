@@ -159,7 +159,7 @@ class _TextChecks:
         self.issues = issues
         self.memo = memo
         self.dropped = np.zeros(joined.count, dtype=bool)
-        self.cut: dict[int, str] = {}
+        self.cut: dict[int, str | None] = {}
 
     def invalid(self, found: np.ndarray, what: str, policy: str) -> None:
         """Apply ``on_invalid`` to the values at ``found`` (indices into the items)."""
@@ -204,7 +204,8 @@ class _TextChecks:
             return
         self.issues.warn(name, _reasons(reasons, rows, " (truncated)"))
         for i in found.tolist():
-            self.cut[i] = _cut_to(items[i], limit)
+            cut = _cut_to(items[i], limit)
+            self.cut[i] = cut if cut.strip() else None  # what is left is blank: no value
 
     def result(self) -> pd.Series:
         joined = self.joined

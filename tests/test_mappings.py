@@ -1114,3 +1114,16 @@ def test_a_required_value_that_is_no_number_is_rejected_once() -> None:
         ("a", "value 'high' is not a number (policy: reject)"),
         ("c", "F is required but empty after mapping"),
     ]
+
+
+def test_a_value_cut_to_nothing_but_blanks_is_no_value() -> None:
+    spec = _one_field({"source": "v", "required": True})
+    frame = pd.DataFrame({"record_key": ["a", "b", "c"], "v": ["🚀abc", "   \u3000x", "xy"]})
+    fields = {"F": DestinationField("F", "string", length=1)}
+    got = apply_spec(spec, frame, fields)
+    assert got.records == [{"F": "x"}]
+    assert [(p.record_key, p.reason) for p in got.rejected] == [
+        ("a", "F is required but empty after mapping"),
+        ("b", "F is required but empty after mapping"),
+    ]
+    assert _outcome(got) == _outcome(BASELINE.map_rows(spec, frame, fields))
