@@ -1399,7 +1399,9 @@ def review_and_deliver(
 ) -> tuple[list[SinkOutcome], str]:
     """Plan every batch, show the plan, pause for a decision, then write that plan.
 
-    The run holds its lock while it waits, so no other run changes what was shown.
+    The run holds its locks while it waits, so no other run changes what was shown: its
+    account's, and the store's delivery lock (the leads runs of other accounts on the
+    same store pull meanwhile, and deliver once the review is decided).
     Returns the outcomes and the run's status line.
     """
     plans = [
@@ -1608,8 +1610,8 @@ def run_leads(params: LeadsRun) -> dict[str, Any]:
         with store.lock(DELIVERY_LOCK) as delivering:
             if not delivering:
                 status = (
-                    "completed: pulled only; another account's leads run is delivering, "
-                    "the people pulled here stay pending for it or the next run"
+                    "pulled only: another leads run of this store is delivering (or waiting "
+                    "for a review); the people pulled here stay pending for it or the next run"
                 )
                 logger.warning(status)
             elif params.review and not params.dry_run:

@@ -22,6 +22,7 @@ from connectors.helpdesk import zendesk
 from connectors.http import Action, ApiError, is_systemic
 from connectors.social import x, x_dm
 from flows.leads import (
+    DELIVERY_LOCK,
     TICKET_LEDGER,
     LeadsContext,
     _logger,
@@ -670,9 +671,18 @@ def run_tickets(params: TicketsRun) -> dict[str, Any]:
         if ctx.newly_ticketed and not ctx.dry_run:
             store.mark_pending(ctx.newly_ticketed)
         if ctx.sales_people or ctx.newly_ticketed:
-            lead_outcomes = deliver_pending_leads(
-                leads_ctx, only=sorted(ctx.sales_people | ctx.newly_ticketed)
-            )
+            # The leads of any account's run are delivered under the same lock.
+            with store.lock(DELIVERY_LOCK) as delivering:
+                if delivering:
+                    lead_outcomes = deliver_pending_leads(
+                        leads_ctx, only=sorted(ctx.sales_people | ctx.newly_ticketed)
+                    )
+                else:
+                    _logger().warning(
+                        "a leads run is delivering: the %d people of this run's sales DMs "
+                        "stay pending for it or the next run",
+                        len(ctx.sales_people | ctx.newly_ticketed),
+                    )
         link_tickets_to_crm(ctx, leads_ctx)
     except ApiError as error:
         status = stop_status(error)

@@ -28,7 +28,14 @@ from socialcrm.state import StateStore, _chunks, utcnow
 
 ERASED_TEXT = "[erased]"
 # Tables this module writes, never searched or scrubbed; cursors hold only post ids.
-OWN_TABLES = {"store_meta", "suppressions", "erasure_audit", "alembic_version", "cursors"}
+OWN_TABLES = {
+    "store_meta",
+    "suppressions",
+    "erasure_audit",
+    "alembic_version",
+    "cursors",
+    "tokens",  # OAuth tokens: random text a handle could match, never about a person
+}
 # Fields of a stored profile that are someone's own identity: never scrubbed (two people
 # may share a name), only deleted with that person.
 IDENTITY_FIELDS = {

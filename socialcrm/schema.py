@@ -165,5 +165,8 @@ tokens = sa.Table(
     sa.Column("access_token", sa.Text, nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("refresh_token", sa.Text, nullable=True),
+    # A hash of the configured token that started the chain: a new one there (the app
+    # authorized again) starts a new chain instead of renewing the stored one.
+    sa.Column("origin", sa.String(64), nullable=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )

@@ -110,6 +110,7 @@ class StoredToken:
     access_token: str
     expires_at: datetime | None
     refresh_token: str | None
+    origin: str | None = None  # hash of the configured token the chain started from
 
     def __repr__(self) -> str:  # never the tokens themselves
         return f"StoredToken(expires_at={self.expires_at!r})"
@@ -283,7 +284,9 @@ class StateStore:
                         connection.commit()
             return
         database = Path(str(self.engine.url.database))
-        safe = "".join(ch if ch.isalnum() else "_" for ch in name)
+        # Readable, and unique: "leads:delivery" and "leads-delivery" are two locks.
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        safe = "".join(ch if ch.isalnum() else "_" for ch in name)[:60] + "-" + digest
         with open(database.with_name(f"{database.name}.{safe}.lock"), "a+b") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -423,6 +426,7 @@ class StateStore:
                 del values["author"]
                 updates.append({"key_": key, **values})
         if inserts:
+            inserts.sort(key=lambda row: row["person_key"])  # the lock order, as above
             # Another run may insert one of them meanwhile (nothing locks a row that is not
             # there yet): that insert is skipped here and its row updated like the others.
             added = set(
@@ -764,13 +768,13 @@ class StateStore:
         table = schema.tokens
         with self.engine.connect() as connection:
             row = connection.execute(
-                sa.select(table.c.access_token, table.c.expires_at, table.c.refresh_token).where(
-                    table.c.name == name
-                )
+                sa.select(
+                    table.c.access_token, table.c.expires_at, table.c.refresh_token, table.c.origin
+                ).where(table.c.name == name)
             ).first()
         if row is None:
             return None
-        return StoredToken(row.access_token, _aware(row.expires_at), row.refresh_token)
+        return StoredToken(row.access_token, _aware(row.expires_at), row.refresh_token, row.origin)
 
     def save_token(self, name: str, token: StoredToken) -> None:
         """Kept at once and even in a dry run: a rotated refresh token lost is a token
@@ -780,6 +784,7 @@ class StateStore:
             "access_token": token.access_token,
             "expires_at": token.expires_at,
             "refresh_token": token.refresh_token,
+            "origin": token.origin,
             "updated_at": utcnow(),
         }
         with self.engine.begin() as connection:

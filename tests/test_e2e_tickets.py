@@ -153,7 +153,15 @@ def test_runs_renew_the_dm_token_and_keep_the_rotated_refresh_token(
     second = run(sandbox)  # the configured refresh token is spent: only the stored one works
     assert second["status"] == "completed" and second["new_messages"] == 3
     assert renewals() > done
-    assert "refresh" not in json.dumps(second).lower()  # no token text in the summary
+    from socialcrm.config import load_settings
+    from socialcrm.state import StateStore
+
+    url = load_settings(sandbox.config_path).state_url()
+    with StateStore.open(url) as store:
+        stored = store.stored_token(f"x-dm:{account['name']}")
+    assert stored is not None and stored.refresh_token
+    shown = json.dumps([first, second])
+    assert stored.access_token not in shown and stored.refresh_token not in shown
 
 
 def test_a_new_message_reopens_a_solved_ticket_with_one_comment(sandbox: Sandbox) -> None:

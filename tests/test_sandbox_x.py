@@ -629,25 +629,38 @@ def test_user_tokens_expire_and_each_refresh_token_works_once(sandbox: Sandbox) 
     assert sandbox.state()["writes"]["x"] == 0  # renewing is no write
 
 
-def test_calls_side_by_side_renew_the_dm_token_once(tmp_path: Path) -> None:
+def _renewing_account(config: Path, variable: str) -> Any:
+    """The sandbox config's account, renewing its DM token from ``$variable``."""
+    from sandbox.x_dm import CLIENT_ID
+    from socialcrm.config import load_settings
+
+    return (
+        load_settings(config)
+        .accounts[0]
+        .model_copy(
+            update={
+                "dm_token": None,
+                "dm_refresh_token": "${" + variable + "}",
+                "dm_client_id": CLIENT_ID,
+            }
+        )
+    )
+
+
+def test_calls_side_by_side_renew_the_dm_token_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each renewal spends the refresh token: four lanes starting together get one."""
     from concurrent.futures import ThreadPoolExecutor
 
     from connectors.social import x_dm
-    from sandbox.x_dm import CLIENT_ID, REFRESH_TOKEN
-    from socialcrm.config import load_settings
+    from sandbox.x_dm import REFRESH_TOKEN
     from socialcrm.state import StateStore
 
     box = start_sandbox(write_config=tmp_path / "socialcrm.yaml")
+    monkeypatch.setenv("SCRM_TEST_X_REFRESH", REFRESH_TOKEN)
     try:
-        settings = load_settings(tmp_path / "socialcrm.yaml")
-        account = settings.accounts[0].model_copy(
-            update={
-                "dm_token": None,
-                "dm_refresh_token": "${SCRM_UNSET_R:-" + REFRESH_TOKEN + "}",
-                "dm_client_id": CLIENT_ID,
-            }
-        )
+        account = _renewing_account(tmp_path / "socialcrm.yaml", "SCRM_TEST_X_REFRESH")
         with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
             client = x_dm.connect_dm(account, store=store)
             with ThreadPoolExecutor(4) as pool:
@@ -659,5 +672,43 @@ def test_calls_side_by_side_renew_the_dm_token_once(tmp_path: Path) -> None:
         assert box.state()["calls"]["x"]["POST /2/oauth2/token"] == 1
         assert stored is not None and stored.refresh_token not in (None, REFRESH_TOKEN)
         assert REFRESH_TOKEN not in repr(stored) and stored.access_token not in repr(stored)
+    finally:
+        box.stop()
+
+
+def test_a_new_refresh_token_in_the_config_starts_a_new_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored chain is dead (revoked, or spent by a renewal whose answer was lost):
+    authorizing the app again and setting the new refresh token is the whole repair."""
+    from connectors.http import ApiError
+    from connectors.social import x_dm
+    from sandbox.x_dm import CLIENT_ID, REFRESH_TOKEN
+    from socialcrm.state import StateStore
+
+    box = start_sandbox(write_config=tmp_path / "socialcrm.yaml")
+    monkeypatch.setenv("SCRM_TEST_X_REFRESH", REFRESH_TOKEN)
+    box.set_options(x_user_token_ttl_s=1.0)  # every run renews
+    try:
+        account = _renewing_account(tmp_path / "socialcrm.yaml", "SCRM_TEST_X_REFRESH")
+        name = f"x-dm:{account.name}"
+        with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
+            x_dm.fetch_dm_page(x_dm.connect_dm(account, store=store), x_dm.DmRequest())
+            stored = store.stored_token(name)
+            assert stored is not None and stored.refresh_token
+            # Someone spends the stored refresh token: what X now answers is a new start.
+            session = requests.Session()
+            session.verify, session.trust_env = str(box.ca_path), False
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": stored.refresh_token,
+                "client_id": CLIENT_ID,
+            }
+            fresh = session.post(box.urls["x"] + "/2/oauth2/token", data=form, timeout=10)
+            with pytest.raises(ApiError, match="authorize the app again"):
+                x_dm.fetch_dm_page(x_dm.connect_dm(account, store=store), x_dm.DmRequest())
+            monkeypatch.setenv("SCRM_TEST_X_REFRESH", fresh.json()["refresh_token"])
+            page, _ = x_dm.fetch_dm_page(x_dm.connect_dm(account, store=store), x_dm.DmRequest())
+        assert page.records
     finally:
         box.stop()

@@ -275,6 +275,17 @@ def test_a_stream_lock_is_held_by_one_run_at_a_time(state_url: str) -> None:
             assert after
 
 
+def test_lock_names_that_differ_only_in_punctuation_are_two_locks(state_url: str) -> None:
+    """An account named "delivery": its lock and the store's delivery lock are not one."""
+    first, second = StateStore.open(state_url), StateStore.open(state_url)
+    try:
+        with first.lock("leads:delivery") as one, second.lock("leads-delivery") as other:
+            assert one and other
+    finally:
+        first.close()
+        second.close()
+
+
 def test_a_killed_holder_does_not_keep_the_lock(state_url: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import subprocess
     import sys

@@ -74,12 +74,15 @@ class XClient:
         url = self.account.api_base_url.rstrip("/") + path
         call = f"GET {template}"
 
+        sent_with: list[SecretStr] = []  # the token of the last attempt (it may be renewed)
+
         def once() -> dict[str, Any]:
             self._wait_for_window(template)
+            sent_with[:] = [self.token]
             response = self.session.get(
                 url,
                 params=params,
-                headers={"Authorization": f"Bearer {self.token.get_secret_value()}"},
+                headers={"Authorization": f"Bearer {sent_with[0].get_secret_value()}"},
             )
             self.calls += 1
             self._remember_window(template, response.headers)
@@ -106,8 +109,9 @@ class XClient:
         except ApiError as error:
             if error.status != 401 or self.renew is None:
                 raise
-            # An expired user-context token: renewed once (by whichever call asks first).
-            self.token = self.renew(self.token)
+            # An expired user-context token: renewed once (by whichever call asks first;
+            # the others find the new one stored).
+            self.token = self.renew(sent_with[0] if sent_with else self.token)
             return attempt()
 
     def _remember_window(self, template: str, headers: Any) -> None:
@@ -519,13 +523,13 @@ def parse_tweets(
 
 def _is_repost(tweet: dict[str, Any]) -> bool:
     """A retweet: X lists reposts of a quote among the quotes (unless excluded) and
-    reposts of posts naming the brand among its mentions. Without ``referenced_tweets``
-    (the field not asked for, or the original gone) the "RT @" text prefix tells."""
+    reposts of posts naming the brand among its mentions. ``referenced_tweets`` is always
+    asked for, and X leaves it out for a tweet that references nothing: a text starting
+    "RT @" without it is an old-style repost with words of its own, a mention."""
     references = tweet.get("referenced_tweets")
-    if isinstance(references, list):
-        return any(isinstance(r, dict) and r.get("type") == "retweeted" for r in references)
-    text = tweet.get("text")
-    return isinstance(text, str) and text.startswith("RT @")
+    return isinstance(references, list) and any(
+        isinstance(r, dict) and r.get("type") == "retweeted" for r in references
+    )
 
 
 def _tweet_kind(

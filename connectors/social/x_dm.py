@@ -7,6 +7,7 @@ recognised by sender and marked, so they never become customer messages.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,6 @@ from connectors.http import (
     ApiError,
     RetryPolicy,
     build_session,
-    call_with_retry,
     register_secret,
     transport_error,
 )
@@ -71,7 +71,7 @@ def connect_dm(
     if account.dm_refresh_token is not None:
         if store is None:
             raise ConfigError(f"accounts[{account.name}].dm_refresh_token needs a state store")
-        tokens = DmTokens(account, session, store, policy)
+        tokens = DmTokens(account, session, store)
         return XClient(  # the token is read (or renewed) at the first call, not here
             account=account,
             session=session,
@@ -105,7 +105,6 @@ class DmTokens:
     account: XAccount
     session: requests.Session
     store: StateStore
-    policy: RetryPolicy
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -114,9 +113,17 @@ class DmTokens:
 
     def renew(self, refused: SecretStr) -> SecretStr:
         """A token instead of ``refused`` (empty: none yet): the stored one while it has a
-        while left and is not the refused one (another call or run renewed it), else new."""
+        while left and is not the refused one (another call or run renewed it), else new.
+
+        A stored chain started from another configured refresh token is left: the app was
+        authorized again and the config holds the new start.
+        """
         with self._lock:
+            configured = self._configured()
+            origin = hashlib.sha256(configured.encode()).hexdigest()
             stored = self.store.stored_token(self.name)
+            if stored is not None and stored.origin != origin:
+                stored = None
             if (
                 stored is not None
                 and stored.access_token != refused.get_secret_value()
@@ -125,15 +132,23 @@ class DmTokens:
             ):
                 register_secret(stored.access_token)
                 return SecretStr(stored.access_token)
-            return self._refresh(stored)
+            refresh = stored.refresh_token if stored and stored.refresh_token else configured
+            return self._refresh(refresh, origin)
 
-    def _refresh(self, stored: StoredToken | None) -> SecretStr:
+    def _configured(self) -> str:
         account = self.account
-        assert account.dm_refresh_token is not None and account.dm_client_id
+        assert account.dm_refresh_token is not None
         what = f"accounts[{account.name}].dm_refresh_token"
-        refresh = stored.refresh_token if stored and stored.refresh_token else None
-        if refresh is None:
-            refresh = resolve_secret(account.dm_refresh_token, what=what).get_secret_value()
+        configured = resolve_secret(account.dm_refresh_token, what=what).get_secret_value()
+        register_secret(configured)
+        return configured
+
+    def _refresh(self, refresh: str, origin: str) -> SecretStr:
+        """One renewal: never sent twice, since X spends the refresh token on receipt
+        (an answer lost in transit is a chain lost: the error says how to start again)."""
+        account = self.account
+        assert account.dm_client_id
+        what = f"accounts[{account.name}].dm_refresh_token"
         register_secret(refresh)
         form = {
             "grant_type": "refresh_token",
@@ -149,34 +164,30 @@ class DmTokens:
             auth = (account.dm_client_id, secret.get_secret_value())
         url = account.api_base_url.rstrip("/") + RENEWAL_PATH
         call = f"POST {RENEWAL_PATH}"
-
-        def once() -> requests.Response:
+        again = f"authorize the app again and set {what} to the new refresh token"
+        try:
             response = self.session.post(url, data=form, auth=auth)
-            if response.status_code >= 500 or response.status_code == 429:
-                raise ApiError(
-                    SYSTEM, call, f"HTTP {response.status_code}", status=response.status_code
-                )
-            return response
-
-        def classify(exc: BaseException) -> ApiError | None:
-            if isinstance(exc, requests.RequestException):
-                return transport_error(SYSTEM, call, exc)
-            return exc if isinstance(exc, ApiError) else None
-
-        response = call_with_retry(
-            once, system=SYSTEM, call=call, classify=classify, policy=self.policy
-        )
+        except requests.RequestException as exc:
+            error = transport_error(SYSTEM, call, exc)
+            raise ApiError(
+                SYSTEM,
+                call,
+                f"{error.message}; if X received it, the refresh token is spent: if the next "
+                f"run cannot renew either, {again}",
+                action=Action.FAIL,
+            ) from None
         body = _json_object(response)
         access, rotated = body.get("access_token"), body.get("refresh_token")
         if response.status_code != 200 or not isinstance(access, str) or not access:
             reason = body.get("error_description") or body.get("error") or response.text[:200]
+            retry = response.status_code == 429 or response.status_code >= 500
             raise ApiError(
                 SYSTEM,
                 call,
-                f"the DM token could not be renewed ({reason}): the refresh token was "
-                f"revoked or already used; authorize the app again and set {what}",
+                f"the DM token could not be renewed ({reason})"
+                + ("" if retry else f": the refresh token was revoked or already used; {again}"),
                 status=response.status_code,
-                action=Action.FAIL,
+                action=Action.RETRY if retry else Action.FAIL,
             )
         register_secret(access)
         if isinstance(rotated, str) and rotated:
@@ -187,8 +198,17 @@ class DmTokens:
             access_token=access,
             expires_at=utcnow() + timedelta(seconds=seconds),
             refresh_token=rotated if isinstance(rotated, str) and rotated else refresh,
+            origin=origin,
         )
-        self.store.save_token(self.name, token)  # at once: the old refresh token is spent
+        try:
+            self.store.save_token(self.name, token)  # at once: the old refresh token is spent
+        except Exception:
+            log.error(
+                "x %s: the renewed DM token could not be stored; the next run cannot renew it: %s",
+                account.name,
+                again,
+            )
+            raise
         log.info("x %s: DM token renewed, valid until %s", account.name, token.expires_at)
         return SecretStr(access)
 

@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("access_token", sa.Text, nullable=False),
         sa.Column("expires_at", TZ, nullable=True),
         sa.Column("refresh_token", sa.Text, nullable=True),
+        sa.Column("origin", sa.String(64), nullable=True),
         sa.Column("updated_at", TZ, nullable=False),
     )
 
