@@ -173,4 +173,7 @@ def lead_candidates(
             "qualified": breakdown.qualified,
         }
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*CANDIDATE_COLUMNS, *SCORING_COLUMNS])
+    frame = pd.DataFrame(rows, columns=[*CANDIDATE_COLUMNS, *SCORING_COLUMNS])
+    # Typed even when empty (a batch of people all skipped): an object column used as a
+    # mask would select columns, not rows.
+    return frame.astype({"qualified": bool, "score": "float64"})

@@ -276,6 +276,17 @@ def test_while_another_accounts_run_delivers_a_run_pulls_only(sandbox: Sandbox) 
     assert set(sf_leads(sandbox)) == set(expected_leads(sandbox))
 
 
+def test_a_batch_whose_people_are_all_skipped_is_no_crash(sandbox: Sandbox) -> None:
+    """Every pending person excluded (here: by a bot rule anyone meets): nothing to map."""
+    config = configure(
+        sandbox,
+        exclusions={"bots": {"max_posts_per_day": 0.0001, "hard_max_posts_per_day": 0.0001}},
+    )
+    summary = leads(LeadsRun(config=config, limit=5))
+    assert summary["created"] == 0 and summary["skipped"] == 5
+    assert sf_writes(sandbox) == 0
+
+
 def test_too_long_value_for_a_reject_field_is_dead_lettered_and_the_rest_delivered(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
