@@ -1448,11 +1448,31 @@ def review_and_deliver(
         outcome
         for plan in plans
         for outcome in write_batch(
-            as_is(ctx), as_is(defer(ctx, plan, set(plan.same_address), SHARED_ADDRESS))
+            as_is(ctx),
+            as_is(
+                defer(ctx, without_late_opt_outs(ctx, plan), set(plan.same_address), SHARED_ADDRESS)
+            ),
         )
     ]
     outcomes += deliver_deferred(ctx, len(plans))
     return outcomes, f"completed: approved in review{comment}"
+
+
+def without_late_opt_outs(ctx: LeadsContext, plan: BatchPlan) -> BatchPlan:
+    """``plan`` without the people suppressed since it was made (an opt-out or an erasure
+    while the review waited): consent is checked right before every write."""
+    late = consent.suppression_reasons(ctx.store, [*plan.send_keys, *plan.contacts])
+    if not late:
+        return plan
+    kept, _ = plan.split(set(late))
+    return replace(
+        kept,
+        contacts={k: v for k, v in kept.contacts.items() if k not in late},
+        decided=[
+            *kept.decided,
+            *(SinkOutcome(key, f"skipped: consent: {late[key]}") for key in sorted(late)),
+        ],
+    )
 
 
 def first_requests(ctx: LeadsContext, since: datetime | None) -> list[x.StreamRequest]:

@@ -142,6 +142,25 @@ def test_an_approved_review_writes_exactly_the_previewed_leads(sandbox: Sandbox)
     assert summary["status"] == "completed: approved in review (looks right)"
 
 
+def test_someone_who_opts_out_while_the_review_waits_is_not_written(sandbox: Sandbox) -> None:
+    from socialcrm import consent
+    from socialcrm.config import load_settings
+    from socialcrm.state import StateStore
+
+    run = ReviewedRun(str(sandbox.config_path), limit=12)
+    run_id = run.wait_paused()
+    preview = review_table(run_id)
+    leaving = preview[0]["Social_Profile_Id__c"]
+    with StateStore.open(load_settings(sandbox.config_path).state_url()) as store:
+        assert consent.opt_out(store, [leaving]) == 1
+    resume_flow_run(run_id, run_input={"approve": True, "comment": ""})
+    summary = run.finish()
+    held = lead_ids(sandbox)
+    assert leaving not in held
+    assert set(held) == {row["Social_Profile_Id__c"] for row in preview[1:]}
+    assert summary["created"] == len(preview) - 1
+
+
 def test_a_rejected_review_writes_nothing_and_says_so(sandbox: Sandbox) -> None:
     run = ReviewedRun(str(sandbox.config_path), limit=8)
     run_id = run.wait_paused()
