@@ -101,15 +101,18 @@ def publish_leads_artifacts(
             table=rows[:MAX_ROWS],
             description=f"Leads created or updated, existing records matched ({len(rows)} in all)",
         )
+    # Who opted out or was erased is not listed by name: a kept list of the very people
+    # who asked to be left alone (the store holds only keyed hashes of them).
     skipped = [
         {
-            "handle": _cell(row.get("handle")),
-            "name": _cell(row.get("name")),
+            "handle": None if consent_skip else _cell(row.get("handle")),
+            "name": None if consent_skip else _cell(row.get("name")),
             "reason": _cell(row["status"].removeprefix("skipped: "), 300),
-            "record_key": _cell(row.get("record_key")),
+            "record_key": None if consent_skip else _cell(row.get("record_key")),
         }
         for row in delivered
         if row["status"].startswith("skipped")
+        for consent_skip in [row["status"].startswith("skipped: consent")]
     ]
     if skipped:
         create_table_artifact(

@@ -692,7 +692,8 @@ def run_tickets(params: TicketsRun) -> dict[str, Any]:
     finally:
         summary = tickets_summary(ctx, leads_ctx, lead_outcomes, status)
         try:
-            publish_tickets_artifacts(account.name, summary, ctx.rows, ctx.problems)
+            problems = [*ctx.problems, *leads_ctx.problems]  # the sales DMs' leads too
+            publish_tickets_artifacts(account.name, summary, ctx.rows, problems)
         finally:
             guard.close()
             store.close()
@@ -726,6 +727,7 @@ def tickets_summary(
         "crm_links": ctx.counts.get("crm links added", 0),
         "leads_created": lead_counts.get("created", 0),
         "leads_updated": lead_counts.get("updated", 0),
+        "leads_failed": lead_counts.get("failed", 0),
         "api_calls": {
             "x": {"reads": ctx.dm_client.calls if ctx.dm_client else 0, "writes": 0},
             "zendesk": {

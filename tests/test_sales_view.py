@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,3 +78,47 @@ def test_a_run_lists_its_new_leads_for_sales(tmp_path: Path) -> None:
         assert all(row["company"] and row["top_engagement"] for row in rows)
     finally:
         box.stop()
+
+
+def test_the_skipped_table_never_names_who_opted_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.reporting as reporting
+
+    tables: dict[str, Any] = {}
+    monkeypatch.setattr(reporting, "_in_flow_run", lambda: True)
+    monkeypatch.setattr(reporting, "create_markdown_artifact", lambda **_: None)
+    monkeypatch.setattr(
+        reporting, "create_table_artifact", lambda key, table, **_: tables.update({key: table})
+    )
+    delivered = [
+        {
+            "record_key": "x:1",
+            "status": "skipped: consent: opt-out",
+            "handle": "ann",
+            "name": "Ann",
+        },
+        {
+            "record_key": "x:2",
+            "status": "skipped: bot: 900 posts/day",
+            "handle": "b0t",
+            "name": "B",
+        },
+    ]
+    counts = ["fetched", "new_engagements", "engaged_users", "qualified", "created", "updated"]
+    counts += ["matched_lead", "matched_contact", "logged_on_lead", "unchanged", "skipped"]
+    counts += ["failed", "dead_lettered", "source_warnings"]
+    summary: dict[str, Any] = {
+        **dict.fromkeys(counts, 0),
+        "status": "completed",
+        "dry_run": False,
+        "api_calls": {"x": {"reads": 1}, "salesforce": {"reads": 1, "writes": 0}},
+    }
+    reporting.publish_leads_artifacts("brand", summary, delivered, [], [])
+    skipped = tables["leads-brand-skipped"]
+    assert skipped[0] == {
+        "handle": None,
+        "name": None,
+        "reason": "consent: opt-out",
+        "record_key": None,
+    }
+    assert skipped[1]["handle"] == "b0t" and skipped[1]["record_key"] == "x:2"
+    assert "ann" not in repr(tables) and "x:1" not in repr(tables)
