@@ -46,6 +46,9 @@ class Rule(BaseModel):
     channels: list[Channel] = Field(default_factory=lambda: list(ALL_CHANNELS))
     priority: Priority = "normal"
     tags: list[str] = Field(default_factory=list)
+    # A message this rule matches goes to a later rule of these routes if one matches it
+    # too: spam words in a genuine support request ("hello dear, my account was hacked").
+    yield_to: list[Route] = Field(default_factory=list)
 
     @field_validator("regex")
     @classmethod
@@ -109,9 +112,24 @@ def route(rules: RoutingRules, text: str | None, channel: Channel = "dm") -> Dec
     """
     folded = fold(text or "")
     if folded:
-        for rule in rules.rules:
-            if channel not in rule.channels or rule.pattern is None:
+        applicable = [
+            rule for rule in rules.rules if channel in rule.channels and rule.pattern is not None
+        ]
+        for at, rule in enumerate(applicable):
+            assert rule.pattern is not None
+            if not rule.pattern.search(folded):
                 continue
-            if rule.pattern.search(folded):
-                return Decision(rule.route, rule.name, rule.priority, tuple(rule.tags))
+            chosen = rule
+            if rule.yield_to:
+                chosen = next(
+                    (
+                        later
+                        for later in applicable[at + 1 :]
+                        if later.route in rule.yield_to
+                        and later.pattern is not None
+                        and later.pattern.search(folded)
+                    ),
+                    rule,
+                )
+            return Decision(chosen.route, chosen.name, chosen.priority, tuple(chosen.tags))
     return Decision(rules.default_route, None, rules.default_priority)
