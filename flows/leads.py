@@ -529,6 +529,17 @@ class BatchPlan:
             for key, record in zip(self.send_keys, self.to_send, strict=True)
         ]
 
+    def contact_preview(self) -> list[dict[str, Any]]:
+        """The Tasks a write would log for people matched to a Contact or another's lead."""
+        return [
+            {
+                "record_key": key,
+                "status": "would log on lead" if key in self.on_leads else "would log on contact",
+                "Id": record_id,
+            }
+            for key, (record_id, _) in self.contacts.items()
+        ]
+
     def split(self, held: set[str]) -> tuple[BatchPlan, BatchPlan]:
         """(this plan without the held leads and their people, a plan of those alone).
 
@@ -1413,12 +1424,18 @@ def review_and_deliver(
     addresses: dict[str, str] = {}
     for plan in plans:
         plan.same_address.update(same_address(ctx, plan, addresses))
-    preview = [row for plan in plans for row in plan.preview()]
+    # Everything approval writes: leads, and Tasks for customers and others' leads.
+    preview = [row for plan in plans for row in [*plan.preview(), *plan.contact_preview()]]
     rejected = [p for plan in plans for o in plan.decided for p in o.problems]
     shown = Counter(row["status"] for row in preview)
     headline = (
         f"would create {shown['would create']}, update {shown['would update']}, "
         + (f"log on a lead {shown['would log on lead']}, " if shown["would log on lead"] else "")
+        + (
+            f"log on a contact {shown['would log on contact']}, "
+            if shown["would log on contact"]
+            else ""
+        )
         + f"reject {len({p.record_key for p in rejected})}"
     )
     publish_review_artifact(ctx.account.name, headline, preview, rejected)

@@ -252,6 +252,12 @@ def publish_review_artifact(
         "(**Resume** opens the form); approval writes exactly the records below "
         "(the table leaves out the long description).",
     ]
+    if len(preview) > MAX_ROWS:
+        lines += [
+            "",
+            f"**The table shows the first {MAX_ROWS} of {len(preview)} records; approval "
+            f"writes all {len(preview)}.** To see every one, run again with a lower limit.",
+        ]
     if rejected:
         lines += ["", "## Rejected, and why", "", "| record | field | reason |", "|---|---|---|"]
         lines += [

@@ -215,3 +215,17 @@ def test_a_review_shows_people_sharing_an_address_as_one_lead_and_writes_it_so(
     tasks = [t for t in sandbox.state()["salesforce"]["Task"] if t.get("WhoId") == lead["Id"]]
     assert summary["created"] == 1
     assert summary["logged_on_lead"] == len(tasks) == statuses["would log on lead"]
+
+
+def test_a_review_shows_the_tasks_it_would_log_for_customers(sandbox: Sandbox) -> None:
+    """People who are already Contacts get a Task, not a lead: the review shows them too,
+    and approval writes exactly those Tasks (they were written unseen before)."""
+    truth = sandbox.seed_crm()
+    run = ReviewedRun(str(sandbox.config_path), limit=200)
+    run_id = run.wait_paused()
+    table = review_table(run_id)
+    shown = {row["record_key"] for row in table if row["status"] == "would log on contact"}
+    assert shown and shown <= set(truth)  # people the org knows (a Contact, a converted lead)
+    resume_flow_run(run_id, run_input={"approve": True, "comment": ""})
+    summary = run.finish()
+    assert summary["matched_contact"] == len(shown)
