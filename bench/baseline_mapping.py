@@ -211,12 +211,24 @@ def round_number(value: Any, digits: int) -> Any:
 
 
 def parse_timestamp(value: Any) -> datetime | pd.Timestamp | None:
-    """ISO 8601 text to an aware UTC time; naive times are UTC; None when it is not a date."""
+    """ISO 8601 text to an aware UTC time; naive times are UTC; None when it is not a date
+    or one outside what Salesforce stores (1700-01-01 .. 4000-12-31T00:00:00Z)."""
+    stamp = _parse_timestamp(value)
+    if stamp is None:
+        return None
+    earliest = datetime(1700, 1, 1, tzinfo=UTC)
+    latest = datetime(4000, 12, 31, tzinfo=UTC)
+    return stamp if earliest <= stamp <= latest else None
+
+
+def _parse_timestamp(value: Any) -> datetime | pd.Timestamp | None:
     if value is None:
         return None
     if isinstance(value, pd.Timestamp):
         return value.tz_convert("UTC") if value.tzinfo else value.tz_localize("UTC")
     text = str(value)
+    if text in ("now", "today"):  # pandas reads these as the current time
+        return None
     if PLAIN_ISO.fullmatch(text):
         try:
             stamp = datetime.fromisoformat(text)

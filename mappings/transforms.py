@@ -112,13 +112,34 @@ def fill_null(series: pd.Series, other: Any) -> pd.Series:
     return series.astype(object).where(~missing, other)
 
 
+# The dates Salesforce stores (Data Loader docs: 1700-01-01T00:00:00Z to 4000-12-31T00:00:00Z).
+EARLIEST = pd.Timestamp("1700-01-01T00:00:00Z")
+LATEST = pd.Timestamp("4000-12-31T00:00:00Z")
+# Words pandas reads as the current time: no value of a source means "when we map it".
+_RELATIVE = ["now", "today"]
+
+
 def parse_datetime(series: pd.Series) -> pd.Series:
-    """ISO 8601 text (any offset, or naive meaning UTC) to UTC timestamps; NaT when invalid."""
+    """ISO 8601 text (any offset, or naive meaning UTC) to UTC timestamps; NaT when it is
+    no date, or one outside the range CRMs store (``EARLIEST`` .. ``LATEST``)."""
     if isinstance(series.dtype, pd.DatetimeTZDtype):
-        return series.dt.tz_convert("UTC")
+        return _in_range(series.dt.tz_convert("UTC"))
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
-        return series.dt.tz_localize("UTC")
+        return _in_range(series.dt.tz_localize("UTC"))
     values = series if is_text(series) else series.astype("str")
+    parsed = _parse_iso(values)
+    relative = values.isin(_RELATIVE).to_numpy()
+    if relative.any():
+        parsed = parsed.where(~relative)
+    return _in_range(parsed)
+
+
+def _in_range(parsed: pd.Series) -> pd.Series:
+    outside = (parsed < EARLIEST) | (parsed > LATEST)
+    return parsed.where(~outside) if outside.any() else parsed
+
+
+def _parse_iso(values: pd.Series) -> pd.Series:
     parsed = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
     failed = parsed.isna().to_numpy() & values.notna().to_numpy()
     if failed.any():

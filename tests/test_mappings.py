@@ -1127,3 +1127,22 @@ def test_a_value_cut_to_nothing_but_blanks_is_no_value() -> None:
         ("b", "F is required but empty after mapping"),
     ]
     assert _outcome(got) == _outcome(BASELINE.map_rows(spec, frame, fields))
+
+
+def test_only_dates_salesforce_stores_are_dates() -> None:
+    """'now' is no date of anything; 0001-01-01 or 9999-12-31 Salesforce refuses."""
+    spec = _one_field({"source": "d", "transforms": ["to_datetime"]})
+    values = ["now", "today", "0001-01-01", "1700-01-01", "4000-12-30T23:59:59Z", "9999-12-31"]
+    frame = pd.DataFrame({"record_key": [f"r{i}" for i in range(6)], "d": values})
+    fields = {"F": DestinationField("F", "datetime")}
+    got = apply_spec(spec, frame, fields)
+    assert [r["F"] for r in got.records] == [
+        None,
+        None,
+        None,
+        "1700-01-01T00:00:00.000+0000",
+        "4000-12-30T23:59:59.000+0000",
+        None,
+    ]
+    assert [w.record_key for w in got.warnings] == ["r0", "r1", "r2", "r5"]
+    assert _outcome(got) == _outcome(BASELINE.map_rows(spec, frame, fields))
