@@ -513,16 +513,19 @@ class BatchPlan:
     same_address: dict[str, str] = field(default_factory=dict)
     adopt: dict[str, str] = field(default_factory=dict)
     adopted_before: set[str] = field(default_factory=set)
+    # Leads found in the org by our external id though our ledger has no record of them.
+    found_own: set[str] = field(default_factory=set)
     frame: pd.DataFrame | None = None
 
     def preview(self) -> list[dict[str, Any]]:
+        existing = self.known | self.found_own | self.adopt.keys() | self.adopted_before
         return [
             {
                 "record_key": key,
                 "status": "would log on lead"
                 if key in self.same_address
                 else "would update"
-                if key in self.known
+                if key in existing
                 else "would create",
                 **record,
             }
@@ -564,6 +567,7 @@ class BatchPlan:
             context={k: self.context[k] for k in held if k in self.context},
             scores={k: self.scores[k] for k in held if k in self.scores},
             adopted_before=self.adopted_before & held,
+            found_own=self.found_own & held,
             frame=None if self.frame is None else self.frame[self.frame["person_key"].isin(held)],
         )
         return now, later
@@ -581,6 +585,7 @@ class BatchPlan:
             context={**held.context, **self.context},
             scores={**held.scores, **self.scores},
             adopted_before=held.adopted_before | self.adopted_before,
+            found_own=held.found_own | self.found_own,
             frame=joined_frames(held.frame, self.frame),
         )
 
@@ -771,6 +776,8 @@ def decide_batch(ctx: LeadsContext, prepared: PreparedBatch) -> BatchPlan:
             plan.adopt[key] = match.id
         if known is not None and known.status == "matched lead":
             plan.adopted_before.add(key)
+        if match is not None and match.object == "Lead" and match.matched_by == "external_id":
+            plan.found_own.add(key)
         if key in plan.adopt or key in plan.adopted_before:
             # Someone else's lead: add our fields to it, never overwrite theirs.
             record = {name: value for name, value in record.items() if name.endswith("__c")}

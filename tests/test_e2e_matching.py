@@ -173,3 +173,22 @@ def test_two_of_our_people_matching_one_unclaimed_lead_do_not_both_adopt_it(
     assert again["failed"] == 0
     lead = next(lead for lead in sandbox.state()["salesforce"]["Lead"] if lead["Id"] == lead_id)
     assert lead["Social_Profile_Id__c"] == adopter
+
+
+def test_a_dry_run_calls_a_change_to_an_existing_lead_an_update(sandbox: Sandbox) -> None:
+    """What a dry run and the review gate show: a lead the org holds already (ours by
+    external id, or another's we add our fields to) is an update, never a create."""
+    truth: dict[str, Any] = sandbox.crm_truth()
+    state = sandbox.state()
+    must = qualified(engagement_counts(state), state)
+    bios = {f"x:{user['id']}": user.get("bio") or "" for user in state["x"]["users"]}
+    summary = leads(LeadsRun(config=str(sandbox.config_path), dry_run=True))
+    outcomes = summary["outcomes"]
+    checked = 0
+    for key, entry in truth.items():
+        bio_email = bool(entry.get("email")) and entry["email"].lower() in bios[key].lower()
+        if key in must and expected_outcome(entry, bio_email) in ("updated", "matched lead"):
+            assert outcomes.get(key) == "would update", (key, entry["case"], outcomes.get(key))
+            checked += 1
+    assert checked >= 2
+    assert sandbox.state()["writes"]["salesforce"] == 0
