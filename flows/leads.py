@@ -90,9 +90,10 @@ class LeadsRun(RunTarget):
     review_timeout_minutes: int = Field(
         60,
         ge=1,
-        le=7 * 24 * 60,
+        le=24 * 60,  # the wait holds the locks: erasures and other runs wait for it
         title="Review timeout (minutes)",
-        description="Without a decision by then, nothing is written",
+        description="Without a decision by then, nothing is written (at most a day: "
+        "erasures and the other leads runs of the store wait while it waits)",
     )
     sales_csv: str | None = Field(
         None,
