@@ -439,7 +439,10 @@ def _create_ticket(
         "comment": {"body": comment_body(first), "public": True, "author_id": requester_id},
         "requester_id": requester_id,
         "external_id": key,
-        "tags": sorted({"socialcrm", first.sender.get("platform") or "social", "dm", first.route}),
+        # "dm" or "mention": agents filter public requests apart (their answer is public).
+        "tags": sorted(
+            {"socialcrm", first.sender.get("platform") or "social", first.channel, first.route}
+        ),
     }
     if follow_up:
         ticket_body["via_followup_source_id"] = int(follow_up)

@@ -276,6 +276,10 @@ def test_mentions_asking_for_help_become_tickets_only_when_switched_on(
     new_asking = {i for i in asking if i not in known}
     assert new_asking, "the generator should write some mentions asking for help"
     assert held == new_asking
+    for key, (ticket, *_) in helpdesk(sandbox).items():
+        # Agents tell a public request (their answer is public too) from a private one.
+        assert ("mention" if ":mention-" in key else "dm") in ticket["tags"], key
+        assert ("dm" if ":mention-" in key else "mention") not in ticket["tags"], key
 
 
 def test_a_sales_dm_links_its_ticket_and_the_crm_record_both_ways(tmp_path: Path) -> None:
