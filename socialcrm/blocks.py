@@ -52,6 +52,7 @@ def secret_references(data: Any, prefix: str = "") -> Iterator[SecretReference]:
 class BlockResult:
     reference: SecretReference
     action: str  # created | updated | kept | missing
+    from_fallback: bool = False  # the variable was unset: the config's ``:-`` value was saved
 
 
 def save_secret_blocks(config: str | Path, *, overwrite: bool = False) -> list[BlockResult]:
@@ -67,8 +68,9 @@ def save_secret_blocks(config: str | Path, *, overwrite: bool = False) -> list[B
         if reference.env_var in seen:
             continue
         seen.add(reference.env_var)
-        value = os.environ.get(reference.env_var, reference.default)
-        if value is None:
+        value = os.environ.get(reference.env_var) or reference.default
+        fallback = not os.environ.get(reference.env_var)
+        if not value:
             results.append(BlockResult(reference, "missing"))
             continue
         try:
@@ -80,7 +82,7 @@ def save_secret_blocks(config: str | Path, *, overwrite: bool = False) -> list[B
             results.append(BlockResult(reference, "kept"))
             continue
         Secret(value=value).save(reference.block_name, overwrite=True)
-        results.append(BlockResult(reference, "updated" if exists else "created"))
+        results.append(BlockResult(reference, "updated" if exists else "created", fallback))
     return results
 
 
@@ -104,6 +106,11 @@ def describe(results: list[BlockResult]) -> list[str]:
         ref = result.reference
         if result.action == "missing":
             lines.append(f"missing  {ref.block_name}: ${ref.env_var} is not set ({ref.config_key})")
+        elif result.from_fallback:  # a sandbox default, most likely: say so
+            lines.append(
+                f"{result.action:<8} {ref.block_name} from the config's fallback value: "
+                f"${ref.env_var} is not set ({ref.config_key})"
+            )
         else:
             lines.append(
                 f"{result.action:<8} {ref.block_name} from ${ref.env_var} ({ref.config_key})"

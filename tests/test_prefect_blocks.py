@@ -48,6 +48,10 @@ def test_blocks_are_created_from_the_environment_and_never_printed(
     assert "created  socialcrm-scrm-test-bearer from $SCRM_TEST_BEARER" in out.out
     assert Secret.load("socialcrm-scrm-test-bearer").get() == "bearer-value-7f3a"
     assert Secret.load("socialcrm-scrm-test-client-secret").get() == "fallback-value-1"
+    assert (
+        "created  socialcrm-scrm-test-client-secret from the config's fallback value: "
+        "$SCRM_TEST_CLIENT_SECRET is not set" in out.out
+    )
 
     text = rewritten.read_text()
     assert "# keep this comment" in text and "${" not in text
