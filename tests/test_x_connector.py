@@ -304,10 +304,35 @@ def test_a_window_beyond_the_max_wait_stops_with_a_quota_error() -> None:
         {"title": "Too Many Requests"},
         {"x-rate-limit-remaining": "0", "x-rate-limit-reset": reset},
     )
-    c, _, _ = client([limited, limited], max_rate_limit_wait_seconds=60)
+    c, session, slept = client([limited, limited], max_rate_limit_wait_seconds=60)
     with pytest.raises(ApiError) as error:
         walk(c, x.StreamRequest("mentions"))
-    assert error.value.action in (Action.QUOTA, Action.RETRY)
+    assert error.value.action is Action.QUOTA  # a clean stop; the next run resumes
+    assert len(session.seen) == 1 and not slept
+
+
+def test_a_spent_daily_cap_stops_cleanly_instead_of_waiting_for_the_window() -> None:
+    """The 15-minute window resets soon, the 24-hour cap does not: asking again after the
+    window would meet the same 429."""
+    import time
+
+    now = int(time.time())
+    limited = response(
+        429,
+        {"title": "Too Many Requests"},
+        {
+            "x-rate-limit-remaining": "0",
+            "x-rate-limit-reset": str(now + 30),
+            "x-app-limit-24hour-limit": "1000",
+            "x-app-limit-24hour-remaining": "0",
+            "x-app-limit-24hour-reset": str(now + 20_000),
+        },
+    )
+    c, session, slept = client([limited, limited])
+    with pytest.raises(ApiError) as error:
+        walk(c, x.StreamRequest("mentions"))
+    assert error.value.action is Action.QUOTA and "resets in 333 min" in str(error.value)
+    assert len(session.seen) == 1 and not slept
 
 
 def test_401_fails_at_once_and_says_which_setting_to_fix() -> None:

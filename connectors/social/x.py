@@ -168,6 +168,20 @@ def _classify(
     response = exc.response
     status = response.status_code
     detail = _problem_detail(response)
+    if status == 429:
+        wait = max(retry_after_seconds(response.headers) or 0.0, _daily_cap_wait(response))
+        if wait > account.max_rate_limit_wait_seconds:
+            # A 24-hour cap (or a window) that outlasts the wait we allow: waiting 15
+            # minutes and asking again would only meet the same 429.
+            return ApiError(
+                SYSTEM,
+                call,
+                f"{detail}: the limit resets in {wait / 60:.0f} min, over "
+                f"max_rate_limit_wait_seconds={account.max_rate_limit_wait_seconds:.0f}; "
+                "the next run resumes where this one stopped",
+                status=status,
+                action=Action.QUOTA,
+            )
     if status == 429 or status >= 500:
         return ApiError(
             SYSTEM,
@@ -182,6 +196,21 @@ def _classify(
     elif status == 403:
         detail = f"{detail}: the app's access level does not allow this endpoint"
     return ApiError(SYSTEM, call, detail, status=status, action=Action.FAIL)
+
+
+def _daily_cap_wait(response: requests.Response, now: float | None = None) -> float:
+    """Seconds until a spent 24-hour cap resets (``x-app-limit-24hour-*`` and
+    ``x-user-limit-24hour-*``, sent by endpoints with daily caps); 0 when none is spent."""
+    now = time.time() if now is None else now
+    headers = response.headers
+    wait = 0.0
+    for scope in ("app", "user"):
+        remaining = headers.get(f"x-{scope}-limit-24hour-remaining")
+        reset = headers.get(f"x-{scope}-limit-24hour-reset")
+        with contextlib.suppress(TypeError, ValueError):
+            if remaining is not None and int(remaining) <= 0 and reset is not None:
+                wait = max(wait, float(reset) - now + 1.0)
+    return wait
 
 
 def _problem_detail(response: requests.Response) -> str:
