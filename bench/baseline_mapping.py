@@ -210,6 +210,9 @@ def round_number(value: Any, digits: int) -> Any:
     return rounded if math.isfinite(rounded) else number
 
 
+RANGE_NOTE = " from 1700 to 4000"  # what Salesforce stores
+
+
 def parse_timestamp(value: Any) -> datetime | pd.Timestamp | None:
     """ISO 8601 text to an aware UTC time; naive times are UTC; None when it is not a date
     or one outside what Salesforce stores (1700-01-01 .. 4000-12-31T00:00:00Z)."""
@@ -407,7 +410,7 @@ def cast(name: str, spec: FieldSpec, value: Any, dest: DestinationField, row: Ro
         unit = "ms" if kind == fieldtypes.DATETIME else "D"
         stamp = parse_timestamp(value)
         if stamp is None:
-            what = "is not an ISO 8601 " + ("date-time" if unit == "ms" else "date")
+            what = "is not an ISO 8601 " + ("date-time" if unit == "ms" else "date") + RANGE_NOTE
             return row.invalid(name, value, what, policy)
         return format_timestamp(stamp, unit)
     return passthrough(value)

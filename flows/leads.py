@@ -93,7 +93,7 @@ class LeadsRun(RunTarget):
         le=24 * 60,  # the wait holds the locks: erasures and other runs wait for it
         title="Review timeout (minutes)",
         description="Without a decision by then, nothing is written (at most a day: "
-        "erasures and the other leads runs of the store wait while it waits)",
+        "meanwhile erasures are refused and other leads runs of the store only pull)",
     )
     sales_csv: str | None = Field(
         None,
@@ -1484,8 +1484,8 @@ def review_and_deliver(
 
 
 def without_late_opt_outs(ctx: LeadsContext, plan: BatchPlan) -> BatchPlan:
-    """``plan`` without the people suppressed since it was made (an opt-out or an erasure
-    while the review waited): consent is checked right before every write."""
+    """``plan`` without the people suppressed since it was made (an opt-out while the
+    review waited; erasures wait for the review): consent is checked right before a write."""
     late = consent.suppression_reasons(ctx.store, [*plan.send_keys, *plan.contacts])
     if not late:
         return plan

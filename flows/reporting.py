@@ -189,8 +189,8 @@ def publish_tickets_artifacts(
         f"| comments added | {summary['comments_added']} |",
         f"| tickets reopened | {summary['reopened']} |",
         f"| messages failed | {summary['failed']} |",
-        f"| leads created / updated from sales DMs | {summary['leads_created']} / "
-        f"{summary['leads_updated']} |",
+        f"| leads created / updated / failed from sales DMs | {summary['leads_created']} / "
+        f"{summary['leads_updated']} / {summary.get('leads_failed', 0)} |",
         "",
         f"API calls: X {calls['x']['reads']} reads; Zendesk {calls['zendesk']['reads']} reads, "
         f"{calls['zendesk']['writes']} writes; Salesforce {calls['salesforce']['writes']} writes",
@@ -212,7 +212,7 @@ def publish_tickets_artifacts(
             table=table,
             description=f"Tickets created or updated ({len(rows)} in all)",
         )
-    _publish_errors(key, problems, "Messages not delivered")
+    _publish_errors(key, problems, "Messages, and leads of sales DMs, not delivered")
 
 
 def _publish_errors(key: str, problems: Sequence[RecordProblem], title: str) -> None:

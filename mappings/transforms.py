@@ -78,7 +78,8 @@ def as_text(series: pd.Series) -> pd.Series:
         as_int = values.where(whole, 0).astype("int64").astype("str")
         return printed.where(~whole, as_int)
     if isinstance(dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(dtype):
-        return format_datetime(parse_datetime(series))
+        # As text, any date prints (a CRM's date range is for its date fields).
+        return format_datetime(parse_datetime(series, in_range=False))
     return series.astype("str")
 
 
@@ -119,13 +120,15 @@ LATEST = pd.Timestamp("4000-12-31T00:00:00Z")
 _RELATIVE = ["now", "today"]
 
 
-def parse_datetime(series: pd.Series) -> pd.Series:
+def parse_datetime(series: pd.Series, *, in_range: bool = True) -> pd.Series:
     """ISO 8601 text (any offset, or naive meaning UTC) to UTC timestamps; NaT when it is
-    no date, or one outside the range CRMs store (``EARLIEST`` .. ``LATEST``)."""
+    no date, or (``in_range``) one outside the range CRMs store (``EARLIEST`` .. ``LATEST``)."""
     if isinstance(series.dtype, pd.DatetimeTZDtype):
-        return _in_range(series.dt.tz_convert("UTC"))
+        converted = series.dt.tz_convert("UTC")
+        return _in_range(converted) if in_range else converted
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
-        return _in_range(series.dt.tz_localize("UTC"))
+        localized = series.dt.tz_localize("UTC")
+        return _in_range(localized) if in_range else localized
     values = series if is_text(series) else series.astype("str")
     parsed = _parse_iso(values)
     relative = values.isin(_RELATIVE).to_numpy()

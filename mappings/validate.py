@@ -37,6 +37,7 @@ _CLEANING_NEEDED = re.compile(f"\x00(?:[^\x00{_CONTROLS}]*+[{_CONTROLS}]|\\s*+(?
 # C0 controls but tab and newline, DEL, and the first byte of an encoded surrogate.
 _SUSPECT_BYTES = bytes([*range(0, 9), *range(11, 32), 127, 0xED])
 
+RANGE_NOTE = " from 1700 to 4000"  # the dates Salesforce stores (transforms.EARLIEST)
 _BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 _PREVIEW = 40
 _SHOWN_PICKLIST_VALUES = 6
@@ -324,7 +325,7 @@ def cast(
     if kind in (fieldtypes.DATETIME, fieldtypes.DATE):
         unit = "ms" if kind == fieldtypes.DATETIME else "D"
         printed, failed = _cast_datetime(series, unit, memo)
-        what = "is not an ISO 8601 " + ("date-time" if unit == "ms" else "date")
+        what = "is not an ISO 8601 " + ("date-time" if unit == "ms" else "date") + RANGE_NOTE
         return _invalid(name, printed, failed, what, policy, issues, series)
     return passthrough(series, memo)
 

@@ -46,8 +46,10 @@ class Rule(BaseModel):
     channels: list[Channel] = Field(default_factory=lambda: list(ALL_CHANNELS))
     priority: Priority = "normal"
     tags: list[str] = Field(default_factory=list)
-    # A message this rule matches goes to a later rule of these routes if one matches it
-    # too: spam words in a genuine support request ("hello dear, my account was hacked").
+    # A message this rule matches by a keyword alone goes to a later rule of these routes
+    # if one matches it too: spam words in a genuine support request ("hello dear, my
+    # account was hacked"). A regex hit (a link shortener, "claim your prize") never
+    # yields: phishing speaks of urgency and locked accounts too.
     yield_to: list[Route] = Field(default_factory=list)
 
     @field_validator("regex")
@@ -65,6 +67,10 @@ class Rule(BaseModel):
         parts = [rf"(?<!\w){re.escape(fold(k))}(?!\w)" for k in self.keywords if k.strip()]
         parts += [f"(?:{p})" for p in self.regex]
         return re.compile("|".join(parts)) if parts else None
+
+    @cached_property
+    def regex_pattern(self) -> re.Pattern[str] | None:
+        return re.compile("|".join(f"(?:{p})" for p in self.regex)) if self.regex else None
 
 
 class RoutingRules(BaseModel):
@@ -120,7 +126,8 @@ def route(rules: RoutingRules, text: str | None, channel: Channel = "dm") -> Dec
             if not rule.pattern.search(folded):
                 continue
             chosen = rule
-            if rule.yield_to:
+            strong = rule.regex_pattern is not None and rule.regex_pattern.search(folded)
+            if rule.yield_to and not strong:
                 chosen = next(
                     (
                         later

@@ -1146,3 +1146,18 @@ def test_only_dates_salesforce_stores_are_dates() -> None:
     ]
     assert [w.record_key for w in got.warnings] == ["r0", "r1", "r2", "r5"]
     assert _outcome(got) == _outcome(BASELINE.map_rows(spec, frame, fields))
+
+
+def test_a_timestamp_outside_the_crm_range_is_named_and_prints_as_text() -> None:
+    frame = pd.DataFrame(
+        {"record_key": ["a", "b"], "t": pd.to_datetime(["1690-01-01", "2026-01-01"])}
+    )
+    spec = _one_field({"source": "t"})
+    as_date = apply_spec(spec, frame, {"F": DestinationField("F", "datetime")})
+    assert as_date.records[0] == {"F": None}
+    assert [w.reason for w in as_date.warnings] == [
+        "value '1690-01-01T00:00:00.000+0000' is not an ISO 8601 date-time from 1700 to 4000 "
+        "(dropped)"
+    ]
+    as_text = apply_spec(spec, frame, {"F": DestinationField("F", "string")})
+    assert as_text.records[0] == {"F": "1690-01-01T00:00:00.000+0000"} and not as_text.warnings

@@ -149,7 +149,7 @@ def test_someone_who_opts_out_while_the_review_waits_is_not_written(sandbox: San
 
     run = ReviewedRun(str(sandbox.config_path), limit=12)
     run_id = run.wait_paused()
-    preview = review_table(run_id)
+    preview = [row for row in review_table(run_id) if row["status"] == "would create"]
     leaving = preview[0]["Social_Profile_Id__c"]
     with StateStore.open(load_settings(sandbox.config_path).state_url()) as store:
         assert consent.opt_out(store, [leaving]) == 1

@@ -311,6 +311,26 @@ def test_a_window_beyond_the_max_wait_stops_with_a_quota_error() -> None:
     assert len(session.seen) == 1 and not slept
 
 
+def test_a_daily_cap_resetting_within_the_allowed_wait_is_waited_for() -> None:
+    import time
+
+    now = int(time.time())
+    limited = response(
+        429,
+        {"title": "Too Many Requests"},
+        {
+            "x-rate-limit-remaining": "0",
+            "x-rate-limit-reset": str(now + 30),
+            "x-app-limit-24hour-remaining": "0",
+            "x-app-limit-24hour-reset": str(now + 600),
+        },
+    )
+    ok = response(200, {"meta": {"result_count": 0}})
+    c, session, slept = client([limited, ok])
+    walk(c, x.StreamRequest("mentions"))
+    assert len(session.seen) == 2 and 595 <= max(slept) <= 605  # the cap's reset, once
+
+
 def test_a_spent_daily_cap_stops_cleanly_instead_of_waiting_for_the_window() -> None:
     """The 15-minute window resets soon, the 24-hour cap does not: asking again after the
     window would meet the same 429."""

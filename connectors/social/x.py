@@ -168,8 +168,12 @@ def _classify(
     response = exc.response
     status = response.status_code
     detail = _problem_detail(response)
+    retry_after = retry_after_seconds(response.headers)
     if status == 429:
-        wait = max(retry_after_seconds(response.headers) or 0.0, _daily_cap_wait(response))
+        daily = _daily_cap_wait(response)
+        if daily:  # the window may reset first: asking then would meet the same cap
+            retry_after = max(retry_after or 0.0, daily)
+        wait = retry_after or 0.0
         if wait > account.max_rate_limit_wait_seconds:
             # A 24-hour cap (or a window) that outlasts the wait we allow: waiting 15
             # minutes and asking again would only meet the same 429.
@@ -189,7 +193,7 @@ def _classify(
             detail,
             status=status,
             action=Action.RETRY,
-            retry_after=retry_after_seconds(response.headers),
+            retry_after=retry_after,
         )
     if status == 401:
         detail = f"{detail}: check accounts[{account.name}].{credential}"
