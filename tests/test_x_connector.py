@@ -311,22 +311,24 @@ def test_a_window_beyond_the_max_wait_stops_with_a_quota_error() -> None:
     assert len(session.seen) == 1 and not slept
 
 
-def test_a_daily_cap_resetting_within_the_allowed_wait_is_waited_for() -> None:
+def daily_capped(cap_resets_in: int) -> requests.Response:
+    """A 429 whose 15-minute window resets in 30 s and whose 24-hour cap is spent."""
     import time
 
     now = int(time.time())
-    limited = response(
-        429,
-        {"title": "Too Many Requests"},
-        {
-            "x-rate-limit-remaining": "0",
-            "x-rate-limit-reset": str(now + 30),
-            "x-app-limit-24hour-remaining": "0",
-            "x-app-limit-24hour-reset": str(now + 600),
-        },
-    )
+    headers = {
+        "x-rate-limit-remaining": "0",
+        "x-rate-limit-reset": str(now + 30),
+        "x-app-limit-24hour-limit": "1000",
+        "x-app-limit-24hour-remaining": "0",
+        "x-app-limit-24hour-reset": str(now + cap_resets_in),
+    }
+    return response(429, {"title": "Too Many Requests"}, headers)
+
+
+def test_a_daily_cap_resetting_within_the_allowed_wait_is_waited_for() -> None:
     ok = response(200, {"meta": {"result_count": 0}})
-    c, session, slept = client([limited, ok])
+    c, session, slept = client([daily_capped(600), ok])
     walk(c, x.StreamRequest("mentions"))
     assert len(session.seen) == 2 and 595 <= max(slept) <= 605  # the cap's reset, once
 
@@ -334,21 +336,7 @@ def test_a_daily_cap_resetting_within_the_allowed_wait_is_waited_for() -> None:
 def test_a_spent_daily_cap_stops_cleanly_instead_of_waiting_for_the_window() -> None:
     """The 15-minute window resets soon, the 24-hour cap does not: asking again after the
     window would meet the same 429."""
-    import time
-
-    now = int(time.time())
-    limited = response(
-        429,
-        {"title": "Too Many Requests"},
-        {
-            "x-rate-limit-remaining": "0",
-            "x-rate-limit-reset": str(now + 30),
-            "x-app-limit-24hour-limit": "1000",
-            "x-app-limit-24hour-remaining": "0",
-            "x-app-limit-24hour-reset": str(now + 20_000),
-        },
-    )
-    c, session, slept = client([limited, limited])
+    c, session, slept = client([daily_capped(20_000), daily_capped(20_000)])
     with pytest.raises(ApiError) as error:
         walk(c, x.StreamRequest("mentions"))
     assert error.value.action is Action.QUOTA and "resets in 333 min" in str(error.value)
