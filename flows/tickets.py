@@ -341,7 +341,7 @@ def _deliver_conversation(
         ticket = _created_before_crash(ctx, client, key, pending, known)
     follow_up = known.destination_id if known is not None else None
     if ticket is None and known is not None:
-        ticket = _current_ticket(client, int(known.destination_id or 0))
+        ticket = zendesk.find_ticket(client, int(known.destination_id or 0))
         if ticket is None:
             follow_up = None  # deleted in Zendesk: a new ticket, not a follow-up of it
         elif ticket.get("status") == "closed":
@@ -401,16 +401,6 @@ def _created_before_crash(
             _record_ticket(ctx, key, ticket, first)
             return ticket
     return None
-
-
-def _current_ticket(client: zendesk.ZendeskClient, ticket_id: int) -> dict[str, Any] | None:
-    """The conversation's ticket as Zendesk has it now; None when an agent deleted it."""
-    try:
-        return zendesk.get_ticket(client, ticket_id)
-    except ApiError as error:
-        if error.status == 404:
-            return None
-        raise
 
 
 def _record_ticket(

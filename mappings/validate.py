@@ -17,7 +17,15 @@ import pandas as pd
 from mappings import fieldtypes, text
 from mappings.columnar import CONTROLS, WHITESPACE, Joined, Memo
 from mappings.spec import FieldSpec
-from mappings.transforms import FORMATTED, as_text, format_datetime, is_text, parse_datetime
+from mappings.transforms import (
+    EARLIEST,
+    FORMATTED,
+    LATEST,
+    as_text,
+    format_datetime,
+    is_text,
+    parse_datetime,
+)
 from socialcrm.records import DestinationField
 
 # Deliberately simple: one @, no spaces, a dot in the domain. Salesforce's own check is
@@ -37,7 +45,7 @@ _CLEANING_NEEDED = re.compile(f"\x00(?:[^\x00{_CONTROLS}]*+[{_CONTROLS}]|\\s*+(?
 # C0 controls but tab and newline, DEL, and the first byte of an encoded surrogate.
 _SUSPECT_BYTES = bytes([*range(0, 9), *range(11, 32), 127, 0xED])
 
-RANGE_NOTE = " from 1700 to 4000"  # the dates Salesforce stores (transforms.EARLIEST)
+RANGE_NOTE = f" from {EARLIEST.year} to {LATEST.year}"  # the dates Salesforce stores
 _BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 _PREVIEW = 40
 _SHOWN_PICKLIST_VALUES = 6

@@ -26,13 +26,13 @@ import secrets
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import sqlalchemy as sa
 
 from socialcrm import schema
 from socialcrm.config import ConsentSettings
-from socialcrm.state import PersonRow, StateStore, _chunks, utcnow
+from socialcrm.state import PersonRow, StateStore, _chunks, insert_ignoring_duplicates, utcnow
 
 SALT_KEY = "suppression_salt"
 OPT_OUT = "opt-out"
@@ -43,17 +43,6 @@ HASH_PREFIX = 12  # hex digits of the hash shown in audits and summaries
 
 T = TypeVar("T")
 _salts: weakref.WeakKeyDictionary[StateStore, bytes] = weakref.WeakKeyDictionary()
-
-
-def _insert_ignoring_duplicates(connection: sa.Connection, table: sa.Table) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` on both backends."""
-    if connection.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table).on_conflict_do_nothing()
 
 
 def salt(store: StateStore) -> bytes:
@@ -68,7 +57,7 @@ def salt(store: StateStore) -> bytes:
         ).scalar_one_or_none()
         if value is None:
             connection.execute(
-                _insert_ignoring_duplicates(connection, table).values(
+                insert_ignoring_duplicates(connection, table).values(
                     key=SALT_KEY, value=secrets.token_hex(32)
                 )
             )
@@ -126,7 +115,7 @@ def _suppress(
     fresh = [h for h in hashes if h not in known]
     if fresh:
         connection.execute(
-            _insert_ignoring_duplicates(connection, table),
+            insert_ignoring_duplicates(connection, table),
             [
                 {"key_hash": h, "reason": reason, "created_at": now, "updated_at": now}
                 for h in fresh

@@ -415,15 +415,11 @@ class StateStore:
         updates: list[dict[str, Any]] = []
         for key, items in by_person.items():
             row = existing.get(key)
-            values = _person_values(row, items, qualification, now)
+            latest, values = _person_values(row, items, qualification, now)
             if row is None:
-                latest = values.pop("author")
-                inserts.append(
-                    {"person_key": key, "platform": latest.platform, "user_id": latest.user_id}
-                    | values
-                )
+                identity = {"platform": latest.platform, "user_id": latest.user_id}
+                inserts.append({"person_key": key, **identity, **values})
             else:
-                del values["author"]
                 updates.append({"key_": key, **values})
         if inserts:
             inserts.sort(key=lambda row: row["person_key"])  # the lock order, as above
@@ -431,14 +427,14 @@ class StateStore:
             # there yet): that insert is skipped here and its row updated like the others.
             added = set(
                 connection.execute(
-                    _insert_new(connection, table).returning(table.c.person_key), inserts
+                    insert_ignoring_duplicates(connection, table).returning(table.c.person_key),
+                    inserts,
                 ).scalars()
             )
             lost = sorted(row["person_key"] for row in inserts if row["person_key"] not in added)
             inserts = [row for row in inserts if row["person_key"] in added]
             for key, row in _locked_people(connection, lost).items():
-                values = _person_values(row, by_person[key], qualification, now)
-                del values["author"]
+                _, values = _person_values(row, by_person[key], qualification, now)
                 updates.append({"key_": key, **values})
         if updates:
             # One statement for the page (executemany), not one round trip per person.
@@ -837,8 +833,9 @@ def _locked_people(connection: sa.Connection, keys: Sequence[str]) -> dict[str, 
     return existing
 
 
-def _insert_new(connection: sa.Connection, table: sa.Table) -> Any:
-    """An insert that skips the rows whose key exists (both backends say ON CONFLICT)."""
+def insert_ignoring_duplicates(connection: sa.Connection, table: sa.Table) -> Any:
+    """``INSERT ... ON CONFLICT DO NOTHING`` on both backends: rows whose key exists are
+    skipped (another writer's meanwhile, or an earlier run's)."""
     if connection.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
@@ -850,11 +847,9 @@ def _insert_new(connection: sa.Connection, table: sa.Table) -> Any:
 
 def _person_values(
     row: Any, items: Sequence[Engagement], qualification: Qualification, now: datetime
-) -> dict[str, Any]:
-    """A person's row after ``items``: ``row`` is what is stored (None: nothing yet).
-
-    ``author`` is the profile the latest engagement carried (for a new row's identity).
-    """
+) -> tuple[SocialProfile, dict[str, Any]]:
+    """(the profile the latest engagement carried, the person's values after ``items``);
+    ``row`` is what is stored (None: nothing yet)."""
     counts: dict[str, int] = dict(row["counts"]) if row else {}
     intent_seen = _intent_seen(row, counts, items, qualification)
     for item in items:
@@ -863,8 +858,7 @@ def _person_values(
     earlier = [_aware(row["first_engaged_at"]), _aware(row["last_engaged_at"])] if row else []
     known = [t for t in earlier if t is not None]
     latest = max(items, key=lambda item: item.occurred_at or now).author
-    return {
-        "author": latest,
+    return latest, {
         "handle": latest.handle,
         "profile": profile_to_json(latest),
         "counts": counts,
