@@ -289,16 +289,24 @@ def _cmd_consent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prefect_server_named(otherwise: str) -> bool:
+    """True if PREFECT_API_URL names a server; else says why that matters, on stderr."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    print(f"socialcrm: PREFECT_API_URL is not set; {otherwise}", file=sys.stderr)
+    return False
+
+
 def _cmd_prefect_blocks(args: argparse.Namespace) -> int:
     _quiet_prefect()
-    if not os.environ.get("PREFECT_API_URL"):
-        print(
-            "socialcrm: PREFECT_API_URL is not set; blocks saved now would live in a "
-            "temporary local database. Point it at your Prefect server first.",
-            file=sys.stderr,
+    if (
+        not _prefect_server_named(
+            "blocks saved now would live in a temporary local database. Point it at your "
+            "Prefect server first."
         )
-        if not args.local:
-            return 2
+        and not args.local
+    ):
+        return 2
     from socialcrm.blocks import check_no_missing, config_with_blocks, describe, save_secret_blocks
 
     results = save_secret_blocks(args.config, overwrite=args.overwrite)
@@ -310,6 +318,26 @@ def _cmd_prefect_blocks(args: argparse.Namespace) -> int:
         )
         print(f"wrote {args.write_config}: its secrets now name the blocks")
     check_no_missing(results)
+    return 0
+
+
+def _cmd_prefect_automations(args: argparse.Namespace) -> int:
+    _quiet_prefect()
+    if not _prefect_server_named(
+        "point it at the Prefect server the workers report to (an automation runs there, not here)."
+    ):
+        return 2
+    from socialcrm.automations import ensure_crash_detection
+
+    try:
+        result = ensure_crash_detection(args.unresponsive_after)
+    except ValueError as error:
+        print(f"socialcrm: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"{result.action}: automation {result.name!r} (a socialcrm run with no heartbeat "
+        f"or state change for {result.unresponsive_after_s} s is marked Crashed)"
+    )
     return 0
 
 
@@ -415,6 +443,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--local", action="store_true", help="allow saving without PREFECT_API_URL (tests)"
     )
     blocks.set_defaults(handler=_cmd_prefect_blocks)
+    automations = prefect_commands.add_parser(
+        "automations", help="create the automation that marks dead runs Crashed"
+    )
+    automations.add_argument(
+        "--unresponsive-after",
+        type=int,
+        metavar="SECONDS",
+        help="silence after which a run counts as dead (default: 3 heartbeat periods, 540)",
+    )
+    automations.set_defaults(handler=_cmd_prefect_automations)
     return parser
 
 

@@ -628,3 +628,99 @@ def test_the_ui_custom_run_form_shows_the_leads_parameters(
     SCREENSHOT_COPY.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(shot, SCREENSHOT_COPY)
     print(f"screenshot of the run form: {shot} (copied to {SCREENSHOT_COPY})")
+
+
+_RUN_SCRIPT = """
+import sys, time
+from prefect import flow, tags
+from prefect.runtime import flow_run
+
+@flow(name="socialcrm-watched")
+def watched(seconds: float) -> None:
+    print("RUN", flow_run.id, flush=True)
+    time.sleep(seconds)
+
+with tags("socialcrm"):
+    watched(float(sys.argv[1]))
+"""
+
+
+def _socialcrm_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "socialcrm.cli", *args],
+        cwd=ROOT,
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_run_whose_process_died_is_marked_crashed_by_the_automation(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """`socialcrm prefect automations` on a real server: a socialcrm run killed with
+    SIGKILL (nothing left to report its end) becomes Crashed once its heartbeats stop;
+    a run that ended normally is left alone."""
+    for wait, action in (("30", "created"), ("12", "updated"), ("12", "kept")):
+        done = _socialcrm_cli(stack, "prefect", "automations", "--unresponsive-after", wait)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.startswith(f"{action}:"), done.stdout
+    (found,) = api(stack, "POST", "/automations/filter", {})
+    assert found["trigger"]["posture"] == "Proactive"
+    assert found["trigger"]["within"] == 12
+    assert found["trigger"]["match_related"]["prefect.resource.id"] == "prefect.tag.socialcrm"
+    script = tmp_path / "watched.py"
+    script.write_text(_RUN_SCRIPT)
+    try:
+        doomed = stack.start(
+            "doomed-run", [sys.executable, str(script), "600"], cwd=tmp_path, env=stack.env
+        )
+        finished = stack.start(
+            "finished-run", [sys.executable, str(script), "0"], cwd=tmp_path, env=stack.env
+        )
+
+        def run_id(process: Background) -> str | None:
+            match = re.search(r"^RUN (\S+)$", _tail(process.log, 200), re.MULTILINE)
+            return match[1] if match else None
+
+        doomed_id = wait_for("the doomed run to start", lambda: run_id(doomed), 120, doomed.tail)
+
+        def heartbeat_stored() -> bool | None:
+            events = api(
+                stack,
+                "POST",
+                "/events/filter",
+                {
+                    "filter": {
+                        "event": {"name": ["prefect.flow-run.heartbeat"]},
+                        "resource": {"id": [f"prefect.flow-run.{doomed_id}"]},
+                    }
+                },
+            )
+            return True if events["events"] else None
+
+        wait_for("the doomed run's first heartbeat", heartbeat_stored, 60, doomed.tail)
+        assert finished.process.wait(timeout=120) == 0, finished.tail()
+        finished_id = run_id(finished)
+        assert finished_id is not None, finished.tail()
+        # SIGKILL, not SIGTERM (which Prefect handles): the run dies with nobody to report.
+        os.killpg(doomed.process.pid, signal.SIGKILL)
+        doomed.process.wait(timeout=30)
+
+        def crashed() -> dict[str, Any] | None:
+            state = api(stack, "GET", f"/flow_runs/{doomed_id}")["state"]
+            return state if state["type"] == "CRASHED" else None
+
+        state = wait_for(
+            "the automation to mark the dead run Crashed",
+            crashed,
+            120,
+            lambda: str(api(stack, "GET", f"/flow_runs/{doomed_id}")["state"]),
+        )
+        assert "No heartbeat for 12 s" in state["message"]
+        assert api(stack, "GET", f"/flow_runs/{finished_id}")["state"]["type"] == "COMPLETED"
+    finally:
+        for automation in api(stack, "POST", "/automations/filter", {}):
+            api(stack, "DELETE", f"/automations/{automation['id']}")
