@@ -120,7 +120,20 @@ def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest
     """Fetch a page of DMs, route each, and record them with the cursor."""
     assert ctx.dm_client is not None, "pulling needs a source client"
     page, next_request = x_dm.fetch_dm_page(ctx.dm_client, request)
-    routed = [(message, route(ctx.rules, message.text, "dm")) for message in page.records]
+    # Who asked not to be written about, looked up once for the page. An erased person's
+    # DMs read again (a run stopped before the cursor moved past them) must not bring
+    # their words back, nor the brand's replies in their conversation; someone who only
+    # opted out of marketing still gets support, and their DMs are no sales signal.
+    reasons = consent.suppression_reasons(
+        ctx.store, {message.sender.key for message in page.records if not message.from_brand}
+    )
+    erased = {
+        message.conversation_key
+        for message in page.records
+        if reasons.get(message.sender.key) == consent.ERASED
+    }
+    kept = [message for message in page.records if message.conversation_key not in erased]
+    routed = [(message, route(ctx.rules, message.text, "dm")) for message in kept]
     sales = [
         Engagement(
             platform=message.platform,
@@ -131,11 +144,11 @@ def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest
             text=message.text,
         )
         for message, decision in routed
-        if decision.route == "sales" and not message.from_brand
+        if decision.route == "sales"
+        and not message.from_brand
+        and message.sender.key not in reasons
     ]
     # Engagements first: they are idempotent, and the cursor moves with the messages.
-    # A person who opted out still gets support, but their DMs are no sales signal.
-    sales, _ = consent.filter_suppressed(ctx.store, sales, key=lambda e: e.author.key)
     if sales:
         ctx.store.ingest(ctx.account.name, sales, ctx.settings.qualification)
         ctx.sales_people.update(e.author.key for e in sales)
@@ -151,11 +164,14 @@ def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest
     for name, n in (result.by_route or {}).items():
         ctx.by_route[name] = ctx.by_route.get(name, 0) + n
     _logger().info(
-        "dms: %d messages (%d new: %s), %d rejected%s",
+        "dms: %d messages (%d new: %s), %d rejected%s%s",
         len(page.records),
         result.new,
         ", ".join(f"{n} {r}" for r, n in sorted((result.by_route or {}).items())) or "none",
         len(page.problems),
+        f", {len(page.records) - len(kept)} in conversations of erased people dropped"
+        if len(kept) < len(page.records)
+        else "",
         "; more pages follow" if next_request else "",
     )
     return next_request

@@ -295,3 +295,38 @@ def test_a_run_delivers_its_own_accounts_conversations_only(tmp_path: Path) -> N
         assert inbox.messages_of(store, letters, "brand") == ["x:dm:103", "x:dm:101"]
     assert mine == ["x:conversation:1", "x:conversation:3"]
     assert everyone == ["x:conversation:1", "x:conversation:2", "x:conversation:3"]
+
+
+def test_an_erased_persons_dms_read_again_bring_back_nothing(sandbox: Sandbox) -> None:
+    """A run stopped before the DM cursor moved; one sender was erased since, another
+    opted out. Read again, the erased person's messages (and the brand's replies in their
+    conversation) are not stored, and no helpdesk user or ticket names them; the person
+    who only opted out of marketing still gets their ticket (checked: before, the erased
+    person's DM came back as pending and was sent to Zendesk)."""
+    from socialcrm import consent
+
+    ctx = context(sandbox)
+    assert ctx.dm_client is not None
+    first, _ = x_dm.fetch_dm_page(ctx.dm_client, x_dm.DmRequest(since_id=None))
+    senders = list(dict.fromkeys(m.sender.key for m in first.records if not m.from_brand))
+    erased, opted_out = senders[0], senders[1]
+    conversations = {m.conversation_key for m in first.records if m.sender.key == erased}
+    consent.opt_out(ctx.store, [erased], consent.ERASED)
+    consent.opt_out(ctx.store, [opted_out], consent.OPT_OUT)
+    pull(ctx)
+    deliver(ctx)
+    with ctx.store.transaction() as connection:
+        stored = connection.execute(
+            inbox.schema.messages.select().with_only_columns(
+                inbox.schema.messages.c.person_key, inbox.schema.messages.c.conversation_key
+            )
+        ).all()
+    ctx.store.close()
+    assert stored, "the other senders' messages are stored"
+    assert erased not in {row.person_key for row in stored}
+    assert not conversations & {row.conversation_key for row in stored}
+    zendesk = sandbox.state()["zendesk"]
+    requesters = {u["external_id"] for u in zendesk["users"]}
+    assert erased not in requesters
+    assert opted_out in requesters
+    assert not [t for t in zendesk["tickets"] if t["external_id"] in conversations]
