@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,14 +134,27 @@ class Needles:
 
     def like_terms(self) -> list[str]:
         """Lower-case substrings for a SQL ``LIKE`` pre-filter (confirmed by ``pattern``),
-        in plain and JSON-escaped forms (SQLite stores JSON with ``\\u`` escapes)."""
+        in plain and JSON-escaped forms (SQLite stores JSON with ``\\u`` escapes).
+
+        Also as a ``lower()`` that folds ASCII letters only leaves the term written as is,
+        in capitals or capitalised: PostgreSQL in the C locale does that to the text.
+        """
         found: dict[str, None] = {}
         for term in self.terms():
             lowered = term.lower()
             found[lowered] = None
             found[json.dumps(lowered)[1:-1]] = None
             found[json.dumps(term)[1:-1].lower()] = None
+            for written in (term, term.upper(), term.title()):
+                found[_ascii_lower(written)] = None
         return list(found)
+
+
+def _ascii_lower(text: str) -> str:
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 @dataclass

@@ -522,3 +522,59 @@ def test_the_failure_of_a_streams_last_page_is_raised(
         assert walk_stream(ctx, x.StreamRequest("likes", post_id="p"), stores) == 10
         with pytest.raises(RuntimeError, match="disk full"):
             stores.finish()
+
+
+def test_an_erased_name_in_other_scripts_is_scrubbed_from_everyone_elses_text(
+    state_url: str,
+) -> None:
+    """Cyrillic and accented names, written as is or in capitals, in another person's
+    mention and in a dead letter's reason (checked: on SQLite, whose own lower() folds
+    ASCII only, both stayed as they were)."""
+    from socialcrm import erasure
+    from socialcrm.records import RecordProblem
+
+    dima = SocialProfile(
+        platform="x", user_id="5551", handle="dima_p", display_name="Дмитрий Петров"
+    )
+    emile = SocialProfile(platform="x", user_id="5553", handle="emile_z", display_name="Émile Zola")
+    bob = SocialProfile(platform="x", user_id="5552", handle="bob_k", display_name="Bob Kent")
+    now = datetime(2026, 11, 20, tzinfo=UTC)
+    with StateStore.open(state_url) as store:
+        store.ingest(
+            "brand",
+            [
+                Engagement("x", "1", EngagementKind.MENTION, dima, now, text="hi"),
+                Engagement("x", "3", EngagementKind.MENTION, emile, now, text="hi"),
+                Engagement(
+                    "x",
+                    "2",
+                    EngagementKind.MENTION,
+                    bob,
+                    now,
+                    text="cc ДМИТРИЙ ПЕТРОВ and Émile Zola",
+                ),
+            ],
+            Qualification(),
+        )
+        store.add_dead_letters(
+            "tickets",
+            [RecordProblem("x:dm:99", "delivery", "zendesk", "requester Дмитрий Петров refused")],
+        )
+        for key in ("x:5551", "x:5553"):
+            person = erasure.parse_person(key)
+            _, needles = erasure.find_footprint(store, person)
+            erasure.erase_from_store(
+                store, person, needles, crm_policy="delete", helpdesk_policy="redact", outcome={}
+            )
+        (mention,) = store.engagements_of(["x:5552"])["x:5552"]
+        assert mention.text == "cc [erased] and [erased]"
+        assert [letter.reason for letter in store.dead_letters()] == ["requester [erased] refused"]
+
+
+def test_erasure_finds_names_where_the_database_lowers_ascii_letters_only() -> None:
+    """PostgreSQL in the C locale lowers "ÉMILE ZOLA" to "Émile zola": a search term."""
+    from socialcrm import erasure
+
+    person = erasure.parse_person("x:5553")
+    needles = erasure.Needles(person, handles={"emile_z"}, names={"Émile Zola"})
+    assert "Émile zola" in needles.like_terms()
