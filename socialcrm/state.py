@@ -103,6 +103,10 @@ class EngagementRow:
     occurred_at: datetime
 
 
+class TokenNotSaved(RuntimeError):
+    """The store refused a renewed token; says why without quoting it."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredToken:
     """An OAuth token a run renewed: ``refresh_token`` is the one to use next time."""
@@ -163,14 +167,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def create_engine(url: str) -> sa.Engine:
+    """The store's engine. Its errors never quote the statement's values
+    (``hide_parameters``): they hold tokens, people's names and what they wrote, and an
+    error travels into logs and the run's artifacts."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and ":memory:" not in path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    return sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
 
 
 MIGRATION_LOCK = 0x50C1A1C4  # any constant both workers agree on
@@ -790,12 +797,18 @@ class StateStore:
             "origin": token.origin,
             "updated_at": utcnow(),
         }
-        with self.engine.begin() as connection:
-            updated = connection.execute(
-                table.update().where(table.c.name == name).values(values)
-            ).rowcount
-            if not updated:
-                connection.execute(table.insert().values(name=name, **values))
+        try:
+            with self.engine.begin() as connection:
+                updated = connection.execute(
+                    table.update().where(table.c.name == name).values(values)
+                ).rowcount
+                if not updated:
+                    connection.execute(table.insert().values(name=name, **values))
+        except sa.exc.DBAPIError as error:
+            # The database's own text may quote the row (PostgreSQL: "Failing row
+            # contains (...)"), tokens included; this error is logged.
+            why = type(error.orig or error).__name__
+            raise TokenNotSaved(f"the renewed token {name!r} could not be stored ({why})") from None
 
     def resolve_dead_letters(self, record_keys: Iterable[str], pipeline: str) -> int:
         """A record delivered at last leaves the dead-letter store."""

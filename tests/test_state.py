@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -578,3 +579,18 @@ def test_erasure_finds_names_where_the_database_lowers_ascii_letters_only() -> N
     person = erasure.parse_person("x:5553")
     needles = erasure.Needles(person, handles={"emile_z"}, names={"Émile Zola"})
     assert "Émile zola" in needles.like_terms()
+
+
+def test_a_token_the_store_refuses_is_not_quoted_in_the_error(state_url: str) -> None:
+    """A renewed token that cannot be stored fails the run with an error that is logged:
+    it must not carry the tokens (checked: before, SQLAlchemy appended ``[parameters:
+    (..., 'ROTATED-REFRESH', ...)]`` and PostgreSQL "Failing row contains (...)")."""
+    from socialcrm.state import StoredToken, TokenNotSaved
+
+    refused_row = StoredToken("NEW-ACCESS-TOKEN", None, "ROTATED-REFRESH")
+    object.__setattr__(refused_row, "access_token", None)  # NOT NULL: any refusal would do
+    with StateStore.open(state_url) as store, pytest.raises(TokenNotSaved) as refused:
+        store.save_token("brand", refused_row)
+    shown = "".join(traceback.format_exception(refused.value))
+    assert "ROTATED-REFRESH" not in shown
+    assert "could not be stored (" in shown
