@@ -153,10 +153,12 @@ def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest
         ctx.store.ingest(ctx.account.name, sales, ctx.settings.qualification)
         ctx.sales_people.update(e.author.key for e in sales)
     cursors = {x_dm.STREAM: page.cursor} if page.cursor else None
-    result = inbox.ingest_messages(ctx.store, ctx.account.name, routed, cursors=cursors)
-    if page.problems:
+    # The page's malformed events commit with its messages and cursor: a cursor that
+    # moved past them without their dead letters would lose them.
+    with ctx.store.transaction():
+        result = inbox.ingest_messages(ctx.store, ctx.account.name, routed, cursors=cursors)
         ctx.store.add_dead_letters(PIPELINE, page.problems)
-        ctx.problems.extend(page.problems)
+    ctx.problems.extend(page.problems)
     ctx.fetched += len(page.records)
     ctx.new_messages += result.new
     progress.report("pages")

@@ -160,3 +160,50 @@ def test_a_ticket_links_the_lead_a_senders_engagement_was_logged_on_as_a_lead() 
     assert _crm_record("x:2", *ledgers) == ("Lead", "00QB")
     assert _crm_record("x:3", *ledgers) == ("Lead", "00QC")
     assert _crm_record("x:4", *ledgers) is None
+
+
+def test_a_dm_pages_broken_events_commit_with_its_cursor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed while the page's malformed events are dead-lettered: the cursor must not
+    have moved past them (checked: before, messages and cursor committed first, and the
+    broken events were never read again nor recorded)."""
+    from conftest import minimal_settings
+
+    from connectors.social import x_dm
+    from flows import tickets
+    from socialcrm.records import DirectMessage, Page, RecordProblem, SocialProfile
+    from socialcrm.routing import load_rules
+    from socialcrm.state import StateStore
+
+    class Killed(BaseException):
+        pass
+
+    settings = minimal_settings()
+    ana = SocialProfile(platform="x", user_id="5551", handle="ana_l", display_name="Ana")
+    dm = DirectMessage("x", "11", "1000-5551", ana, "help, login broken", datetime.now(UTC))
+    broken = RecordProblem("x:dm:12", "source", "x", "event has no sender_id", "sender_id")
+    page = Page([dm], cursor="12", problems=[broken])
+    monkeypatch.setattr(x_dm, "fetch_dm_page", lambda client, request: (page, None))
+    with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        ctx = tickets.TicketsContext(
+            settings=settings,
+            account=settings.accounts[0],
+            store=store,
+            dm_client=object(),  # type: ignore[arg-type]
+            rules=load_rules(settings.mapping_path(settings.routing.rules)),
+            dry_run=False,
+        )
+
+        def dying(pipeline: str, problems: object) -> int:
+            raise Killed
+
+        monkeypatch.setattr(store, "add_dead_letters", dying)
+        with pytest.raises(Killed):
+            tickets.pull_dm_page.fn(ctx, x_dm.DmRequest(since_id=None))
+        assert store.get_cursor("brand", x_dm.STREAM) is None
+        monkeypatch.undo()
+        monkeypatch.setattr(x_dm, "fetch_dm_page", lambda client, request: (page, None))
+        tickets.pull_dm_page.fn(ctx, x_dm.DmRequest(since_id=None))
+        assert store.get_cursor("brand", x_dm.STREAM) == "12"
+        assert [letter.record_key for letter in store.dead_letters()] == ["x:dm:12"]
