@@ -655,6 +655,10 @@ class StateStore:
             }
             inserts: list[dict[str, Any]] = []
             updates: list[dict[str, Any]] = []
+
+            def values_of(row: dict[str, Any]) -> dict[str, Any]:
+                return {k: v for k, v in row.items() if k not in ("record_key", "destination")}
+
             latest = {o.record_key: o for o in outcomes if o.status in LEDGER_STATUSES}
             for outcome in latest.values():
                 row = known.get(outcome.record_key)
@@ -677,7 +681,19 @@ class StateStore:
                     updates.append({"key_": outcome.record_key, **values})
             # One statement each for the batch (executemany), not one per record.
             if inserts:
-                connection.execute(table.insert(), inserts)
+                # Another run may record the same key meanwhile (a requester is shared by
+                # the accounts a person wrote to): its row is updated with ours, the later.
+                added = set(
+                    connection.execute(
+                        insert_ignoring_duplicates(connection, table).returning(table.c.record_key),
+                        inserts,
+                    ).scalars()
+                )
+                updates.extend(
+                    {"key_": row["record_key"], **values_of(row)}
+                    for row in inserts
+                    if row["record_key"] not in added
+                )
             if updates:
                 connection.execute(
                     table.update()

@@ -594,3 +594,36 @@ def test_a_token_the_store_refuses_is_not_quoted_in_the_error(state_url: str) ->
     shown = "".join(traceback.format_exception(refused.value))
     assert "ROTATED-REFRESH" not in shown
     assert "could not be stored (" in shown
+
+
+@pytest.mark.postgres
+def test_two_runs_recording_the_same_key_at_once_both_succeed(postgres_url: str) -> None:
+    """Tickets runs of two accounts create the same person's requester (a shared ledger
+    key): the second writer's insert waits for the first, then must not fail the run
+    (checked: before, it raised UniqueViolation)."""
+    first, second = StateStore.open(postgres_url), StateStore.open(postgres_url)
+    failures: list[BaseException] = []
+
+    def record_too() -> None:
+        try:
+            second.record_deliveries("zendesk:user", [SinkOutcome("x:5551", "created", "9002")])
+        except BaseException as error:  # reported below
+            failures.append(error)
+
+    waiting = sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+    other = threading.Thread(target=record_too)
+    try:
+        with first.transaction() as connection:
+            first.record_deliveries("zendesk:user", [SinkOutcome("x:5551", "created", "9001")])
+            other.start()
+            deadline = time.monotonic() + 30
+            while not connection.execute(waiting).scalar() and other.is_alive():
+                assert time.monotonic() < deadline, "the second writer never waited"
+                time.sleep(0.05)
+        other.join(timeout=30)
+        assert failures == []
+        stored = first.deliveries(["x:5551"], "zendesk:user")["x:5551"]
+        assert stored.destination_id == "9002"  # the later outcome
+    finally:
+        first.close()
+        second.close()
