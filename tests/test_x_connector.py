@@ -387,3 +387,24 @@ def test_real_recorded_pages_parse(name: str, stream: str) -> None:
         page = x.parse_users(body, kind=kind, post_id="1")
         assert len(page.records) == len(body["data"])
         assert all(r.author.handle for r in page.records)
+
+
+def test_timestamps_with_an_offset_are_kept_in_utc(state_url: str) -> None:
+    """SQLite stores a timestamp's wall-clock time without its offset: parsed in UTC, it
+    reads back the same on both backends (checked: before, 10:00+05:00 came back from
+    SQLite as 10:00 UTC, five hours late for decay, first and last engaged)."""
+    from datetime import UTC, datetime
+
+    from socialcrm.config import Qualification
+    from socialcrm.records import Engagement, EngagementKind, SocialProfile
+    from socialcrm.state import StateStore
+
+    parsed = x.parse_time("2026-11-20T10:00:00+05:00")
+    assert parsed == datetime(2026, 11, 20, 5, tzinfo=UTC) and parsed.tzinfo is UTC
+    ana = SocialProfile(platform="x", user_id="5551", handle="ana_l")
+    with StateStore.open(state_url) as store:
+        store.ingest(
+            "brand", [Engagement("x", "1", EngagementKind.MENTION, ana, parsed)], Qualification()
+        )
+        (stored,) = store.engagements_of(["x:5551"])["x:5551"]
+    assert stored.occurred_at == datetime(2026, 11, 20, 5, tzinfo=UTC)

@@ -392,13 +392,15 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def parse_time(value: Any) -> datetime | None:
+    """An API timestamp in UTC. SQLite keeps a timestamp's wall-clock time and drops its
+    offset, so "10:00+05:00" stored as it is would read back as 10:00 UTC."""
     if not isinstance(value, str):
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def parse_profile(user: dict[str, Any]) -> SocialProfile:
