@@ -30,6 +30,7 @@ from flows.leads import (
     deliver_pending_leads,
     run_namer,
     stop_status,
+    worth_retrying,
 )
 from flows.params import RunTarget, as_is
 from flows.reporting import publish_tickets_artifacts
@@ -115,6 +116,7 @@ class TicketsContext:
     persist_result=False,
     retries=1,
     retry_delay_seconds=5,
+    retry_condition_fn=worth_retrying,  # a spent quota stays spent for a while
 )
 def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest | None:
     """Fetch a page of DMs, route each, and record them with the cursor."""
@@ -152,7 +154,7 @@ def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest
     if sales:
         ctx.store.ingest(ctx.account.name, sales, ctx.settings.qualification)
         ctx.sales_people.update(e.author.key for e in sales)
-    cursors = {x_dm.STREAM: page.cursor} if page.cursor else None
+    cursors = x_dm.walk_cursors(page, next_request)
     # The page's malformed events commit with its messages and cursor: a cursor that
     # moved past them without their dead letters would lose them.
     with ctx.store.transaction():
@@ -665,11 +667,7 @@ def run_tickets(params: TicketsRun) -> dict[str, Any]:
         store.close()
         return tickets_summary(ctx, leads_ctx, [], status)
     try:
-        request: x_dm.DmRequest | None = x_dm.DmRequest(
-            since_id=store.get_cursor(account.name, x_dm.STREAM)
-        )
-        while request is not None:
-            request = pull_dm_page(as_is(ctx), request)
+        status = pull_dms(ctx)
         remaining = params.limit
         batches = inbox.pending_conversations(store, batch_size=50, account=account.name)
         for number, batch in enumerate(batches, 1):
@@ -710,6 +708,41 @@ def run_tickets(params: TicketsRun) -> dict[str, Any]:
             store.close()
     _logger().info("tickets %s: %s", account.name, summary)
     return summary
+
+
+def pull_dms(ctx: TicketsContext) -> str:
+    """Read the DMs the store has not seen; the run's status so far.
+
+    A spent X quota stops the walk, not the run: what was read is delivered, and the next
+    run goes on from the page where this one stopped (``x_dm.resume_request``).
+    """
+    cursor = ctx.store.get_cursor(ctx.account.name, x_dm.STREAM)
+    request: x_dm.DmRequest | None = x_dm.resume_request(
+        cursor, ctx.store.get_cursor(ctx.account.name, x_dm.WALK)
+    )
+    try:
+        if request is not None and request.pagination_token:
+            try:
+                request = pull_dm_page(as_is(ctx), request)
+            except ApiError as error:
+                if error.status != 400:
+                    raise
+                _logger().warning(
+                    "x: the page where the last run stopped is refused (%s): reading again "
+                    "from the newest DMs",
+                    error,
+                )
+                request = x_dm.DmRequest(since_id=cursor)
+        while request is not None:
+            request = pull_dm_page(as_is(ctx), request)
+    except ApiError as error:
+        if error.action is not Action.QUOTA:
+            raise
+        _logger().warning(
+            "dms: %s; delivering what was read, the next run reads on from there", error
+        )
+        return stop_status(error)
+    return "completed"
 
 
 def tickets_summary(

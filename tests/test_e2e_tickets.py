@@ -347,3 +347,64 @@ def test_a_sales_dm_links_its_ticket_and_the_crm_record_both_ways(tmp_path: Path
         assert int(box.state()["writes"].get("salesforce", 0)) == 0
     finally:
         box.stop()
+
+
+def test_a_dm_backlog_deeper_than_the_rate_limit_is_read_over_several_runs(
+    sandbox: Sandbox,
+) -> None:
+    """Each run may read 4 pages of 5 before X's window is spent (the wait is longer than
+    allowed). Every run delivers what it read and the next goes on from the page where
+    the last one stopped, until all is read: each customer message once, one ticket per
+    conversation (checked: before, every run started again from the newest page, stopped
+    at the same depth, and delivered nothing)."""
+    assert sandbox.config_path is not None
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["accounts"][0].update(page_size=5, max_rate_limit_wait_seconds=1)
+    sandbox.config_path.write_text(yaml.safe_dump(data))
+    pages = -(-len([e for e in sandbox.state()["x"]["dm_events"]]) // 5)
+    statuses = []
+    for _ in range(pages // 4 + 3):
+        sandbox.set_options(rate_limits={"GET /2/dm_events": 4})  # a new window per run
+        summary = run(sandbox)
+        statuses.append(summary["status"])
+        if summary["status"] == "completed":
+            break
+        assert summary["status"].startswith("quota:"), summary["status"]
+        assert summary["tickets_created"] + summary["comments_added"] > 0, "read, not delivered"
+    assert statuses[-1] == "completed" and len(statuses) > 2, statuses
+    conversations, _, _ = expected(sandbox)
+    held = helpdesk(sandbox)
+    assert {key.split(":", 2)[2] for key in held} == set(conversations)
+    assert all(len(found) == 1 for found in held.values()), "two tickets for one conversation"
+    posted = Counter(ref for (ticket,) in held.values() for ref in refs(ticket))
+    assert set(posted) == set().union(*conversations.values())
+    assert all(n == 1 for n in posted.values()), "a message was added twice"
+    sandbox.set_options(rate_limits=None)
+    assert run(sandbox)["new_messages"] == 0
+
+
+def test_a_walk_whose_page_x_refuses_starts_over_from_the_newest(sandbox: Sandbox) -> None:
+    """The page a stopped run would go on from is refused (400, an expired token): the
+    run reads from the newest DMs instead and delivers everything."""
+    from connectors.social import x_dm
+    from socialcrm.config import load_settings
+    from socialcrm.state import StateStore
+
+    assert sandbox.config_path is not None
+    settings = load_settings(str(sandbox.config_path))
+    stale = x_dm.DmRequest(since_id=None, pagination_token="not-a-token", newest_id="1")
+    with StateStore.open(settings.state_url()) as store, store.transaction() as connection:
+        store._set_cursor(connection, settings.account(None).name, x_dm.WALK, stale.walk_cursor())
+    summary = run(sandbox)
+    assert summary["status"] == "completed"
+    conversations, _, _ = expected(sandbox)
+    assert summary["tickets_created"] == len(conversations)
+
+
+def test_an_unreadable_walk_cursor_starts_from_the_stored_cursor() -> None:
+    from connectors.social import x_dm
+
+    assert x_dm.resume_request("42", "{not json") == x_dm.DmRequest(since_id="42")
+    assert x_dm.resume_request("42", "") == x_dm.DmRequest(since_id="42")
+    walk = x_dm.DmRequest(since_id="42", pagination_token="t", newest_id="99").walk_cursor()
+    assert x_dm.resume_request("42", walk) == x_dm.DmRequest("42", "t", "99")

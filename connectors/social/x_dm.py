@@ -8,6 +8,7 @@ recognised by sender and marked, so they never become customer messages.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 from dataclasses import dataclass, field, replace
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 
 DM_FIELDS = "id,text,event_type,created_at,dm_conversation_id,sender_id,participant_ids,attachments"
 STREAM = "dms"
+WALK = "dms.walk"
+"""Where an unfinished walk through older DM pages stands (see ``resume_request``)."""
 
 
 RENEWAL_PATH = "/2/oauth2/token"
@@ -226,6 +229,44 @@ class DmRequest:
     since_id: str | None = None
     pagination_token: str | None = None
     newest_id: str | None = None
+
+    def walk_cursor(self) -> str:
+        """This request, to be stored as the ``WALK`` cursor while the walk goes on."""
+        return json.dumps(
+            {"since_id": self.since_id, "token": self.pagination_token, "newest_id": self.newest_id}
+        )
+
+
+def resume_request(cursor: str | None, walk: str | None) -> DmRequest:
+    """Where a run starts: an unfinished walk where it stopped, else the newest events.
+
+    X lists DM events newest first and has no ``since_id`` for them: a walk goes back
+    page by page until it meets an event it knows. A backlog deeper than one rate-limit
+    window (the first run reads 30 days) stops the walk on quota; starting again from
+    the newest page every run would spend each window on the same pages and never get
+    further. So each page stores the next page's token with the walk's start, and the
+    next run goes on from there (a token X refuses starts the walk over).
+    """
+    if walk:
+        try:
+            saved = json.loads(walk)
+        except ValueError:
+            saved = None
+        if isinstance(saved, dict) and isinstance(saved.get("token"), str):
+            return DmRequest(
+                since_id=_str_or_none(saved.get("since_id")),
+                pagination_token=saved["token"],
+                newest_id=_str_or_none(saved.get("newest_id")),
+            )
+    return DmRequest(since_id=cursor)
+
+
+def walk_cursors(page: Page[DirectMessage], next_request: DmRequest | None) -> dict[str, str]:
+    """The cursors a page moves, stored with its messages: the walk's place while pages
+    follow; at its end the newest event seen, and the walk forgotten."""
+    if next_request is not None:
+        return {WALK: next_request.walk_cursor()}
+    return {STREAM: page.cursor, WALK: ""} if page.cursor else {WALK: ""}
 
 
 def fetch_dm_page(
