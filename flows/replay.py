@@ -26,7 +26,7 @@ from flows.leads import (
     stop_status,
 )
 from flows.params import RunTarget, as_is
-from flows.tickets import TicketsContext, deliver_conversations
+from flows.tickets import COMMENT, TicketsContext, deliver_conversations
 from socialcrm import consent, inbox
 from socialcrm.config import load_settings
 from socialcrm.routing import load_rules
@@ -109,6 +109,15 @@ def replay(params: ReplayRun = ReplayRun()) -> dict[str, Any]:  # noqa: B008
         # This account's messages only: another account's are its own runs' to deliver
         # (under its lock), and would be counted here without being sent.
         messages = inbox.messages_of(store, messages, account.name)
+        # A message whose comment is on record was posted (its letter outlived it): it is
+        # not sent again, and its letter goes.
+        posted = store.deliveries(messages, COMMENT)
+        done = [key for key in messages if key in posted and posted[key].status in DELIVERED]
+        if done:
+            store.resolve_dead_letters(done, "tickets")
+            finished = set(done)
+            messages = [key for key in messages if key not in finished]
+            summary["messages"] = len(done)
         if messages:
             inbox.set_message_status(store, messages, "pending")
             tickets_ctx = TicketsContext(
@@ -122,8 +131,10 @@ def replay(params: ReplayRun = ReplayRun()) -> dict[str, Any]:  # noqa: B008
             batches = inbox.pending_conversations(store, batch_size=50, account=account.name)
             for number, batch in enumerate(batches, 1):
                 deliver_conversations(as_is(tickets_ctx), as_is(batch), number)
-            summary["messages"] = len(messages) - sum(
-                1 for d in store.dead_letters(pipeline="tickets") if d.record_key in messages
+            summary["messages"] = (
+                len(done)
+                + len(messages)
+                - sum(1 for d in store.dead_letters(pipeline="tickets") if d.record_key in messages)
             )
     except ApiError as error:
         summary["status"] = stop_status(error)

@@ -501,13 +501,16 @@ def _add_comment(
 
 
 def _comment_done(ctx: TicketsContext, message: inbox.StoredMessage, ticket_id: int) -> None:
-    ctx.store.record_deliveries(
-        COMMENT, [SinkOutcome(message.message_key, "created", str(ticket_id))]
-    )
-    inbox.set_message_status(ctx.store, [message.message_key], "delivered")
+    """All or nothing: a posted comment recorded without its dead letter resolved would
+    be set pending again by a replay, with its intent closed, and posted twice."""
+    with ctx.store.transaction():
+        ctx.store.record_deliveries(
+            COMMENT, [SinkOutcome(message.message_key, "created", str(ticket_id))]
+        )
+        inbox.set_message_status(ctx.store, [message.message_key], "delivered")
+        inbox.close_intent(ctx.store, message.message_key, COMMENT)
+        ctx.store.resolve_dead_letters([message.message_key], PIPELINE)
     ctx.delivered.add(message.message_key)
-    inbox.close_intent(ctx.store, message.message_key, COMMENT)
-    ctx.store.resolve_dead_letters([message.message_key], PIPELINE)
 
 
 def link_tickets_to_crm(ctx: TicketsContext, leads_ctx: LeadsContext) -> None:

@@ -330,3 +330,57 @@ def test_an_erased_persons_dms_read_again_bring_back_nothing(sandbox: Sandbox) -
     assert erased not in requesters
     assert opted_out in requesters
     assert not [t for t in zendesk["tickets"] if t["external_id"] in conversations]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_kill_while_a_posted_comment_is_recorded_is_not_posted_again_by_a_replay(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A comment failed once (503: dead-lettered, left pending); the next run posts it and
+    is killed while recording that. A replay then must not post it again (checked:
+    before, the ledger and the closed intent were committed, the letter not, and the
+    replay set the message pending with nothing left to look the comment up by)."""
+    from connectors.http import Action, ApiError
+    from flows.replay import ReplayRun, replay
+
+    ctx = context(sandbox)
+    pull(ctx)
+    deliver(ctx)
+    sandbox.generate(engagements=0, dms=10)
+    pull(ctx)
+    waiting = [
+        m for b in inbox.pending_conversations(ctx.store, batch_size=500) for m in b.values()
+    ]
+    known = ctx.store.deliveries([ms[0].conversation_key for ms in waiting], flow.TICKET)
+    target = next(m for ms in waiting for m in ms if m.conversation_key in known)
+    post = flow.zendesk.add_comment
+
+    def unavailable(client: Any, ticket_id: int, comment: Any, *, key: str, **kw: Any) -> Any:
+        if key == target.message_key:
+            raise ApiError("zendesk", "PUT /api/v2/tickets/:id", "busy", 503, Action.RETRY)
+        return post(client, ticket_id, comment, key=key, **kw)
+
+    monkeypatch.setattr(flow.zendesk, "add_comment", unavailable)
+    deliver(ctx)
+    monkeypatch.setattr(flow.zendesk, "add_comment", post)
+    assert target.message_key in {d.record_key for d in ctx.store.dead_letters()}
+    ctx.store.close()
+
+    again = context(sandbox)
+    resolve = again.store.resolve_dead_letters
+
+    def dying(keys: Any, pipeline: str) -> int:
+        keys = list(keys)
+        if target.message_key in keys:
+            raise Killed
+        return resolve(keys, pipeline)
+
+    again.store.resolve_dead_letters = dying  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        deliver(again)
+    again.store.close()
+    assert sandbox.config_path is not None
+    replay(ReplayRun(config=str(sandbox.config_path)))
+    assert doubles(sandbox) == ({}, {})
+    deliver(context(sandbox))
+    assert doubles(sandbox) == ({}, {})
