@@ -1104,7 +1104,7 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
     ctx.store.resolve_dead_letters(delivered, PIPELINE)
     # Transient failures stay pending: the next run tries them again by itself.
     retry = {o.record_key for o in outcomes if o.retryable}
-    ctx.store.clear_pending(p.person_key for p in plan.people if p.person_key not in retry)
+    ctx.store.clear_pending(p for p in plan.people if p.person_key not in retry)
 
     by_key = {person.person_key: person for person in plan.people}
     for outcome in outcomes:

@@ -91,6 +91,7 @@ class PersonRow:
     score: float
     first_engaged_at: datetime | None
     last_engaged_at: datetime | None
+    updated_at: datetime | None = None  # as read: ``clear_pending`` sees a change since
 
 
 @dataclass(slots=True)
@@ -503,7 +504,7 @@ class StateStore:
                     if abs(new - float(row.score)) < 1e-9:
                         continue
                     changed += 1
-                    values: dict[str, Any] = {"score": new}
+                    values: dict[str, Any] = {"score": new, "updated_at": utcnow()}
                     if new >= qualification.threshold > float(row.score):
                         values["pending"] = True
                     connection.execute(
@@ -546,15 +547,29 @@ class StateStore:
             ).scalar_one()
         return int(total), int(pending)
 
-    def clear_pending(self, person_keys: Iterable[str]) -> None:
-        keys = list(person_keys)
+    def clear_pending(self, people: Iterable[PersonRow]) -> int:
+        """These people's leads are delivered, unless their row changed since it was read.
+
+        Another run may store something new about a person while their lead is written (a
+        tickets run's sales DM: counts, score, the ticket's link, ``mark_pending``): that
+        row stays pending, and the next delivery sends what changed. Returns how many
+        were cleared.
+        """
+        rows = [{"key_": p.person_key, "seen_": p.updated_at} for p in people]
+        if not rows:
+            return 0
+        table = schema.people
         with self.transaction() as connection:
-            for chunk in _chunks(keys):
-                connection.execute(
-                    schema.people.update()
-                    .where(schema.people.c.person_key.in_(chunk))
-                    .values(pending=False)
+            result = connection.execute(
+                table.update()
+                .where(
+                    table.c.person_key == sa.bindparam("key_"),
+                    table.c.updated_at == sa.bindparam("seen_"),
                 )
+                .values(pending=False),
+                rows,
+            )
+        return int(result.rowcount or 0)
 
     def mark_pending(self, person_keys: Iterable[str]) -> int:
         """Deliver these people's leads again (a dead-letter replay)."""
@@ -565,7 +580,7 @@ class StateStore:
                 result = connection.execute(
                     schema.people.update()
                     .where(schema.people.c.person_key.in_(chunk))
-                    .values(pending=True)
+                    .values(pending=True, updated_at=utcnow())
                 )
                 changed += int(result.rowcount or 0)
         return changed
@@ -945,4 +960,5 @@ def _person(row: Any) -> PersonRow:
         score=float(row["score"]),
         first_engaged_at=_aware(row["first_engaged_at"]),
         last_engaged_at=_aware(row["last_engaged_at"]),
+        updated_at=row.get("updated_at"),
     )

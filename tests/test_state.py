@@ -189,9 +189,27 @@ def test_pending_people_come_in_bounded_batches(state_url: str) -> None:
         sizes = []
         for batch in store.pending_people(batch_size=10, min_score=3):
             sizes.append(len(batch))
-            store.clear_pending(p.person_key for p in batch)
+            store.clear_pending(batch)
         assert sizes == [10, 10, 5]
         assert store.count_people() == (25, 0)
+
+
+def test_a_person_changed_while_their_lead_was_written_stays_pending(state_url: str) -> None:
+    """A tickets run stores a sales DM of someone whose lead a leads run is writing, or
+    marks them pending for their ticket's link: the leads run's end must not clear that
+    (checked: before, it cleared every person of its batch, and the DM's score and the
+    ticket's link reached the CRM only when the person engaged again)."""
+    page = [engagement(str(i), EngagementKind.MENTION, str(3000 + i)) for i in range(3)]
+    with StateStore.open(state_url) as store:
+        store.ingest("brand", page, RULES)
+        (batch,) = store.pending_people(batch_size=10, min_score=3)
+        store.ingest("brand", [engagement("dm-1", EngagementKind.MESSAGE, "3000", 1)], RULES)
+        store.mark_pending(["x:3001"])
+        assert store.clear_pending(batch) == 1
+        (left,) = store.pending_people(batch_size=10, min_score=3)
+        assert [p.person_key for p in left] == ["x:3000", "x:3001"]
+        assert left[0].counts == {"mention": 1, "message": 1}
+        assert store.clear_pending(left) == 2
 
 
 def test_ledger_keeps_last_good_hash_when_a_delivery_fails(state_url: str) -> None:
