@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from typing import Any
 
@@ -40,8 +40,14 @@ from socialcrm.config import ConfigError, Settings, XAccount, load_settings
 from socialcrm.heap import startup_objects_frozen
 from socialcrm.inbox import SalesTicket
 from socialcrm.qualify import PLATFORM_NAMES
-from socialcrm.records import Engagement, EngagementKind, RecordProblem, SinkOutcome
-from socialcrm.routing import RoutingRules, load_rules, route
+from socialcrm.records import (
+    DirectMessage,
+    Engagement,
+    EngagementKind,
+    RecordProblem,
+    SinkOutcome,
+)
+from socialcrm.routing import Decision, RoutingRules, load_rules, route
 from socialcrm.state import Delivery, StateStore
 
 PIPELINE = "tickets"
@@ -110,6 +116,38 @@ class TicketsContext:
         self.counts[name] = self.counts.get(name, 0) + n
 
 
+SPAM_IN_CONVERSATION = "looks like spam, but the conversation has a ticket"
+
+
+def heard_in_open_conversations(
+    ctx: TicketsContext, routed: list[tuple[DirectMessage, Decision]]
+) -> list[tuple[DirectMessage, Decision]]:
+    """Spam rules judge strangers, not customers already talking to support.
+
+    A message that looks like spam ("screenshot of the error: bit.ly/...", "hello dear,
+    any news?") in a conversation that has a ticket, or a support message on the same
+    page, is the customer's next message: it goes on their ticket, never dropped.
+    """
+    suspects = {
+        message.conversation_key
+        for message, decision in routed
+        if decision.route == "spam" and not message.from_brand
+    }
+    if not suspects:
+        return routed
+    heard = set(ctx.store.deliveries(sorted(suspects), TICKET)) | {
+        message.conversation_key
+        for message, decision in routed
+        if decision.route != "spam" and not message.from_brand
+    }
+    return [
+        (message, replace(decision, route="support", rule=SPAM_IN_CONVERSATION))
+        if decision.route == "spam" and message.conversation_key in heard
+        else (message, decision)
+        for message, decision in routed
+    ]
+
+
 @task(
     name="pull-dm-page",
     cache_policy=NO_CACHE,
@@ -135,7 +173,9 @@ def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest
         if reasons.get(message.sender.key) == consent.ERASED
     }
     kept = [message for message in page.records if message.conversation_key not in erased]
-    routed = [(message, route(ctx.rules, message.text, "dm")) for message in kept]
+    routed = heard_in_open_conversations(
+        ctx, [(message, route(ctx.rules, message.text, "dm")) for message in kept]
+    )
     sales = [
         Engagement(
             platform=message.platform,

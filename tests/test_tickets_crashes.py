@@ -384,3 +384,57 @@ def test_a_kill_while_a_posted_comment_is_recorded_is_not_posted_again_by_a_repl
     assert doubles(sandbox) == ({}, {})
     deliver(context(sandbox))
     assert doubles(sandbox) == ({}, {})
+
+
+def test_a_spam_looking_message_in_a_ticketed_conversation_goes_on_the_ticket(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A customer with a ticket sends "screenshot of the error: bit.ly/..." (the spam
+    rule's link shortener): it is their next message and goes on their ticket; the same
+    words from a stranger stay spam (checked: before, the customer's was skipped, with no
+    comment, dead letter or count)."""
+    import sqlalchemy as sa
+
+    from socialcrm import schema
+    from socialcrm.records import Page
+
+    ctx = context(sandbox)
+    pull(ctx)
+    deliver(ctx)
+    with ctx.store.transaction() as connection:
+        row = connection.execute(
+            sa.select(schema.messages)
+            .where(schema.messages.c.status == "delivered", schema.messages.c.from_brand.is_(False))
+            .limit(1)
+        ).one()
+    ticket = ctx.store.deliveries([row.conversation_key], flow.TICKET)[row.conversation_key]
+    text = "Still broken after your fix, screenshot of the error: bit.ly/3xYz9Q"
+    assert route(ctx.rules, text, "dm").route == "spam"
+    customer = DirectMessage(
+        "x",
+        "9" * 19,
+        row.conversation_key.split(":", 2)[2],
+        SocialProfile("x", row.sender["user_id"], row.sender["handle"]),
+        text,
+        row.sent_at + timedelta(hours=1),
+    )
+    stranger = DirectMessage(
+        "x", "9" * 18, "1000-77", SocialProfile("x", "77", "stranger"), text, row.sent_at
+    )
+    page = Page([customer, stranger], cursor=customer.message_id)
+    monkeypatch.setattr(x_dm, "fetch_dm_page", lambda client, request: (page, None))
+    flow.pull_dm_page.fn(ctx, x_dm.DmRequest(since_id=None))
+    deliver(ctx)
+    with ctx.store.transaction() as connection:
+        statuses = dict(
+            connection.execute(
+                sa.select(schema.messages.c.message_key, schema.messages.c.status).where(
+                    schema.messages.c.message_key.in_([customer.key, stranger.key])
+                )
+            ).all()
+        )
+    ctx.store.close()
+    assert statuses == {customer.key: "delivered", stranger.key: "skipped"}
+    tickets = sandbox.state()["zendesk"]["tickets"]
+    (held,) = [t for t in tickets if str(t["id"]) == ticket.destination_id]
+    assert any(f"[ref {customer.key}]" in c["body"] for c in held["comments"])
