@@ -150,6 +150,10 @@ class DeadLetter:
     created_at: datetime
 
 
+def _advisory_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 def _unicode_lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
@@ -283,20 +287,8 @@ class StateStore:
             yield True
             return
         if self.engine.dialect.name == "postgresql":
-            with self.engine.connect() as connection:
-                key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-                held = bool(
-                    connection.execute(
-                        sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}
-                    ).scalar()
-                )
-                connection.commit()
-                try:
-                    yield held
-                finally:
-                    if held:
-                        connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                        connection.commit()
+            with self._advisory_locks([name]) as busy:
+                yield busy is None
             return
         database = Path(str(self.engine.url.database))
         # Readable, and unique: "leads:delivery" and "leads-delivery" are two locks.
@@ -314,8 +306,42 @@ class StateStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextmanager
+    def _advisory_locks(self, names: Sequence[str]) -> Iterator[str | None]:
+        """PostgreSQL session advisory locks, all on one connection (an erasure holds two
+        per account: one connection each would empty the pool at seven accounts)."""
+        with self.engine.connect() as connection:
+            held: list[int] = []
+            busy: str | None = None
+            try:
+                for name in names:
+                    key = _advisory_key(name)
+                    taken = connection.execute(
+                        sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}
+                    ).scalar()
+                    connection.commit()
+                    if not taken:
+                        busy = name
+                        break
+                    held.append(key)
+                yield busy
+            finally:
+                try:
+                    for key in reversed(held):
+                        connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    connection.commit()
+                except sa.exc.DBAPIError:  # the session is gone, and its locks with it
+                    connection.invalidate()
+
+    @contextmanager
     def locks(self, names: Sequence[str]) -> Iterator[str | None]:
         """Hold every lock of ``names`` or none; yields the first one someone else holds."""
+        if self.engine.dialect.name == "postgresql" and not self.dry_run:
+            with self._advisory_locks(names) as busy:
+                if busy is None:
+                    yield None
+                    return
+            yield busy  # every lock given back first
+            return
         with ExitStack() as held:
             for name in names:
                 if not held.enter_context(self.lock(name)):

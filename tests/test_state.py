@@ -645,3 +645,21 @@ def test_two_runs_recording_the_same_key_at_once_both_succeed(postgres_url: str)
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.postgres
+def test_many_locks_are_held_on_one_connection(postgres_url: str) -> None:
+    """An erasure over seven accounts holds fifteen locks (checked: before, one pooled
+    connection each, and the next query waited 30 s for a connection and failed)."""
+    names = [f"{p}:account{i}" for i in range(7) for p in ("leads", "tickets")] + ["delivery"]
+    with StateStore.open(postgres_url) as store, StateStore.open(postgres_url) as other:
+        with store.locks(names) as busy:
+            assert busy is None
+            assert store.engine.pool.checkedout() == 1
+            assert store.cursors("account0") == {}  # the pool still serves queries
+            with other.locks(["leads:account3"]) as taken:
+                assert taken == "leads:account3"
+            with other.lock("tickets:account6") as held:
+                assert not held
+        with other.locks(names) as busy:
+            assert busy is None
