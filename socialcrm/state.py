@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from sqlalchemy.pool import StaticPool
 
 from socialcrm import schema, scoring
 from socialcrm.config import Qualification
@@ -216,6 +217,32 @@ def _sqlite_file_lock(engine: sa.Engine, name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _sqlite_snapshot(engine: sa.Engine) -> sa.Engine | None:
+    """An in-memory copy of a SQLite file, for a dry run; None for other databases.
+
+    A dry run writes in one transaction it rolls back at the end. On SQLite the first of
+    those writes would take the file's only write lock for the whole run: real runs
+    beside it would fail after the busy timeout, and so would storing a renewed token (a
+    rotated refresh token lost is an app to authorize again). On the copy, nothing
+    the dry run does touches the file; tokens still go to the file.
+    """
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or ":memory:" in database:
+        return None
+    copy = sa.create_engine(
+        "sqlite://",
+        poolclass=StaticPool,  # one connection: the copy lives as long as it does
+        connect_args={"check_same_thread": False},  # a run's threads share it
+        hide_parameters=True,
+    )
+    sa.event.listen(copy, "connect", _sqlite_pragmas)
+    with engine.connect() as source, copy.connect() as target:
+        source.connection.dbapi_connection.backup(  # type: ignore[union-attr]
+            target.connection.dbapi_connection
+        )
+    return copy
+
+
 class StateStore:
     """All durable state of the pipeline behind one small API.
 
@@ -229,8 +256,10 @@ class StateStore:
         self._dry_connection: sa.Connection | None = None
         self._dry_transaction: sa.RootTransaction | None = None
         self._outer = threading.local()  # this thread's open transaction, if any
+        self._dry_engine: sa.Engine | None = None
         if dry_run:
-            self._dry_connection = engine.connect()
+            self._dry_engine = _sqlite_snapshot(engine)
+            self._dry_connection = (self._dry_engine or engine).connect()
             self._dry_transaction = self._dry_connection.begin()
 
     @classmethod
@@ -245,6 +274,8 @@ class StateStore:
             self._dry_transaction.rollback()
         if self._dry_connection is not None:
             self._dry_connection.close()
+        if self._dry_engine is not None:
+            self._dry_engine.dispose()
         self.engine.dispose()
 
     def __enter__(self) -> StateStore:

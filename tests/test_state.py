@@ -663,3 +663,24 @@ def test_many_locks_are_held_on_one_connection(postgres_url: str) -> None:
                 assert not held
         with other.locks(names) as busy:
             assert busy is None
+
+
+def test_a_dry_run_on_sqlite_leaves_the_file_to_real_runs(tmp_path: Any) -> None:
+    """A dry run's writes (rolled back at its end) must not hold SQLite's write lock for
+    the run: a real run beside it, and the dry run's own renewed token, are stored at
+    once (checked: before, both waited the 30-s busy timeout and failed)."""
+    from socialcrm.state import StoredToken
+
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    page = [engagement(str(i), EngagementKind.MENTION, str(4000 + i)) for i in range(3)]
+    with StateStore.open(url) as real:
+        real.ingest("brand", page[:1], RULES)
+        with StateStore.open(url, dry_run=True) as dry:
+            dry.ingest("brand", page[1:], RULES)
+            assert dry.count_people() == (3, 3)  # the dry run sees its own writes
+            real.record_deliveries("Lead", [SinkOutcome("x:4000", "created", "00Q1")])
+            dry.save_token("brand", StoredToken("A", None, "ROTATED"))
+        assert real.count_people() == (1, 1)  # nothing of the dry run stays
+        token = real.stored_token("brand")
+        assert token is not None and token.refresh_token == "ROTATED"
+        assert real.deliveries(["x:4000"], "Lead")["x:4000"].destination_id == "00Q1"
