@@ -405,7 +405,12 @@ def _deliver_conversation(
         if ticket is None:
             follow_up = None  # deleted in Zendesk: a new ticket, not a follow-up of it
         elif ticket.get("status") == "closed":
-            ticket = None  # a closed ticket takes no comment: open a follow-up
+            # A closed ticket takes no comment: open a follow-up, with what did not land
+            # on the closed one before a crash.
+            _landed_before_crash(ctx, client, int(ticket["id"]), pending)
+            ticket = None
+            if not pending:
+                return
     status = "updated"
     if ticket is None:
         first = pending.pop(0)
@@ -438,6 +443,28 @@ def _deliver_conversation(
             "url": client.ticket_url(ticket_id),
         }
     )
+
+
+def _landed_before_crash(
+    ctx: TicketsContext,
+    client: zendesk.ZendeskClient,
+    ticket_id: int,
+    pending: list[inbox.StoredMessage],
+) -> None:
+    """Messages whose comment (intent still open) is on ``ticket_id`` are done: removed
+    from ``pending`` and recorded, so a follow-up ticket does not repeat them."""
+    keys = [m.message_key for m in pending]
+    intents = inbox.open_intents(ctx.store, keys, COMMENT)
+    if not intents:
+        return
+    bodies = [
+        str(c.get("body") or c.get("plain_body") or "")
+        for c in zendesk.ticket_comments(client, ticket_id)
+    ]
+    for message in [m for m in pending if m.message_key in intents]:
+        if any(f"[ref {message.message_key}]" in body for body in bodies):
+            pending.remove(message)
+            _comment_done(ctx, message, ticket_id)
 
 
 def _created_before_crash(

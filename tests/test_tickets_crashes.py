@@ -438,3 +438,40 @@ def test_a_spam_looking_message_in_a_ticketed_conversation_goes_on_the_ticket(
     tickets = sandbox.state()["zendesk"]["tickets"]
     (held,) = [t for t in tickets if str(t["id"]) == ticket.destination_id]
     assert any(f"[ref {customer.key}]" in c["body"] for c in held["comments"])
+
+
+def test_a_comment_that_landed_before_a_crash_is_not_repeated_on_a_follow_up(
+    sandbox: Sandbox,
+) -> None:
+    """Killed after a comment was posted, before it was recorded; the agent solved the
+    ticket and Zendesk closed it. The next run opens no follow-up for that message: it
+    is on the closed ticket (checked: before, the follow-up ticket repeated it)."""
+    ctx = context(sandbox)
+    pull(ctx)
+    deliver(ctx)
+    sandbox.generate(engagements=0, dms=10)
+    pull(ctx)
+    waiting = [
+        m for b in inbox.pending_conversations(ctx.store, batch_size=500) for m in b.values()
+    ]
+    known = ctx.store.deliveries([ms[0].conversation_key for ms in waiting], flow.TICKET)
+    target = next(m for ms in waiting for m in ms if m.conversation_key in known)
+    ticket_id = known[target.conversation_key].destination_id
+    kill_on(ctx, flow.COMMENT, lambda outcomes: outcomes[0].record_key == target.message_key)
+    with pytest.raises(Killed):
+        deliver(ctx)
+    ctx.store.close()
+    session, url = agent(sandbox)
+    solved = session.put(
+        f"{url}/api/v2/tickets/{ticket_id}", json={"ticket": {"status": "solved"}}, timeout=10
+    )
+    assert solved.status_code == 200
+    sandbox.close_solved_tickets()
+    deliver(context(sandbox))
+    holding = [
+        t["id"]
+        for t in sandbox.state()["zendesk"]["tickets"]
+        if any(f"[ref {target.message_key}]" in c["body"] for c in t["comments"])
+    ]
+    assert holding == [int(ticket_id)]
+    assert doubles(sandbox) == ({}, {})
