@@ -103,6 +103,22 @@ def doubles(box: Sandbox) -> tuple[dict[str, int], dict[str, int]]:
     )
 
 
+def next_message_on_a_ticket(sandbox: Sandbox) -> tuple[flow.TicketsContext, Any, str]:
+    """(a run's context, a pulled message not yet delivered whose conversation has a
+    ticket, that ticket's id): everything delivered once, then new DMs pulled."""
+    ctx = context(sandbox)
+    pull(ctx)
+    deliver(ctx)
+    sandbox.generate(engagements=0, dms=10)
+    pull(ctx)
+    waiting = [
+        m for b in inbox.pending_conversations(ctx.store, batch_size=500) for m in b.values()
+    ]
+    known = ctx.store.deliveries([ms[0].conversation_key for ms in waiting], flow.TICKET)
+    target = next(m for ms in waiting for m in ms if m.conversation_key in known)
+    return ctx, target, str(known[target.conversation_key].destination_id)
+
+
 def test_a_kill_between_a_ticket_and_its_first_message_posts_nothing_twice(
     sandbox: Sandbox,
 ) -> None:
@@ -343,16 +359,7 @@ def test_a_kill_while_a_posted_comment_is_recorded_is_not_posted_again_by_a_repl
     from connectors.http import Action, ApiError
     from flows.replay import ReplayRun, replay
 
-    ctx = context(sandbox)
-    pull(ctx)
-    deliver(ctx)
-    sandbox.generate(engagements=0, dms=10)
-    pull(ctx)
-    waiting = [
-        m for b in inbox.pending_conversations(ctx.store, batch_size=500) for m in b.values()
-    ]
-    known = ctx.store.deliveries([ms[0].conversation_key for ms in waiting], flow.TICKET)
-    target = next(m for ms in waiting for m in ms if m.conversation_key in known)
+    ctx, target, _ = next_message_on_a_ticket(sandbox)
     post = flow.zendesk.add_comment
 
     def unavailable(client: Any, ticket_id: int, comment: Any, *, key: str, **kw: Any) -> Any:
@@ -446,17 +453,7 @@ def test_a_comment_that_landed_before_a_crash_is_not_repeated_on_a_follow_up(
     """Killed after a comment was posted, before it was recorded; the agent solved the
     ticket and Zendesk closed it. The next run opens no follow-up for that message: it
     is on the closed ticket (checked: before, the follow-up ticket repeated it)."""
-    ctx = context(sandbox)
-    pull(ctx)
-    deliver(ctx)
-    sandbox.generate(engagements=0, dms=10)
-    pull(ctx)
-    waiting = [
-        m for b in inbox.pending_conversations(ctx.store, batch_size=500) for m in b.values()
-    ]
-    known = ctx.store.deliveries([ms[0].conversation_key for ms in waiting], flow.TICKET)
-    target = next(m for ms in waiting for m in ms if m.conversation_key in known)
-    ticket_id = known[target.conversation_key].destination_id
+    ctx, target, ticket_id = next_message_on_a_ticket(sandbox)
     kill_on(ctx, flow.COMMENT, lambda outcomes: outcomes[0].record_key == target.message_key)
     with pytest.raises(Killed):
         deliver(ctx)
