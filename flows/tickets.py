@@ -162,17 +162,24 @@ def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest
     page, next_request = x_dm.fetch_dm_page(ctx.dm_client, request)
     # Who asked not to be written about, looked up once for the page. An erased person's
     # DMs read again (a run stopped before the cursor moved past them) must not bring
-    # their words back, nor the brand's replies in their conversation; someone who only
-    # opted out of marketing still gets support, and their DMs are no sales signal.
-    reasons = consent.suppression_reasons(
-        ctx.store, {message.sender.key for message in page.records if not message.from_brand}
-    )
-    erased = {
-        message.conversation_key
-        for message in page.records
-        if reasons.get(message.sender.key) == consent.ERASED
+    # their words back, nor the brand's replies to them in their 1:1 conversation; in a
+    # group, the others' messages stay. Someone who only opted out of marketing still
+    # gets support, and their DMs are no sales signal.
+    brand_id = ctx.account.user_id
+    counterparts = {
+        m.key: x_dm.counterpart_key(m, brand_id) for m in page.records if m.from_brand
     }
-    kept = [message for message in page.records if message.conversation_key not in erased]
+    reasons = consent.suppression_reasons(
+        ctx.store,
+        {m.sender.key for m in page.records if not m.from_brand}
+        | {key for key in counterparts.values() if key},
+    )
+
+    def about_the_erased(message: DirectMessage) -> bool:
+        person = counterparts.get(message.key) if message.from_brand else None
+        return reasons.get(person or message.sender.key) == consent.ERASED
+
+    kept = [message for message in page.records if not about_the_erased(message)]
     routed = heard_in_open_conversations(
         ctx, [(message, route(ctx.rules, message.text, "dm")) for message in kept]
     )
@@ -213,7 +220,7 @@ def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest
         result.new,
         ", ".join(f"{n} {r}" for r, n in sorted((result.by_route or {}).items())) or "none",
         len(page.problems),
-        f", {len(page.records) - len(kept)} in conversations of erased people dropped"
+        f", {len(page.records) - len(kept)} of or to erased people dropped"
         if len(kept) < len(page.records)
         else "",
         "; more pages follow" if next_request else "",

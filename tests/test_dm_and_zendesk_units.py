@@ -207,3 +207,51 @@ def test_a_dm_pages_broken_events_commit_with_its_cursor(
         tickets.pull_dm_page.fn(ctx, x_dm.DmRequest(since_id=None))
         assert store.get_cursor("brand", x_dm.STREAM) == "12"
         assert [letter.record_key for letter in store.dead_letters()] == ["x:dm:12"]
+
+
+def test_an_erased_members_messages_leave_a_group_conversation_to_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read again after an erasure: the erased person's own DMs and the brand's replies
+    in their 1:1 conversation are dropped; in a group, Bob's message stays (checked:
+    before, the whole group conversation was dropped, Bob's message with it)."""
+    import sqlalchemy as sa
+    from conftest import minimal_settings
+
+    from connectors.social import x_dm
+    from flows import tickets
+    from socialcrm import consent, schema
+    from socialcrm.records import DirectMessage, Page, SocialProfile
+    from socialcrm.routing import load_rules
+    from socialcrm.state import StateStore
+
+    settings = minimal_settings()  # the brand is user 1000
+    gone = SocialProfile(platform="x", user_id="5551", handle="gone")
+    bob = SocialProfile(platform="x", user_id="7777", handle="bob")
+    brand = SocialProfile(platform="x", user_id="1000", handle="brand")
+    now = datetime.now(UTC)
+    page = Page(
+        [
+            DirectMessage("x", "24", "1000-5551", brand, "Hi Gone, fixed?", now, True),
+            DirectMessage("x", "23", "1000-7777", brand, "Hi Bob", now, True),
+            DirectMessage("x", "22", "1000-5551", gone, "my login is broken", now),
+            DirectMessage("x", "21", "77001", bob, "my login is broken too", now),
+            DirectMessage("x", "20", "77001", gone, "me too", now),
+        ],
+        cursor="24",
+    )
+    monkeypatch.setattr(x_dm, "fetch_dm_page", lambda client, request: (page, None))
+    with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        consent.opt_out(store, ["x:5551"], consent.ERASED)
+        ctx = tickets.TicketsContext(
+            settings=settings,
+            account=settings.accounts[0],
+            store=store,
+            dm_client=object(),  # type: ignore[arg-type]
+            rules=load_rules(settings.mapping_path(settings.routing.rules)),
+            dry_run=False,
+        )
+        tickets.pull_dm_page.fn(ctx, x_dm.DmRequest(since_id=None))
+        with store.transaction() as connection:
+            stored = set(connection.execute(sa.select(schema.messages.c.message_key)).scalars())
+    assert stored == {"x:dm:23", "x:dm:21"}

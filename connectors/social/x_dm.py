@@ -261,6 +261,16 @@ def resume_request(cursor: str | None, walk: str | None) -> DmRequest:
     return DmRequest(since_id=cursor)
 
 
+def counterpart_key(message: DirectMessage, brand_id: str) -> str | None:
+    """The person a 1:1 conversation is with (its id is "<lower id>-<higher id>" of the
+    two users); None for a group conversation (one snowflake id)."""
+    ids = message.conversation_id.split("-")
+    if len(ids) != 2 or brand_id not in ids or not all(part.isdigit() for part in ids):
+        return None
+    other = ids[1] if ids[0] == brand_id else ids[0]
+    return f"{message.platform}:{other}"
+
+
 def walk_cursors(page: Page[DirectMessage], next_request: DmRequest | None) -> dict[str, str]:
     """The cursors a page moves, stored with its messages: the walk's place while pages
     follow; at its end the newest event seen, and the walk forgotten."""
