@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -162,38 +163,47 @@ def test_a_ticket_links_the_lead_a_senders_engagement_was_logged_on_as_a_lead() 
     assert _crm_record("x:4", *ledgers) is None
 
 
+def dm_pull_context(store: Any) -> Any:
+    """A tickets run's context on ``store`` whose X client is never called (the tests
+    replace ``x_dm.fetch_dm_page``); the brand is user 1000."""
+    from conftest import minimal_settings
+
+    from flows import tickets
+    from socialcrm.routing import load_rules
+
+    settings = minimal_settings()
+    return tickets.TicketsContext(
+        settings=settings,
+        account=settings.accounts[0],
+        store=store,
+        dm_client=object(),  # type: ignore[arg-type]
+        rules=load_rules(settings.mapping_path(settings.routing.rules)),
+        dry_run=False,
+    )
+
+
 def test_a_dm_pages_broken_events_commit_with_its_cursor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Killed while the page's malformed events are dead-lettered: the cursor must not
     have moved past them (checked: before, messages and cursor committed first, and the
     broken events were never read again nor recorded)."""
-    from conftest import minimal_settings
 
     from connectors.social import x_dm
     from flows import tickets
     from socialcrm.records import DirectMessage, Page, RecordProblem, SocialProfile
-    from socialcrm.routing import load_rules
     from socialcrm.state import StateStore
 
     class Killed(BaseException):
         pass
 
-    settings = minimal_settings()
     ana = SocialProfile(platform="x", user_id="5551", handle="ana_l", display_name="Ana")
     dm = DirectMessage("x", "11", "1000-5551", ana, "help, login broken", datetime.now(UTC))
     broken = RecordProblem("x:dm:12", "source", "x", "event has no sender_id", "sender_id")
     page = Page([dm], cursor="12", problems=[broken])
     monkeypatch.setattr(x_dm, "fetch_dm_page", lambda client, request: (page, None))
     with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
-        ctx = tickets.TicketsContext(
-            settings=settings,
-            account=settings.accounts[0],
-            store=store,
-            dm_client=object(),  # type: ignore[arg-type]
-            rules=load_rules(settings.mapping_path(settings.routing.rules)),
-            dry_run=False,
-        )
+        ctx = dm_pull_context(store)
 
         def dying(pipeline: str, problems: object) -> int:
             raise Killed
@@ -216,16 +226,13 @@ def test_an_erased_members_messages_leave_a_group_conversation_to_the_others(
     in their 1:1 conversation are dropped; in a group, Bob's message stays (checked:
     before, the whole group conversation was dropped, Bob's message with it)."""
     import sqlalchemy as sa
-    from conftest import minimal_settings
 
     from connectors.social import x_dm
     from flows import tickets
     from socialcrm import consent, schema
     from socialcrm.records import DirectMessage, Page, SocialProfile
-    from socialcrm.routing import load_rules
     from socialcrm.state import StateStore
 
-    settings = minimal_settings()  # the brand is user 1000
     gone = SocialProfile(platform="x", user_id="5551", handle="gone")
     bob = SocialProfile(platform="x", user_id="7777", handle="bob")
     brand = SocialProfile(platform="x", user_id="1000", handle="brand")
@@ -243,14 +250,7 @@ def test_an_erased_members_messages_leave_a_group_conversation_to_the_others(
     monkeypatch.setattr(x_dm, "fetch_dm_page", lambda client, request: (page, None))
     with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
         consent.opt_out(store, ["x:5551"], consent.ERASED)
-        ctx = tickets.TicketsContext(
-            settings=settings,
-            account=settings.accounts[0],
-            store=store,
-            dm_client=object(),  # type: ignore[arg-type]
-            rules=load_rules(settings.mapping_path(settings.routing.rules)),
-            dry_run=False,
-        )
+        ctx = dm_pull_context(store)
         tickets.pull_dm_page.fn(ctx, x_dm.DmRequest(since_id=None))
         with store.transaction() as connection:
             stored = set(connection.execute(sa.select(schema.messages.c.message_key)).scalars())
