@@ -8,6 +8,7 @@ messages their lead through the leads flow's own delivery, and publish artifacts
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC
@@ -166,9 +167,7 @@ def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest
     # group, the others' messages stay. Someone who only opted out of marketing still
     # gets support, and their DMs are no sales signal.
     brand_id = ctx.account.user_id
-    counterparts = {
-        m.key: x_dm.counterpart_key(m, brand_id) for m in page.records if m.from_brand
-    }
+    counterparts = {m.key: x_dm.counterpart_key(m, brand_id) for m in page.records if m.from_brand}
     reasons = consent.suppression_reasons(
         ctx.store,
         {m.sender.key for m in page.records if not m.from_brand}
@@ -747,7 +746,12 @@ def run_tickets(params: TicketsRun) -> dict[str, Any]:
         status = pull_dms(ctx)
         remaining = params.limit
         batches = inbox.pending_conversations(store, batch_size=50, account=account.name)
+        waits = walk_unfinished(ctx)
         for number, batch in enumerate(batches, 1):
+            if waits is not None:
+                batch = {key: found for key, found in batch.items() if not waits(found)}
+                if not batch:
+                    continue
             if remaining is not None:
                 batch = dict(list(batch.items())[:remaining])
                 remaining -= len(batch)
@@ -822,6 +826,37 @@ def pull_dms(ctx: TicketsContext) -> str:
     return "completed"
 
 
+def walk_unfinished(
+    ctx: TicketsContext,
+) -> Callable[[list[inbox.StoredMessage]], bool] | None:
+    """While a DM walk is unfinished (stopped on quota), which conversations wait for it.
+
+    X lists DMs newest first: a stopped walk has read a conversation's newest messages
+    and maybe not its older ones. Delivered now, the ticket would open with a later
+    message and the earlier ones follow as comments (or reopen it, or go to a follow-up).
+    A conversation holding a DM the walk read (newer than where the last finished walk
+    began) waits until the walk is done; None when no walk is unfinished.
+    """
+    walk = ctx.store.get_cursor(ctx.account.name, x_dm.WALK)
+    if not walk:
+        return None
+    since = x_dm.resume_request(None, walk).since_id
+    floor = int(since) if since and since.isdigit() else -1
+    held: set[str] = set()
+
+    def waits(messages: list[inbox.StoredMessage]) -> bool:
+        for message in messages:
+            number = message.message_key.rsplit(":", 1)[-1]
+            if message.channel == "dm" and number.isdigit() and int(number) > floor:
+                if message.conversation_key not in held:
+                    held.add(message.conversation_key)
+                    ctx.count("conversations waiting for the DM walk")
+                return True
+        return False
+
+    return waits
+
+
 def tickets_summary(
     ctx: TicketsContext, leads_ctx: LeadsContext, lead_outcomes: list[SinkOutcome], status: str
 ) -> dict[str, Any]:
@@ -842,6 +877,8 @@ def tickets_summary(
         "tickets_updated": ctx.counts.get("tickets updated", 0),
         "comments_added": ctx.counts.get("comments added", 0),
         "reopened": ctx.counts.get("tickets reopened", 0),
+        # Read by a DM walk stopped on quota: delivered once it is done, in order.
+        "waiting": ctx.counts.get("conversations waiting for the DM walk", 0),
         "failed": ctx.counts.get("failed messages", 0)
         + len([p for p in ctx.problems if p.stage == "source"]),
         "would_create": sum(1 for r in ctx.rows if r["status"] == "would create"),

@@ -353,15 +353,15 @@ def test_a_dm_backlog_deeper_than_the_rate_limit_is_read_over_several_runs(
     sandbox: Sandbox,
 ) -> None:
     """Each run may read 4 pages of 5 before X's window is spent (the wait is longer than
-    allowed). Every run delivers what it read and the next goes on from the page where
-    the last one stopped, until all is read: each customer message once, one ticket per
-    conversation (checked: before, every run started again from the newest page, stopped
-    at the same depth, and delivered nothing)."""
+    allowed). The next run goes on from the page where the last one stopped, until all
+    is read; meanwhile the conversations read wait, so each ticket opens with its first
+    message and the comments keep their order (checked: before, every run started again
+    from the newest page and stopped at the same depth, for ever)."""
     assert sandbox.config_path is not None
     data = yaml.safe_load(sandbox.config_path.read_text())
     data["accounts"][0].update(page_size=5, max_rate_limit_wait_seconds=1)
     sandbox.config_path.write_text(yaml.safe_dump(data))
-    pages = -(-len([e for e in sandbox.state()["x"]["dm_events"]]) // 5)
+    pages = -(-len(sandbox.state()["x"]["dm_events"]) // 5)
     statuses = []
     for _ in range(pages // 4 + 3):
         sandbox.set_options(rate_limits={"GET /2/dm_events": 4})  # a new window per run
@@ -370,7 +370,8 @@ def test_a_dm_backlog_deeper_than_the_rate_limit_is_read_over_several_runs(
         if summary["status"] == "completed":
             break
         assert summary["status"].startswith("quota:"), summary["status"]
-        assert summary["tickets_created"] + summary["comments_added"] > 0, "read, not delivered"
+        assert summary["fetched"] > 0 and summary["waiting"] > 0
+        assert summary["tickets_created"] == summary["comments_added"] == 0
     assert statuses[-1] == "completed" and len(statuses) > 2, statuses
     conversations, _, _ = expected(sandbox)
     held = helpdesk(sandbox)
@@ -379,6 +380,9 @@ def test_a_dm_backlog_deeper_than_the_rate_limit_is_read_over_several_runs(
     posted = Counter(ref for (ticket,) in held.values() for ref in refs(ticket))
     assert set(posted) == set().union(*conversations.values())
     assert all(n == 1 for n in posted.values()), "a message was added twice"
+    sent = {e["id"]: (e["created_at"], int(e["id"])) for e in customer_messages(sandbox)}
+    for (ticket,) in held.values():
+        assert refs(ticket) == sorted(refs(ticket), key=lambda i: sent[i]), "out of order"
     sandbox.set_options(rate_limits=None)
     assert run(sandbox)["new_messages"] == 0
 
