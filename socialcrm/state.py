@@ -10,6 +10,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -217,30 +219,48 @@ def _sqlite_file_lock(engine: sa.Engine, name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _sqlite_snapshot(engine: sa.Engine) -> sa.Engine | None:
-    """An in-memory copy of a SQLite file, for a dry run; None for other databases.
+def _sqlite_snapshot(engine: sa.Engine) -> tuple[sa.Engine, Path] | None:
+    """A copy of a SQLite file for a dry run (engine, path); None for other databases.
 
     A dry run writes in one transaction it rolls back at the end. On SQLite the first of
     those writes would take the file's only write lock for the whole run: real runs
     beside it would fail after the busy timeout, and so would storing a renewed token (a
-    rotated refresh token lost is an app to authorize again). On the copy, nothing
-    the dry run does touches the file; tokens still go to the file.
+    rotated refresh token lost is an app to authorize again). On the copy, nothing the
+    dry run does touches the file; tokens still go to the file. The copy is a file next
+    to the store (not memory: a store of gigabytes would cost as much RAM), deleted when
+    the dry run closes.
     """
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or ":memory:" in database:
         return None
+    original = Path(database)
+    handle, name = tempfile.mkstemp(
+        prefix=f"{original.name}.dry-run-", suffix=".db", dir=original.parent
+    )
+    os.close(handle)
+    path = Path(name)
     copy = sa.create_engine(
-        "sqlite://",
-        poolclass=StaticPool,  # one connection: the copy lives as long as it does
+        f"sqlite:///{path}",
+        poolclass=StaticPool,  # one connection for the run's one transaction
         connect_args={"check_same_thread": False},  # a run's threads share it
         hide_parameters=True,
     )
     sa.event.listen(copy, "connect", _sqlite_pragmas)
-    with engine.connect() as source, copy.connect() as target:
-        source.connection.dbapi_connection.backup(  # type: ignore[union-attr]
-            target.connection.dbapi_connection
-        )
-    return copy
+    try:
+        with engine.connect() as source, copy.connect() as target:
+            source.connection.dbapi_connection.backup(  # type: ignore[union-attr]
+                target.connection.dbapi_connection
+            )
+    except BaseException:
+        copy.dispose()
+        _remove_sqlite_file(path)
+        raise
+    return copy, path
+
+
+def _remove_sqlite_file(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 class StateStore:
@@ -256,10 +276,10 @@ class StateStore:
         self._dry_connection: sa.Connection | None = None
         self._dry_transaction: sa.RootTransaction | None = None
         self._outer = threading.local()  # this thread's open transaction, if any
-        self._dry_engine: sa.Engine | None = None
+        self._dry_copy: tuple[sa.Engine, Path] | None = None
         if dry_run:
-            self._dry_engine = _sqlite_snapshot(engine)
-            self._dry_connection = (self._dry_engine or engine).connect()
+            self._dry_copy = _sqlite_snapshot(engine)
+            self._dry_connection = (self._dry_copy[0] if self._dry_copy else engine).connect()
             self._dry_transaction = self._dry_connection.begin()
 
     @classmethod
@@ -274,8 +294,11 @@ class StateStore:
             self._dry_transaction.rollback()
         if self._dry_connection is not None:
             self._dry_connection.close()
-        if self._dry_engine is not None:
-            self._dry_engine.dispose()
+        if self._dry_copy is not None:
+            copy, path = self._dry_copy
+            copy.dispose()
+            _remove_sqlite_file(path)
+            self._dry_copy = None
         self.engine.dispose()
 
     def __enter__(self) -> StateStore:

@@ -680,7 +680,9 @@ def test_a_dry_run_on_sqlite_leaves_the_file_to_real_runs(tmp_path: Any) -> None
             assert dry.count_people() == (3, 3)  # the dry run sees its own writes
             real.record_deliveries("Lead", [SinkOutcome("x:4000", "created", "00Q1")])
             dry.save_token("brand", StoredToken("A", None, "ROTATED"))
+            assert [p.name for p in tmp_path.glob("state.db.dry-run-*.db")]  # its copy
         assert real.count_people() == (1, 1)  # nothing of the dry run stays
+        assert not list(tmp_path.glob("*dry-run*"))
         token = real.stored_token("brand")
         assert token is not None and token.refresh_token == "ROTATED"
         assert real.deliveries(["x:4000"], "Lead")["x:4000"].destination_id == "00Q1"
