@@ -112,6 +112,14 @@ def ensure_crash_detection(unresponsive_after_s: int | None = None) -> Automatio
     from prefect.automations import Automation
 
     wait = default_wait_s() if unresponsive_after_s is None else unresponsive_after_s
+    period = heartbeat_seconds()
+    if period is not None and wait < 2 * period:
+        # A live run sends nothing between two heartbeats: a shorter wait crashes it.
+        raise ValueError(
+            f"--unresponsive-after {wait} is shorter than two heartbeat periods "
+            f"({2 * period} s; PREFECT_FLOWS_HEARTBEAT_FREQUENCY={period}): runs that are "
+            "still working would be marked Crashed"
+        )
     wanted = crash_detection(wait)
     try:
         current: Any = Automation.read(name=NAME)

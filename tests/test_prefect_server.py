@@ -645,11 +645,13 @@ with tags("socialcrm"):
 """
 
 
-def _socialcrm_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+def _socialcrm_cli(
+    stack: Stack, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "socialcrm.cli", *args],
         cwd=ROOT,
-        env=stack.env,
+        env=env or stack.env,
         capture_output=True,
         text=True,
         timeout=120,
@@ -663,22 +665,28 @@ def test_a_run_whose_process_died_is_marked_crashed_by_the_automation(
     """`socialcrm prefect automations` on a real server: a socialcrm run killed with
     SIGKILL (nothing left to report its end) becomes Crashed once its heartbeats stop;
     a run that ended normally is left alone."""
-    for wait, action in (("30", "created"), ("12", "updated"), ("12", "kept")):
-        done = _socialcrm_cli(stack, "prefect", "automations", "--unresponsive-after", wait)
+    # Heartbeats every 30 s (Prefect's shortest), so the dead run is found within a minute.
+    env = dict(stack.env, PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")
+    short = _socialcrm_cli(stack, "prefect", "automations", "--unresponsive-after", "45", env=env)
+    assert short.returncode == 2 and "two heartbeat periods (60 s;" in short.stderr
+    for wait, action in (("90", "created"), ("60", "updated"), ("60", "kept")):
+        done = _socialcrm_cli(
+            stack, "prefect", "automations", "--unresponsive-after", wait, env=env
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout.startswith(f"{action}:"), done.stdout
     (found,) = api(stack, "POST", "/automations/filter", {})
     assert found["trigger"]["posture"] == "Proactive"
-    assert found["trigger"]["within"] == 12
+    assert found["trigger"]["within"] == 60
     assert found["trigger"]["match_related"]["prefect.resource.id"] == "prefect.tag.socialcrm"
     script = tmp_path / "watched.py"
     script.write_text(_RUN_SCRIPT)
     try:
         doomed = stack.start(
-            "doomed-run", [sys.executable, str(script), "600"], cwd=tmp_path, env=stack.env
+            "doomed-run", [sys.executable, str(script), "600"], cwd=tmp_path, env=env
         )
         finished = stack.start(
-            "finished-run", [sys.executable, str(script), "0"], cwd=tmp_path, env=stack.env
+            "finished-run", [sys.executable, str(script), "0"], cwd=tmp_path, env=env
         )
 
         def run_id(process: Background) -> str | None:
@@ -719,7 +727,7 @@ def test_a_run_whose_process_died_is_marked_crashed_by_the_automation(
             120,
             lambda: str(api(stack, "GET", f"/flow_runs/{doomed_id}")["state"]),
         )
-        assert "No heartbeat for 12 s" in state["message"]
+        assert "No heartbeat for 60 s" in state["message"]
         assert api(stack, "GET", f"/flow_runs/{finished_id}")["state"]["type"] == "COMPLETED"
     finally:
         for automation in api(stack, "POST", "/automations/filter", {}):
