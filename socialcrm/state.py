@@ -640,6 +640,8 @@ class StateStore:
             return 0
         table = schema.people
         with self.transaction() as connection:
+            # One statement for the batch (executemany): a row-value IN list was slower
+            # on SQLite (1.0 s against 0.6 s for 38,000 people).
             result = connection.execute(
                 table.update()
                 .where(
