@@ -307,7 +307,8 @@ def deliver_conversations(
         return
     client = ctx.zendesk()
     for key, fields in tickets.items():
-        for renew_requester in (False, True):
+        renew_requester = closed = False
+        while True:
             left = [m for m in batch[key] if m.message_key not in ctx.delivered]
             if not left:
                 break
@@ -315,7 +316,11 @@ def deliver_conversations(
                 _deliver_conversation(ctx, client, key, left, dict(fields), renew_requester)
             except ApiError as error:
                 if not renew_requester and _requester_gone(error):
-                    continue  # an agent merged or deleted the end user: find them afresh
+                    renew_requester = True  # an agent merged or deleted the end user
+                    continue
+                if not closed and _closed_meanwhile(error):
+                    closed = True  # solved when looked at, closed since: a follow-up
+                    continue
                 if is_systemic(error):
                     raise  # the next conversation would fail the same way
                 _fail(
@@ -358,6 +363,12 @@ def _fail(
         inbox.set_message_status(ctx.store, [m.message_key for m in messages], "failed")
     ctx.problems.extend(problems)
     ctx.count("failed messages", len(messages))
+
+
+def _closed_meanwhile(error: ApiError) -> bool:
+    """Zendesk closed the ticket between our look and our comment (solved tickets close
+    after some days): 422 ``Status: closed prevents ticket update``."""
+    return error.status == 422 and "closed prevents ticket update" in str(error).lower()
 
 
 def _requester_gone(error: ApiError) -> bool:

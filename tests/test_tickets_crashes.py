@@ -472,3 +472,40 @@ def test_a_comment_that_landed_before_a_crash_is_not_repeated_on_a_follow_up(
     ]
     assert holding == [int(ticket_id)]
     assert doubles(sandbox) == ({}, {})
+
+
+def test_a_ticket_closed_between_the_look_and_the_comment_gets_a_follow_up(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ticket was solved when looked at and closed (Zendesk's automation) before the
+    comment: 422 "closed prevents ticket update". The message goes to a follow-up ticket
+    (checked: before, it was marked failed and waited for a replay by hand)."""
+    ctx, target, ticket_id = next_message_on_a_ticket(sandbox)
+    session, url = agent(sandbox)
+    solved = session.put(
+        f"{url}/api/v2/tickets/{ticket_id}", json={"ticket": {"status": "solved"}}, timeout=10
+    )
+    assert solved.status_code == 200
+    sandbox.close_solved_tickets()
+    find = flow.zendesk.find_ticket
+    stale: list[int] = []
+
+    def looked_at_before_it_closed(client: Any, number: int) -> Any:
+        found = find(client, number)
+        if found is not None and str(number) == ticket_id and not stale:
+            stale.append(number)
+            return {**found, "status": "solved"}
+        return found
+
+    monkeypatch.setattr(flow.zendesk, "find_ticket", looked_at_before_it_closed)
+    deliver(ctx)
+    assert stale, "the stale look happened"
+    assert not [d for d in ctx.store.dead_letters() if d.record_key == target.message_key]
+    ctx.store.close()
+    holding = [
+        (t["id"], t["status"])
+        for t in sandbox.state()["zendesk"]["tickets"]
+        if any(f"[ref {target.message_key}]" in c["body"] for c in t["comments"])
+    ]
+    assert len(holding) == 1 and holding[0][0] != int(ticket_id) and holding[0][1] != "closed"
+    assert doubles(sandbox) == ({}, {})
