@@ -117,7 +117,7 @@ class TicketsContext:
         self.counts[name] = self.counts.get(name, 0) + n
 
 
-SPAM_IN_CONVERSATION = "looks like spam, but the conversation has a ticket"
+SPAM_IN_CONVERSATION = "looks like spam, in a conversation with support"
 
 
 def heard_in_open_conversations(
@@ -203,9 +203,16 @@ def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest
     cursors = x_dm.walk_cursors(page, next_request)
     # The page's malformed events commit with its messages and cursor: a cursor that
     # moved past them without their dead letters would lose them.
+    heard = {
+        message.conversation_key
+        for message, decision in routed
+        if decision.route != "spam" and not message.from_brand
+    }
     with ctx.store.transaction():
         result = inbox.ingest_messages(ctx.store, ctx.account.name, routed, cursors=cursors)
         ctx.store.add_dead_letters(PIPELINE, page.problems)
+        # Spam-looking DMs of these customers read on newer pages of this walk.
+        inbox.hear_skipped_spam(ctx.store, heard, request.since_id, SPAM_IN_CONVERSATION)
     ctx.problems.extend(page.problems)
     ctx.fetched += len(page.records)
     ctx.new_messages += result.new

@@ -183,6 +183,44 @@ def set_message_status(store: StateStore, message_keys: Iterable[str], status: s
             )
 
 
+def hear_skipped_spam(
+    store: StateStore, conversation_keys: Iterable[str], newer_than: str | None, rule: str
+) -> int:
+    """Spam-looking DMs these conversations' customers sent after ``newer_than`` (a DM id;
+    None: any) go to the helpdesk after all; returns how many.
+
+    A DM walk reads newest first: a customer's "screenshot: bit.ly/..." is read, and
+    skipped as spam, before their older support message in the same conversation shows
+    it is a support exchange. Only DMs of the walk that found that out are taken back,
+    never an older one, which would open the ticket.
+    """
+    keys = sorted(set(conversation_keys))
+    table = schema.messages
+    floor = int(newer_than) if newer_than and newer_than.isdigit() else -1
+    with store.transaction() as connection:
+        found: list[str] = []
+        for chunk in _chunks(keys):
+            for message_key in connection.execute(
+                sa.select(table.c.message_key).where(
+                    table.c.conversation_key.in_(chunk),
+                    table.c.status == "skipped",
+                    table.c.route == "spam",
+                    table.c.from_brand.is_(False),
+                    table.c.channel == "dm",
+                )
+            ).scalars():
+                number = message_key.rsplit(":", 1)[-1]
+                if number.isdigit() and int(number) > floor:
+                    found.append(message_key)
+        for chunk in _chunks(found):
+            connection.execute(
+                table.update()
+                .where(table.c.message_key.in_(chunk))
+                .values(status="pending", route="support", rule=rule)
+            )
+    return len(found)
+
+
 def message_counts(store: StateStore) -> dict[str, int]:
     """Messages by status, for run summaries."""
     table = schema.messages

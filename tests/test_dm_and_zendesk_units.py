@@ -255,3 +255,51 @@ def test_an_erased_members_messages_leave_a_group_conversation_to_the_others(
         with store.transaction() as connection:
             stored = set(connection.execute(sa.select(schema.messages.c.message_key)).scalars())
     assert stored == {"x:dm:23", "x:dm:21"}
+
+
+def test_a_spam_looking_dm_read_before_its_conversations_support_message_is_delivered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """X lists DMs newest first: "screenshot: bit.ly/..." (newer) is read on the first
+    page and skipped as spam, the customer's older "my login is broken" on the next. The
+    walk takes the first back; a stranger's and an earlier walk's stay skipped (checked:
+    before, the customer's second message was lost)."""
+    from connectors.social import x_dm
+    from flows import tickets
+    from socialcrm import inbox
+    from socialcrm.records import DirectMessage, Page, SocialProfile
+    from socialcrm.state import StateStore
+
+    ana = SocialProfile(platform="x", user_id="5551", handle="ana")
+    stranger = SocialProfile(platform="x", user_id="6661", handle="promo")
+    now = datetime.now(UTC)
+    shortener = "still broken, screenshot of the error: bit.ly/3xYz9Q"
+    first = Page(
+        [
+            DirectMessage("x", "31", "1000-5551", ana, shortener, now),
+            DirectMessage("x", "29", "1000-6661", stranger, shortener, now),
+        ]
+    )
+    second = Page(
+        [DirectMessage("x", "30", "1000-5551", ana, "my login is broken", now)], cursor="31"
+    )
+    earlier = DirectMessage("x", "12", "1000-5551", ana, "win big: bit.ly/x", now)
+    pages = {None: (first, x_dm.DmRequest("20", "next", "31")), "next": (second, None)}
+    monkeypatch.setattr(
+        x_dm, "fetch_dm_page", lambda client, request: pages[request.pagination_token]
+    )
+    with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        ctx = dm_pull_context(store)
+        inbox.ingest_messages(
+            store, "brand", [(earlier, tickets.route(ctx.rules, earlier.text, "dm"))]
+        )
+        request: x_dm.DmRequest | None = x_dm.DmRequest(since_id="20")
+        while request is not None:
+            request = tickets.pull_dm_page.fn(ctx, request)
+        waiting = {
+            m.message_key: m.route
+            for batch in inbox.pending_conversations(store, batch_size=10)
+            for messages in batch.values()
+            for m in messages
+        }
+    assert waiting == {"x:dm:30": "support", "x:dm:31": "support"}
