@@ -953,13 +953,21 @@ def join_campaign(ctx: LeadsContext, outcomes: list[SinkOutcome]) -> None:
     contacts = [o.destination_id for o in fresh if o.status == "matched contact"]
     if not leads and not contacts:
         return
-    joined = salesforce.add_campaign_members(
-        ctx.crm_connection(),
-        campaign.id,
-        campaign.member_status,
-        lead_ids=[i for i in leads if i],
-        contact_ids=[i for i in contacts if i],
-    )
+    try:
+        joined = salesforce.add_campaign_members(
+            ctx.crm_connection(),
+            campaign.id,
+            campaign.member_status,
+            lead_ids=[i for i in leads if i],
+            contact_ids=[i for i in contacts if i],
+        )
+    except ApiError as error:
+        if is_systemic(error):
+            raise  # the leads are recorded; the run stops as for any spent quota
+        _logger().warning(
+            "campaign %s: %d memberships not added: %s", campaign.id, len(fresh), error
+        )
+        return
     failed = [o for o in joined if o.status == "failed"]
     with ctx.serial:
         ctx.campaign_members += len(joined) - len(failed)
@@ -1053,6 +1061,7 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
     spec = ctx.lead_spec()
     assert spec.external_id is not None
     outcomes = list(plan.decided)
+    joining: list[SinkOutcome] = []
     ctx.last_write = None  # until something is sent
     if ctx.dry_run:
         for row in plan.preview():
@@ -1080,7 +1089,7 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
         for outcome in sent:
             outcome.payload_hash = outcome.payload_hash or plan.hashes.get(outcome.record_key)
         outcomes.extend(sent)
-        join_campaign(ctx, sent)
+        joining = sent  # after the store is settled: a failed membership undoes nothing
         if ctx.settings.crm.matching.enabled:  # what the next batch must look up again
             ids = [o.destination_id for o in sent if o.destination_id] + list(plan.adopt.values())
             ctx.last_write = (
@@ -1105,6 +1114,7 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
     # Transient failures stay pending: the next run tries them again by itself.
     retry = {o.record_key for o in outcomes if o.retryable}
     ctx.store.clear_pending(p for p in plan.people if p.person_key not in retry)
+    join_campaign(ctx, joining)
 
     by_key = {person.person_key: person for person in plan.people}
     for outcome in outcomes:

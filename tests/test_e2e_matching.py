@@ -192,3 +192,36 @@ def test_a_dry_run_calls_a_change_to_an_existing_lead_an_update(sandbox: Sandbox
             checked += 1
     assert checked >= 2
     assert sandbox.state()["writes"]["salesforce"] == 0
+
+
+def test_a_campaign_that_cannot_be_joined_leaves_the_leads_recorded(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The campaign call answers 503 after the leads were written: the run completes,
+    every lead is in the ledger, and the next run writes nothing (checked: before, the
+    error escaped before the ledger; the leads existed in the org unrecorded)."""
+    from connectors.crm import salesforce
+    from connectors.http import Action, ApiError
+    from socialcrm.config import load_settings
+    from socialcrm.state import StateStore
+
+    assert sandbox.config_path is not None
+    settings = load_settings(sandbox.config_path)
+    conn = salesforce.connect(settings.crm)
+    campaign = conn.sf.Campaign.create({"Name": "Social engagement Q4", "IsActive": True})
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["crm"]["campaign"] = {"id": campaign["id"]}
+    sandbox.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def unavailable(*_args: Any, **_kwargs: Any) -> Any:
+        raise ApiError("salesforce", "POST /composite/sobjects", "busy", 503, Action.RETRY)
+
+    monkeypatch.setattr(salesforce, "add_campaign_members", unavailable)
+    summary = leads(LeadsRun(config=str(sandbox.config_path)))
+    assert summary["status"] == "completed" and summary["created"] > 0
+    created = [key for key, status in summary["outcomes"].items() if status == "created"]
+    with StateStore.open(settings.state_url()) as store:
+        recorded = store.deliveries(created, "Lead")
+    assert set(recorded) == set(created)
+    again = leads(LeadsRun(config=str(sandbox.config_path)))
+    assert again["created"] == again["updated"] == 0
