@@ -786,8 +786,8 @@ def decide_batch(ctx: LeadsContext, prepared: PreparedBatch) -> BatchPlan:
         if known is not None and known.payload_hash == digest and known.status != "failed":
             plan.decided.append(SinkOutcome(key, "unchanged", known.destination_id, digest))
             continue
-        if known is not None:
-            plan.known.add(key)
+        if known is not None and known.destination_id:
+            plan.known.add(key)  # in the org: assignment rules must not reshuffle its owner
         plan.hashes[key] = digest
         plan.to_send.append(record)
         plan.send_keys.append(key)
@@ -879,7 +879,7 @@ def send_leads(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
             spec.external_id,
             [record for _, record in own],
             [key for key, _ in own],
-            known=plan.known | plan.adopt.keys(),
+            known=plan.known | plan.adopt.keys() | plan.found_own,
         )
     duplicates = [o for o in outcomes if o.status == "duplicate"]
     outcomes = [o for o in outcomes if o.status != "duplicate"]
@@ -1186,8 +1186,10 @@ def recheck_held(ctx: LeadsContext, held: BatchPlan) -> BatchPlan:
 
     They were looked up with their own batch, whose write (or a later one) may have
     created the lead they are (the same address): those wait in ``ctx.deferred`` and are
-    decided afresh after the batches (``deliver_pending_leads``).
+    decided afresh after the batches (``deliver_pending_leads``). Consent is checked again
+    too: someone may have opted out while the batch before was written.
     """
+    held = without_late_opt_outs(ctx, held)
     written = ctx.last_write
     if written is None or not held.send_keys:
         return held

@@ -225,3 +225,32 @@ def test_a_campaign_that_cannot_be_joined_leaves_the_leads_recorded(
     assert set(recorded) == set(created)
     again = leads(LeadsRun(config=str(sandbox.config_path)))
     assert again["created"] == again["updated"] == 0
+
+
+def test_a_lead_whose_first_create_failed_is_assigned_when_it_is_created(
+    sandbox: Sandbox,
+) -> None:
+    """With assignment rules on, a person whose earlier create failed (a ledger row with
+    no record) is new to the org: their lead is created with the rules, like the others
+    (checked: before, any ledger row counted as known and the lead kept the integration
+    user as owner)."""
+    from socialcrm.config import load_settings
+    from socialcrm.records import SinkOutcome
+    from socialcrm.state import StateStore
+
+    assert sandbox.config_path is not None
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["crm"]["auto_assign"] = True
+    sandbox.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    preview = leads(LeadsRun(config=str(sandbox.config_path), dry_run=True))
+    new = sorted(k for k, status in preview["outcomes"].items() if status == "would create")
+    failed_before = new[:3]
+    settings = load_settings(sandbox.config_path)
+    with StateStore.open(settings.state_url()) as store:
+        store.record_deliveries(
+            "Lead", [SinkOutcome(k, "failed", None, "h") for k in failed_before]
+        )
+    leads(LeadsRun(config=str(sandbox.config_path)))
+    queue = set(sandbox._world.salesforce.store.owners)
+    owner = {r["Social_Profile_Id__c"]: r["OwnerId"] for r in sandbox.state()["salesforce"]["Lead"]}
+    assert all(owner[k] in queue for k in failed_before), [owner[k] for k in failed_before]
