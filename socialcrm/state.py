@@ -134,6 +134,7 @@ class Delivery:
 
 # What the ledger remembers: where a record went. A matched record (someone else's lead,
 # a Contact) is remembered too, so later runs treat it the same way and erasure finds it.
+ADOPTED = frozenset({"matched lead"})  # someone else's lead we add our fields to
 LEDGER_STATUSES = frozenset(
     {"created", "updated", "failed", "matched lead", "matched contact", "logged on lead"}
 )
@@ -760,8 +761,13 @@ class StateStore:
             for outcome in latest.values():
                 row = known.get(outcome.record_key)
                 failed = outcome.status == "failed"
+                # An adopted lead stays adopted when an update of it fails: the status is
+                # all that says it is someone else's lead (only our fields go to it).
+                status = outcome.status
+                if failed and row is not None and row.status in ADOPTED:
+                    status = row.status
                 values = {
-                    "status": outcome.status,
+                    "status": status,
                     "updated_at": now,
                     "attempts": (row.attempts if row else 0) + 1,
                     "destination_id": outcome.destination_id

@@ -686,3 +686,17 @@ def test_a_dry_run_on_sqlite_leaves_the_file_to_real_runs(tmp_path: Any) -> None
         token = real.stored_token("brand")
         assert token is not None and token.refresh_token == "ROTATED"
         assert real.deliveries(["x:4000"], "Lead")["x:4000"].destination_id == "00Q1"
+
+
+def test_an_adopted_lead_stays_adopted_when_an_update_of_it_fails(state_url: str) -> None:
+    """The ledger's "matched lead" is all that says a lead is someone else's (only our
+    fields go to it): a failed update must not turn it into ours (checked: before, the
+    next run found it by our external id and overwrote Company and LeadSource)."""
+    with StateStore.open(state_url) as store:
+        store.record_deliveries("Lead", [SinkOutcome("x:9", "matched lead", "00QA", "h1")])
+        store.record_deliveries("Lead", [SinkOutcome("x:9", "failed", None, "h2")])
+        row = store.deliveries(["x:9"], "Lead")["x:9"]
+        assert (row.status, row.destination_id, row.payload_hash) == ("matched lead", "00QA", "h1")
+        store.record_deliveries("Lead", [SinkOutcome("x:8", "created", "00QB", "h3")])
+        store.record_deliveries("Lead", [SinkOutcome("x:8", "failed", None, "h4")])
+        assert store.deliveries(["x:8"], "Lead")["x:8"].status == "failed"
