@@ -120,6 +120,15 @@ class TicketsContext:
 SPAM_IN_CONVERSATION = "looks like spam, in a conversation with support"
 
 
+def talking_to_support(routed: list[tuple[DirectMessage, Decision]]) -> set[str]:
+    """The conversations of a page where a customer wrote something that is not spam."""
+    return {
+        message.conversation_key
+        for message, decision in routed
+        if decision.route != "spam" and not message.from_brand
+    }
+
+
 def heard_in_open_conversations(
     ctx: TicketsContext, routed: list[tuple[DirectMessage, Decision]]
 ) -> list[tuple[DirectMessage, Decision]]:
@@ -136,11 +145,7 @@ def heard_in_open_conversations(
     }
     if not suspects:
         return routed
-    heard = set(ctx.store.deliveries(sorted(suspects), TICKET)) | {
-        message.conversation_key
-        for message, decision in routed
-        if decision.route != "spam" and not message.from_brand
-    }
+    heard = set(ctx.store.deliveries(sorted(suspects), TICKET)) | talking_to_support(routed)
     return [
         (message, replace(decision, route="support", rule=SPAM_IN_CONVERSATION))
         if decision.route == "spam" and message.conversation_key in heard
@@ -203,11 +208,7 @@ def pull_dm_page(ctx: TicketsContext, request: x_dm.DmRequest) -> x_dm.DmRequest
     cursors = x_dm.walk_cursors(page, next_request)
     # The page's malformed events commit with its messages and cursor: a cursor that
     # moved past them without their dead letters would lose them.
-    heard = {
-        message.conversation_key
-        for message, decision in routed
-        if decision.route != "spam" and not message.from_brand
-    }
+    heard = talking_to_support(routed)
     with ctx.store.transaction():
         result = inbox.ingest_messages(ctx.store, ctx.account.name, routed, cursors=cursors)
         ctx.store.add_dead_letters(PIPELINE, page.problems)
@@ -812,8 +813,9 @@ def run_tickets(params: TicketsRun) -> dict[str, Any]:
 def pull_dms(ctx: TicketsContext) -> str:
     """Read the DMs the store has not seen; the run's status so far.
 
-    A spent X quota stops the walk, not the run: what was read is delivered, and the next
-    run goes on from the page where this one stopped (``x_dm.resume_request``).
+    A spent X quota stops the walk, not the run: the next run goes on from the page where
+    this one stopped (``x_dm.resume_request``), and meanwhile everything the walk did not
+    touch is delivered (``walk_unfinished``).
     """
     cursor = ctx.store.get_cursor(ctx.account.name, x_dm.STREAM)
     request: x_dm.DmRequest | None = x_dm.resume_request(
@@ -838,7 +840,7 @@ def pull_dms(ctx: TicketsContext) -> str:
         if error.action is not Action.QUOTA:
             raise
         _logger().warning(
-            "dms: %s; delivering what was read, the next run reads on from there", error
+            "dms: %s; the next run reads on from there, the conversations read wait", error
         )
         return stop_status(error)
     return "completed"
@@ -859,13 +861,11 @@ def walk_unfinished(
     if not walk:
         return None
     since = x_dm.resume_request(None, walk).since_id
-    floor = int(since) if since and since.isdigit() else -1
     held: set[str] = set()
 
     def waits(messages: list[inbox.StoredMessage]) -> bool:
         for message in messages:
-            number = message.message_key.rsplit(":", 1)[-1]
-            if message.channel == "dm" and number.isdigit() and int(number) > floor:
+            if message.channel == "dm" and inbox.dm_after(message.message_key, since):
                 if message.conversation_key not in held:
                     held.add(message.conversation_key)
                     ctx.count("conversations waiting for the DM walk")

@@ -12,10 +12,11 @@ How a flow uses it, before writing about people::
     hidden = consent.is_suppressed(store, [p.person_key for p in people])
     people = [p for p in people if p.person_key not in hidden]
 
-or ``consent.filter_suppressed(store, engagements, key=lambda e: e.author.key)``, or as
-an exclusion check: ``ExclusionRules.build(..., checks=[consent.suppression_check(store,
-keys)])``. ``consent.merge_config(store, settings.consent)`` at the start of a run adds
-the config's static ``opt_out`` list.
+or, for the reason (an erased person is dropped even from support, someone who opted
+out is not), ``consent.suppression_reasons``, or as an exclusion check:
+``ExclusionRules.build(..., checks=[consent.suppression_check(store, keys)])``.
+``consent.merge_config(store, settings.consent)`` at the start of a run adds the config's
+static ``opt_out`` list.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ import hashlib
 import hmac
 import secrets
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from functools import lru_cache
-from typing import TypeVar
 
 import sqlalchemy as sa
 
@@ -41,7 +41,6 @@ REASONS = (OPT_OUT, ERASED)
 _RANK = {OPT_OUT: 1, ERASED: 2}
 HASH_PREFIX = 12  # hex digits of the hash shown in audits and summaries
 
-T = TypeVar("T")
 _salts: weakref.WeakKeyDictionary[StateStore, bytes] = weakref.WeakKeyDictionary()
 
 
@@ -162,16 +161,6 @@ def suppression_reasons(store: StateStore, person_keys: Iterable[str]) -> dict[s
 def is_suppressed(store: StateStore, person_keys: Iterable[str]) -> set[str]:
     """Which of ``person_keys`` must not be written about (opted out or erased)."""
     return set(suppression_reasons(store, person_keys))
-
-
-def filter_suppressed(
-    store: StateStore, items: Sequence[T], key: Callable[[T], str]
-) -> tuple[list[T], list[T]]:
-    """Split ``items`` into (allowed, suppressed) by their person key, in one lookup."""
-    hidden = is_suppressed(store, {key(item) for item in items})
-    allowed = [item for item in items if key(item) not in hidden]
-    suppressed = [item for item in items if key(item) in hidden]
-    return allowed, suppressed
 
 
 def suppression_check(

@@ -183,6 +183,15 @@ def set_message_status(store: StateStore, message_keys: Iterable[str], status: s
             )
 
 
+def dm_after(message_key: str, since_id: str | None) -> bool:
+    """Whether the DM ``message_key`` (``x:dm:<id>``) is newer than the DM id ``since_id``
+    (None: than any); a key without a numeric id is not."""
+    number = message_key.rsplit(":", 1)[-1]
+    if not number.isdigit():
+        return False
+    return since_id is None or not since_id.isdigit() or int(number) > int(since_id)
+
+
 def hear_skipped_spam(
     store: StateStore, conversation_keys: Iterable[str], newer_than: str | None, rule: str
 ) -> int:
@@ -196,7 +205,6 @@ def hear_skipped_spam(
     """
     keys = sorted(set(conversation_keys))
     table = schema.messages
-    floor = int(newer_than) if newer_than and newer_than.isdigit() else -1
     with store.transaction() as connection:
         found: list[str] = []
         for chunk in _chunks(keys):
@@ -209,8 +217,7 @@ def hear_skipped_spam(
                     table.c.channel == "dm",
                 )
             ).scalars():
-                number = message_key.rsplit(":", 1)[-1]
-                if number.isdigit() and int(number) > floor:
+                if dm_after(message_key, newer_than):
                     found.append(message_key)
         for chunk in _chunks(found):
             connection.execute(

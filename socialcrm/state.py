@@ -753,10 +753,7 @@ class StateStore:
             }
             inserts: list[dict[str, Any]] = []
             updates: list[dict[str, Any]] = []
-
-            def values_of(row: dict[str, Any]) -> dict[str, Any]:
-                return {k: v for k, v in row.items() if k not in ("record_key", "destination")}
-
+            new_values: dict[str, dict[str, Any]] = {}
             latest = {o.record_key: o for o in outcomes if o.status in LEDGER_STATUSES}
             for outcome in latest.values():
                 row = known.get(outcome.record_key)
@@ -777,6 +774,7 @@ class StateStore:
                     else outcome.payload_hash,
                 }
                 if row is None:
+                    new_values[outcome.record_key] = values
                     inserts.append(
                         {"record_key": outcome.record_key, "destination": destination, **values}
                     )
@@ -792,11 +790,8 @@ class StateStore:
                         inserts,
                     ).scalars()
                 )
-                updates.extend(
-                    {"key_": row["record_key"], **values_of(row)}
-                    for row in inserts
-                    if row["record_key"] not in added
-                )
+                lost = [key for key in new_values if key not in added]
+                updates.extend({"key_": key, **new_values[key]} for key in lost)
             if updates:
                 connection.execute(
                     table.update()
