@@ -516,6 +516,9 @@ class BatchPlan:
     adopted_before: set[str] = field(default_factory=set)
     # Leads found in the org by our external id though our ledger has no record of them.
     found_own: set[str] = field(default_factory=set)
+    # The create-only values (``create_only`` in the spec) left out of the records of
+    # leads that exist, by key: sent if such a lead turns out to be deleted.
+    on_create: dict[str, dict[str, Any]] = field(default_factory=dict)
     frame: pd.DataFrame | None = None
 
     def preview(self) -> list[dict[str, Any]]:
@@ -569,6 +572,7 @@ class BatchPlan:
             scores={k: self.scores[k] for k in held if k in self.scores},
             adopted_before=self.adopted_before & held,
             found_own=self.found_own & held,
+            on_create={k: v for k, v in self.on_create.items() if k in held},
             frame=None if self.frame is None else self.frame[self.frame["person_key"].isin(held)],
         )
         return now, later
@@ -587,6 +591,7 @@ class BatchPlan:
             scores={**held.scores, **self.scores},
             adopted_before=held.adopted_before | self.adopted_before,
             found_own=held.found_own | self.found_own,
+            on_create={**held.on_create, **self.on_create},
             frame=joined_frames(held.frame, self.frame),
         )
 
@@ -747,6 +752,7 @@ def decide_batch(ctx: LeadsContext, prepared: PreparedBatch) -> BatchPlan:
                 len(again),
             )
     ledger = ctx.store.deliveries(keys, spec.object_name)
+    create_only = spec.create_only
     for key, full in zip(keys, records, strict=True):
         # An empty value is left out, not sent as null: an update must never wipe
         # what a salesperson typed into the lead (an email, a company).
@@ -779,13 +785,20 @@ def decide_batch(ctx: LeadsContext, prepared: PreparedBatch) -> BatchPlan:
             plan.adopted_before.add(key)
         if match is not None and match.object == "Lead" and match.matched_by == "external_id":
             plan.found_own.add(key)
-        if key in plan.adopt or key in plan.adopted_before:
+        theirs = key in plan.adopt or key in plan.adopted_before
+        if theirs:
             # Someone else's lead: add our fields to it, never overwrite theirs.
             record = {name: value for name, value in record.items() if name.endswith("__c")}
-        digest = payload_hash(record)
+        on_create = {name: record.pop(name) for name in create_only if name in record}
+        digest = payload_hash(record)  # without them: they never change a lead that exists
         if known is not None and known.payload_hash == digest and known.status != "failed":
             plan.decided.append(SinkOutcome(key, "unchanged", known.destination_id, digest))
             continue
+        in_org = key in plan.found_own or (known is not None and bool(known.destination_id))
+        if on_create and not theirs and in_org:
+            plan.on_create[key] = on_create  # sent after all if the lead was deleted meanwhile
+        elif on_create and not theirs:
+            record.update(on_create)
         if known is not None and known.destination_id:
             plan.known.add(key)  # in the org: assignment rules must not reshuffle its owner
         plan.hashes[key] = digest
@@ -881,6 +894,7 @@ def send_leads(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
             [key for key, _ in own],
             known=plan.known | plan.adopt.keys() | plan.found_own,
         )
+        outcomes = recreate_deleted(ctx, plan, dict(own), outcomes)
     duplicates = [o for o in outcomes if o.status == "duplicate"]
     outcomes = [o for o in outcomes if o.status != "duplicate"]
     records = dict(pairs)
@@ -918,6 +932,12 @@ def send_leads(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
         else:
             outcomes.append(outcome)  # a duplicate rule naming nothing usable: as it came
     if adopted:
+        # Marked before the write: a crash after it must not leave a lead that carries our
+        # external id but no ledger row saying it is someone else's (the next run would
+        # then treat it as ours and overwrite their fields). Hashless: it is sent again.
+        ctx.store.record_deliveries(
+            sobject, [SinkOutcome(key, "matched lead", plan.adopt[key]) for key, _ in adopted]
+        )
         updated = salesforce.update_records(
             conn,
             sobject,
@@ -939,20 +959,75 @@ def send_leads(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
     return outcomes
 
 
-def join_campaign(ctx: LeadsContext, outcomes: list[SinkOutcome]) -> None:
-    """New leads and newly matched records join the configured campaign, once each.
+def recreate_deleted(
+    ctx: LeadsContext,
+    plan: BatchPlan,
+    records: dict[str, dict[str, Any]],
+    outcomes: list[SinkOutcome],
+) -> list[SinkOutcome]:
+    """Leads deleted in the org since we wrote them are created again, in full.
 
-    A membership that fails does not undo the lead: it is logged and counted, and the
-    next change of the lead tries again (joining twice is harmless).
+    Their records left out the create-only fields (``plan.on_create``), so the upsert,
+    finding no lead, refused them as missing a required field (Company).
+    """
+    gone = [
+        o.record_key
+        for o in outcomes
+        if o.status == "failed"
+        and o.record_key in plan.on_create
+        and any(p.reason.startswith("REQUIRED_FIELD_MISSING") for p in o.problems)
+    ]
+    if not gone:
+        return outcomes
+    spec = ctx.lead_spec()
+    assert spec.external_id is not None
+    _logger().info(
+        "batch %d: %d leads deleted in the org are created again", plan.number, len(gone)
+    )
+    again = salesforce.upsert(
+        ctx.crm_connection(),
+        spec.object_name,
+        spec.external_id,
+        [{**records[key], **plan.on_create[key]} for key in gone],
+        gone,
+    )
+    redone = {o.record_key: o for o in again}
+    return [redone.get(o.record_key, o) for o in outcomes]
+
+
+def campaign_ledger(campaign_id: str) -> str:
+    return f"CampaignMember:{campaign_id}"
+
+
+def join_campaign(ctx: LeadsContext, outcomes: list[SinkOutcome]) -> None:
+    """Our leads and the records we matched join the configured campaign, once each.
+
+    Memberships are kept in the ledger (``campaign_ledger``, by person): one already in
+    joins no more, a failed one is tried again by the next run, and a lead whose
+    "created" answer was lost (a timeout, a crash) joins on its next write. A failed
+    membership does not undo the lead: it is logged.
     """
     campaign = ctx.settings.crm.campaign
     if campaign is None:
         return
-    fresh = [o for o in outcomes if o.destination_id and o.status in JOINING]
+    ledger = campaign_ledger(campaign.id)
+    written = {o.record_key: o for o in outcomes if o.destination_id and o.status in JOINING}
+    members = ctx.store.deliveries(list(written), ledger)
+    fresh = [
+        o
+        for key, o in written.items()
+        if key not in members
+        or members[key].status == "failed"
+        or members[key].destination_id != o.destination_id
+    ]
+    if not fresh:
+        return
+    who: dict[str, list[str]] = {}
+    for outcome in fresh:
+        assert outcome.destination_id is not None
+        who.setdefault(outcome.destination_id, []).append(outcome.record_key)
     leads = [o.destination_id for o in fresh if o.status != "matched contact"]
     contacts = [o.destination_id for o in fresh if o.status == "matched contact"]
-    if not leads and not contacts:
-        return
     try:
         joined = salesforce.add_campaign_members(
             ctx.crm_connection(),
@@ -965,22 +1040,57 @@ def join_campaign(ctx: LeadsContext, outcomes: list[SinkOutcome]) -> None:
         if is_systemic(error):
             raise  # the leads are recorded; the run stops as for any spent quota
         _logger().warning(
-            "campaign %s: %d memberships not added: %s", campaign.id, len(fresh), error
+            "campaign %s: %d memberships not added, tried again in the next run: %s",
+            campaign.id,
+            len(fresh),
+            error,
+        )
+        ctx.store.record_deliveries(
+            ledger, [SinkOutcome(o.record_key, "failed", o.destination_id) for o in fresh]
         )
         return
     failed = [o for o in joined if o.status == "failed"]
+    # A failed one is recorded as such: the next run tries it again (``rejoin_campaign``).
+    ctx.store.record_deliveries(
+        ledger,
+        [
+            SinkOutcome(key, "failed" if o.status == "failed" else "created", o.record_key)
+            for o in joined
+            for key in who.get(o.record_key, [])
+        ],
+    )
     with ctx.serial:
         ctx.campaign_members += len(joined) - len(failed)
     if failed:
         _logger().warning(
-            "campaign %s: %d memberships failed: %s",
+            "campaign %s: %d memberships failed, tried again in the next run: %s",
             campaign.id,
             len(failed),
             "; ".join(p.describe() for o in failed[:3] for p in o.problems),
         )
 
 
-JOINING = ("created", "matched lead", "matched contact")
+def rejoin_campaign(ctx: LeadsContext) -> None:
+    """Memberships that failed in earlier runs, tried again (a thousand a run at most)."""
+    campaign = ctx.settings.crm.campaign
+    if campaign is None:
+        return
+    keys = ctx.store.keys_with_status(campaign_ledger(campaign.id), "failed", limit=REJOIN_LIMIT)
+    if not keys:
+        return
+    spec = ctx.lead_spec()
+    written = [
+        SinkOutcome(key, row.status, row.destination_id)
+        for destination in (spec.object_name, "Contact")
+        for key, row in ctx.store.deliveries(keys, destination).items()
+        if row.status in JOINING
+    ]
+    _logger().info("campaign %s: %d memberships tried again", campaign.id, len(written))
+    join_campaign(ctx, written)
+
+
+REJOIN_LIMIT = 1000
+JOINING = ("created", "updated", "matched lead", "matched contact")
 LOGGED = ("matched contact", "logged on lead")  # a Task on the record, no lead of theirs
 DELIVERED = ("created", "updated", "unchanged", "matched lead", *LOGGED)
 
@@ -1394,6 +1504,8 @@ def deliver_pending_leads(
     outcomes.extend(deliver_deferred(ctx, number))
     if only is None:
         ctx.store.clear_unqualified_pending(ctx.settings.qualification.threshold)
+        if not ctx.dry_run:
+            rejoin_campaign(ctx)
     return outcomes
 
 

@@ -97,6 +97,9 @@ class FieldSpec(BaseModel):
     # None: drop values the destination type cannot hold (null + warning), but reject values
     # outside a restricted picklist: guessing a picklist value is worse than a dead letter.
     on_invalid: Literal["drop", "reject"] | None = None
+    # Sent when the record is created, never on an update: after that the field is the
+    # salesperson's (a Company they typed must survive the person's next engagement).
+    create_only: bool = False
 
     @model_validator(mode="after")
     def _one_origin(self) -> FieldSpec:
@@ -171,9 +174,24 @@ class MappingSpec(BaseModel):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _external_id_on_every_write(self) -> MappingSpec:
+        field = self.fields.get(self.external_id or "")
+        if field is not None and field.create_only:
+            raise ValueError(
+                f"field {self.external_id}: create_only: the external id goes on every "
+                "upsert (it finds the record)"
+            )
+        return self
+
     @property
     def name(self) -> str:
         return self.origin
+
+    @property
+    def create_only(self) -> frozenset[str]:
+        """The destination fields an update leaves alone."""
+        return frozenset(name for name, field in self.fields.items() if field.create_only)
 
 
 def _error_lines(origin: str, error: ValidationError) -> list[str]:

@@ -737,6 +737,19 @@ class StateStore:
                     )
         return found
 
+    def keys_with_status(self, destination: str, status: str, *, limit: int) -> list[str]:
+        """Up to ``limit`` record keys whose ``destination`` row has ``status``, oldest first."""
+        table = schema.deliveries
+        with self.transaction() as connection:
+            return list(
+                connection.execute(
+                    sa.select(table.c.record_key)
+                    .where(table.c.destination == destination, table.c.status == status)
+                    .order_by(table.c.updated_at, table.c.record_key)
+                    .limit(limit)
+                ).scalars()
+            )
+
     def record_deliveries(self, destination: str, outcomes: Sequence[SinkOutcome]) -> None:
         """Write the ledger for a batch; failed records keep the last good hash."""
         table = schema.deliveries

@@ -180,6 +180,52 @@ def many_engagements(sandbox: Sandbox) -> None:
     sandbox.set_options(rate_window_seconds=1)
 
 
+@pytest.mark.parametrize("bulk_threshold", [10**6, 1], ids=["collections", "bulk"])
+def test_an_update_keeps_what_sales_typed_and_a_deleted_lead_comes_back_whole(
+    sandbox: Sandbox, tmp_path: Path, bulk_threshold: int
+) -> None:
+    """Company and LeadSource are create-only in the shipped spec: the person's next
+    engagement updates the social fields, not the company a salesperson typed. A lead
+    sales deleted is created again with them, not refused as missing its Company."""
+    from connectors.crm import salesforce
+    from socialcrm.config import load_settings
+
+    config = configure(sandbox, crm={"bulk_threshold": bulk_threshold})
+    leads(LeadsRun(config=config))
+    before = sf_leads(sandbox)
+    engagements_before = {e["id"] + e["kind"] for e in sandbox.state()["x"]["engagements"]}
+    sandbox.generate(engagements=240)
+    touched = sorted(
+        f"x:{e['user_id']}"
+        for e in sandbox.state()["x"]["engagements"]
+        if e["id"] + e["kind"] not in engagements_before and f"x:{e['user_id']}" in before
+    )
+    edited, deleted = touched[0], touched[-1]
+    assert edited != deleted
+    sf = salesforce.connect(load_settings(config).crm).sf
+    sf.Lead.update(before[edited]["Id"], {"Company": "Acme Corp", "LeadSource": "Web"})
+    sf.Lead.delete(before[deleted]["Id"])
+    # Planned again with nothing new: the ledger's hash, which leaves create-only fields
+    # out, must find its lead unchanged (no write).
+    still = sorted(set(before) - set(touched))[:5]
+    with StateStore.open(f"sqlite:///{tmp_path / 'state.db'}") as store:
+        assert store.mark_pending(still) == len(still)
+
+    summary = leads(LeadsRun(config=config))
+
+    assert summary["failed"] == 0
+    held = sf_leads(sandbox)
+    assert set(held) == set(expected_leads(sandbox))
+    assert held[edited]["Company"] == "Acme Corp" and held[edited]["LeadSource"] == "Web"
+    assert held[edited]["Engagement_Count__c"] > before[edited]["Engagement_Count__c"]
+    assert held[deleted]["Id"] != before[deleted]["Id"]
+    assert held[deleted]["Company"] == "[not provided]" and held[deleted]["LeadSource"] == "Social"
+    assert summary["outcomes"][deleted] == "created"
+    for key in still:
+        assert summary["outcomes"][key] == "unchanged"
+        assert held[key]["LastModifiedDate"] == before[key]["LastModifiedDate"]
+
+
 def test_leads_go_out_in_full_calls_across_batches(sandbox: Sandbox) -> None:
     """Batches of 300 people, no Bulk job: the tail of each batch waits for the next one,
     so every collections call but the last carries 200 leads."""

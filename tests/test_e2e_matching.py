@@ -223,8 +223,89 @@ def test_a_campaign_that_cannot_be_joined_leaves_the_leads_recorded(
     with StateStore.open(settings.state_url()) as store:
         recorded = store.deliveries(created, "Lead")
     assert set(recorded) == set(created)
+    monkeypatch.undo()
     again = leads(LeadsRun(config=str(sandbox.config_path)))
     assert again["created"] == again["updated"] == 0
+    # The next run adds the memberships that failed (checked: before, they were only
+    # logged, and a lead joined only if it was created again).
+    org = sandbox.state()["salesforce"]
+    ids = {lead["Social_Profile_Id__c"]: lead["Id"] for lead in org["Lead"]}
+    members = Counter(m.get("LeadId") for m in org["CampaignMember"] if m.get("LeadId"))
+    assert {ids[key] for key in created} <= set(members)
+    assert all(n == 1 for n in members.values())
+    assert again["campaign_members"] >= len(created)
+
+
+def test_a_crash_right_after_adopting_a_lead_keeps_it_theirs(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between the update that puts our external id on a salesperson's lead and
+    the ledger: the next run still writes our fields only to it (checked: before, the
+    lead was found by our external id, taken as ours, and its name overwritten)."""
+    from connectors.crm import salesforce
+
+    assert sandbox.config_path is not None
+    truth: dict[str, Any] = sandbox.crm_truth()
+    theirs = {
+        entry["id"]: dict(lead)
+        for entry in truth.values()
+        if entry.get("object") == "Lead" and entry.get("matched_by") in ("email", "handle")
+        for lead in sandbox.state()["salesforce"]["Lead"]
+        if lead["Id"] == entry["id"]
+    }
+    real_update = salesforce.update_records
+
+    def update_then_die(*args: Any, **kwargs: Any) -> Any:
+        real_update(*args, **kwargs)
+        raise SystemExit("worker killed")
+
+    monkeypatch.setattr(salesforce, "update_records", update_then_die)
+    with pytest.raises(BaseException, match="worker killed"):
+        leads(LeadsRun(config=str(sandbox.config_path)))
+    monkeypatch.undo()
+    adopted = {
+        lead["Id"]: lead
+        for lead in sandbox.state()["salesforce"]["Lead"]
+        if lead["Id"] in theirs and lead.get("Social_Profile_Id__c")
+    }
+    assert adopted, "the first run adopted some of the salespeople's leads"
+    summary = leads(LeadsRun(config=str(sandbox.config_path)))
+
+    org = {lead["Id"]: lead for lead in sandbox.state()["salesforce"]["Lead"]}
+    for lead_id in adopted:
+        key = org[lead_id]["Social_Profile_Id__c"]
+        assert summary["outcomes"][key] == "matched lead", key
+        for name in ("FirstName", "LastName", "Email", "City", "Description"):
+            assert org[lead_id].get(name) == theirs[lead_id].get(name), (key, name)
+
+
+def test_leads_written_after_the_campaign_is_set_join_it_once(sandbox: Sandbox) -> None:
+    """A campaign configured later: leads that change join it on their write, as updates
+    (checked: before, only creates joined), and nobody joins twice."""
+    from connectors.crm import salesforce
+    from socialcrm.config import load_settings
+
+    assert sandbox.config_path is not None
+    first = leads(LeadsRun(config=str(sandbox.config_path)))
+    ours = {k for k, status in first["outcomes"].items() if status in ("created", "updated")}
+    conn = salesforce.connect(load_settings(sandbox.config_path).crm)
+    campaign = conn.sf.Campaign.create({"Name": "Spring launch", "IsActive": True})
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["crm"]["campaign"] = {"id": campaign["id"]}
+    sandbox.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    sandbox.generate(engagements=240)
+
+    second = leads(LeadsRun(config=str(sandbox.config_path)))
+
+    org = sandbox.state()["salesforce"]
+    ids = {lead["Social_Profile_Id__c"]: lead["Id"] for lead in org["Lead"]}
+    members = Counter(m.get("LeadId") for m in org["CampaignMember"] if m.get("LeadId"))
+    updated = {k for k, status in second["outcomes"].items() if status == "updated"} & ours
+    assert updated, "the new engagements touch people who have a lead"
+    assert {ids[key] for key in updated} <= set(members)
+    untouched = ours - set(second["outcomes"])
+    assert untouched and not {ids[key] for key in untouched} & set(members)
+    assert all(n == 1 for n in members.values())
 
 
 def test_a_lead_whose_first_create_failed_is_assigned_when_it_is_created(

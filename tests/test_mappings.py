@@ -237,6 +237,8 @@ def test_round_and_dates() -> None:
 def test_shipped_lead_spec_loads_and_passes_its_checks(lead_spec: MappingSpec) -> None:
     assert lead_spec.object_name == "Lead"
     assert lead_spec.external_id == "Social_Profile_Id__c"
+    # What sales may type over: the next engagement's update leaves them alone.
+    assert lead_spec.create_only == {"Company", "LeadSource"}
     assert check_spec(lead_spec, LEAD) == []
     assert check_sources(lead_spec, person().keys()) == []
 
@@ -252,6 +254,8 @@ def test_shipped_lead_spec_loads_and_passes_its_checks(lead_spec: MappingSpec) -
         ("{source: handle, transforms: [{lookup: nowhere}]}", "field Foo: transform lookup: no"),
         ("{source: handle, colour: red}", "field Foo: colour: Extra inputs are not permitted"),
         ("{template: '{handle!r}'}", "field Foo: template: placeholders are plain column"),
+        ("{source: handle, create_only: true}", "field Foo: create_only: the external id goes"),
+        ("{source: handle, create_only: maybe}", "field Foo: create_only: Input should be"),
     ],
 )
 def test_broken_spec_errors_name_file_and_field(
