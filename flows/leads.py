@@ -133,6 +133,9 @@ class LeadsContext:
     new_engagements: int = 0
     authors: set[str] = field(default_factory=set)
     warnings: list[RecordProblem] = field(default_factory=list)
+    # Values the mapping changed or left out of records that still went (a cut City, an
+    # address that is no address): ops see them in the run's artifacts.
+    mapping_warnings: list[RecordProblem] = field(default_factory=list)
     dead_lettered: int = 0
     delivered: list[dict[str, Any]] = field(default_factory=list)
     problems: list[RecordProblem] = field(default_factory=list)
@@ -699,6 +702,7 @@ def prepare_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Pr
     }
     frame = frame.assign(record_key=frame["person_key"])
     mapped = apply_spec(spec, frame, fields, key_column="record_key", system="salesforce")
+    note_mapping_warnings(ctx, f"batch {number}", mapped.warnings)
 
     for key, record in zip(mapped.keys, mapped.records, strict=True):
         top = top_engagements(engagements.get(key, ()), ctx.settings.qualification, limit=1)
@@ -713,6 +717,20 @@ def prepare_batch(ctx: LeadsContext, people: list[PersonRow], number: int) -> Pr
         plan.decided.append(SinkOutcome(key, "failed", problems=rejected[key]))
     plan.frame = frame
     return PreparedBatch(plan, mapped.keys, mapped.records)
+
+
+def note_mapping_warnings(ctx: LeadsContext, where: str, warnings: list[RecordProblem]) -> None:
+    """Kept for the run's artifacts and counted in the log: the records still go."""
+    if not warnings:
+        return
+    with ctx.serial:
+        ctx.mapping_warnings.extend(warnings)
+    _logger().info(
+        "%s: %d values changed or left out by the mapping, e.g. %s",
+        where,
+        len(warnings),
+        warnings[0].describe(),
+    )
 
 
 def decide_batch(ctx: LeadsContext, prepared: PreparedBatch) -> BatchPlan:
@@ -1115,6 +1133,7 @@ def log_on_contacts(
     )
     fields = salesforce.describe(conn, spec.object_name)
     mapped = apply_spec(spec, frame, fields, key_column="person_key", system="salesforce")
+    note_mapping_warnings(ctx, f"batch {plan.number} activities", mapped.warnings)
     outcomes = [
         SinkOutcome(problem.record_key, "failed", problems=[problem]) for problem in mapped.rejected
     ]
@@ -1674,6 +1693,7 @@ def run_summary(ctx: LeadsContext, outcomes: list[SinkOutcome], status: str) -> 
         "would_update": counts.get("would update", 0),
         "dead_lettered": ctx.dead_lettered,
         "source_warnings": len(ctx.warnings),
+        "mapping_warnings": len(ctx.mapping_warnings),
         "api_calls": {
             "x": {"reads": ctx.x_client.calls if ctx.x_client else 0, "writes": 0},
             "salesforce": {
@@ -1798,7 +1818,12 @@ def run_leads(params: LeadsRun) -> dict[str, Any]:
         summary = run_summary(ctx, outcomes, status)
         try:
             publish_leads_artifacts(
-                ctx.account.name, summary, ctx.delivered, ctx.problems, ctx.would_write
+                ctx.account.name,
+                summary,
+                ctx.delivered,
+                ctx.problems,
+                ctx.would_write,
+                [*ctx.warnings, *ctx.mapping_warnings],
             )
             if params.sales_csv:
                 count = write_sales_csv(sales_view(ctx.delivered), params.sales_csv)

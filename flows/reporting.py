@@ -41,6 +41,7 @@ def publish_leads_artifacts(
     delivered: Sequence[dict[str, Any]],
     problems: Sequence[RecordProblem],
     would_write: Sequence[dict[str, Any]],
+    warnings: Sequence[RecordProblem] = (),
 ) -> None:
     if not _in_flow_run():
         return
@@ -68,6 +69,7 @@ def publish_leads_artifacts(
                 ("failed", "failed"),
                 ("dead-lettered", "dead_lettered"),
                 ("source warnings", "source_warnings"),
+                ("values changed by the mapping (records delivered)", "mapping_warnings"),
             ]
         ),
         "",
@@ -138,6 +140,20 @@ def publish_leads_artifacts(
             description=f"Would-be leads ({len(would_write)} in all)",
         )
     _publish_errors(key, problems, "Records not delivered")
+    if warnings:
+        create_table_artifact(
+            key=f"{key}-warnings",
+            table=[
+                {
+                    "record_key": _cell(w.record_key),
+                    "stage": w.stage,
+                    "field": w.field,
+                    "reason": _cell(w.reason, 300),
+                }
+                for w in warnings[:MAX_ROWS]
+            ],
+            description=f"Values dropped or changed; the records went on ({len(warnings)} in all)",
+        )
 
 
 SALES_COLUMNS = ("score", "name", "company", "handle", "top_engagement", "url")

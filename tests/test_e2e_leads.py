@@ -360,6 +360,37 @@ def test_too_long_value_for_a_reject_field_is_dead_lettered_and_the_rest_deliver
     assert all("40" in letter.reason for letter in letters)
 
 
+def test_values_the_mapping_cuts_are_reported_and_their_leads_delivered(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A truncated value is a warning, not a failure: the lead goes, the run counts it and
+    lists it in an artifact naming the record and the field (checked: before, mapping
+    warnings were dropped without a word)."""
+    from prefect import get_client
+
+    spec = yaml.safe_load(Path("mappings/lead.salesforce.yaml").read_text())
+    spec["fields"]["FirstName"] = {"template": "{handle} {bio}"}  # cut at 40 characters
+    (tmp_path / "long.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    config = configure(sandbox, crm={"lead_mapping": "long.yaml"})
+    summary = leads(LeadsRun(config=config))
+
+    expected = expected_leads(sandbox)
+    users = {f"x:{u['id']}": u for u in sandbox.state()["x"]["users"]}
+    cut = {
+        key
+        for key in expected
+        if len(f"{users[key]['username']} {users[key].get('description') or ''}".strip()) > 40
+    }
+    assert cut and set(sf_leads(sandbox)) == set(expected)
+    assert summary["failed"] == 0 and summary["mapping_warnings"] >= len(cut)
+    with get_client(sync_client=True) as client:
+        tables = [a for a in client.read_artifacts() if a.key == "leads-brand-warnings"]
+    assert tables, "a warnings artifact"
+    rows = json.loads(tables[-1].data) if isinstance(tables[-1].data, str) else tables[-1].data
+    flagged = {row["record_key"] for row in rows if row["field"] == "FirstName"}
+    assert flagged == cut
+
+
 def test_replaying_dead_letters_after_the_mapping_is_fixed_delivers_them(
     sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -105,7 +105,7 @@ def test_the_skipped_table_never_names_who_opted_out(monkeypatch: pytest.MonkeyP
     ]
     counts = ["fetched", "new_engagements", "engaged_users", "qualified", "created", "updated"]
     counts += ["matched_lead", "matched_contact", "logged_on_lead", "unchanged", "skipped"]
-    counts += ["failed", "dead_lettered", "source_warnings"]
+    counts += ["failed", "dead_lettered", "source_warnings", "mapping_warnings"]
     summary: dict[str, Any] = {
         **dict.fromkeys(counts, 0),
         "status": "completed",
