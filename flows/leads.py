@@ -803,9 +803,22 @@ def decide_batch(ctx: LeadsContext, prepared: PreparedBatch) -> BatchPlan:
             plan.adopted_before.add(key)
         if match is not None and match.object == "Lead" and match.matched_by == "external_id":
             plan.found_own.add(key)
+        if (
+            key in plan.adopted_before
+            and key not in plan.adopt
+            and key not in plan.found_own
+            and known is not None
+            and known.destination_id
+            and ctx.adopter(known.destination_id, key) == key
+        ):
+            # Not found by our external id (matching off, or a crash or a failed update
+            # kept it from getting there): the ledger knows the lead; update it by id.
+            plan.adopt[key] = known.destination_id
         theirs = key in plan.adopt or key in plan.adopted_before
+        left_out: dict[str, Any] = {}
         if theirs:
             # Someone else's lead: add our fields to it, never overwrite theirs.
+            left_out = {name: v for name, v in record.items() if not name.endswith("__c")}
             record = {name: value for name, value in record.items() if name.endswith("__c")}
         on_create = {name: record.pop(name) for name in create_only if name in record}
         digest = payload_hash(record)  # without them: they never change a lead that exists
@@ -813,9 +826,10 @@ def decide_batch(ctx: LeadsContext, prepared: PreparedBatch) -> BatchPlan:
             plan.decided.append(SinkOutcome(key, "unchanged", known.destination_id, digest))
             continue
         in_org = key in plan.found_own or (known is not None and bool(known.destination_id))
-        if on_create and not theirs and in_org:
-            plan.on_create[key] = on_create  # sent after all if the lead was deleted meanwhile
-        elif on_create and not theirs:
+        if theirs or (on_create and in_org):
+            # What a create needs besides the record: sent if the lead is gone meanwhile.
+            plan.on_create[key] = {**left_out, **on_create}
+        else:
             record.update(on_create)
         if known is not None and known.destination_id:
             plan.known.add(key)  # in the org: assignment rules must not reshuffle its owner
@@ -962,8 +976,9 @@ def send_leads(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
             [{"Id": plan.adopt[key], **record} for key, record in adopted],
             [key for key, _ in adopted],
         )
+        updated = recreate_deleted(ctx, plan, dict(adopted), updated)
         for outcome in updated:
-            if outcome.status in ("created", "updated"):
+            if outcome.status == "updated":
                 outcome.status = "matched lead"
                 outcome.destination_id = outcome.destination_id or plan.adopt[outcome.record_key]
                 outcome.payload_hash = payload_hash(dict(adopted)[outcome.record_key])
@@ -977,57 +992,88 @@ def send_leads(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
     return outcomes
 
 
+def deleted_in_org(plan: BatchPlan, outcome: SinkOutcome) -> bool:
+    """Whether a write failed because the lead is gone: an update by id finds it deleted,
+    or an upsert that left out what a create needs (``plan.on_create``) became a create
+    and was refused for lacking it."""
+    needed = plan.on_create.get(outcome.record_key)
+    if outcome.status != "failed" or needed is None:
+        return False
+    for problem in outcome.problems:
+        if problem.reason.startswith("ENTITY_IS_DELETED"):
+            return True
+        missing = set((problem.field or "").split(","))
+        if problem.reason.startswith("REQUIRED_FIELD_MISSING") and missing & needed.keys():
+            return True
+    return False
+
+
 def recreate_deleted(
     ctx: LeadsContext,
     plan: BatchPlan,
     records: dict[str, dict[str, Any]],
     outcomes: list[SinkOutcome],
 ) -> list[SinkOutcome]:
-    """Leads deleted in the org since we wrote them are created again, in full.
-
-    Their records left out the create-only fields (``plan.on_create``), so the upsert,
-    finding no lead, refused them as missing a required field (Company).
-    """
-    gone = [
-        o.record_key
-        for o in outcomes
-        if o.status == "failed"
-        and o.record_key in plan.on_create
-        and any(p.reason.startswith("REQUIRED_FIELD_MISSING") for p in o.problems)
-    ]
-    if not gone:
-        return outcomes
+    """Leads deleted in the org since we wrote them are created again, in full, by our
+    external id (ours from then on, adopted ones too). A lead an upsert created though its
+    record lacked the create-only values (they are not required) gets them at once."""
     spec = ctx.lead_spec()
     assert spec.external_id is not None
-    _logger().info(
-        "batch %d: %d leads deleted in the org are created again", plan.number, len(gone)
-    )
-    again = salesforce.upsert(
-        ctx.crm_connection(),
-        spec.object_name,
-        spec.external_id,
-        [{**records[key], **plan.on_create[key]} for key in gone],
-        gone,
-    )
-    redone = {o.record_key: o for o in again}
-    return [redone.get(o.record_key, o) for o in outcomes]
+    conn = ctx.crm_connection()
+    gone = [o.record_key for o in outcomes if deleted_in_org(plan, o)]
+    redone: dict[str, SinkOutcome] = {}
+    if gone:
+        _logger().info(
+            "batch %d: %d leads deleted in the org are created again", plan.number, len(gone)
+        )
+        again = salesforce.upsert(
+            conn,
+            spec.object_name,
+            spec.external_id,
+            [{**records[key], **plan.on_create[key]} for key in gone],
+            gone,
+        )
+        redone = {o.record_key: o for o in again}
+    outcomes = [redone.get(o.record_key, o) for o in outcomes]
+    bare = [
+        o
+        for o in outcomes
+        if o.status == "created"
+        and o.destination_id
+        and o.record_key in plan.on_create
+        and o.record_key not in redone
+    ]
+    if bare:
+        filled = salesforce.update_records(
+            conn,
+            spec.object_name,
+            [{"Id": o.destination_id, **plan.on_create[o.record_key]} for o in bare],
+            [o.record_key for o in bare],
+        )
+        for outcome in filled:
+            if outcome.status == "failed":
+                _logger().warning(
+                    "%s: created without its create-only values, which failed: %s",
+                    outcome.record_key,
+                    "; ".join(p.reason for p in outcome.problems),
+                )
+    return outcomes
 
 
 def campaign_ledger(campaign_id: str) -> str:
     return f"CampaignMember:{campaign_id}"
 
 
-def join_campaign(ctx: LeadsContext, outcomes: list[SinkOutcome]) -> None:
-    """Our leads and the records we matched join the configured campaign, once each.
+def to_join(ctx: LeadsContext, outcomes: list[SinkOutcome]) -> list[SinkOutcome]:
+    """Which of these written records are not yet members of the configured campaign;
+    their membership rows are recorded as not yet joined (``failed``) at once.
 
-    Memberships are kept in the ledger (``campaign_ledger``, by person): one already in
-    joins no more, a failed one is tried again by the next run, and a lead whose
-    "created" answer was lost (a timeout, a crash) joins on its next write. A failed
-    membership does not undo the lead: it is logged.
+    Called before the batch's ledger is written: a crash between the two leaves rows the
+    next run's ``rejoin_campaign`` finds, never a lead that silently never joins.
     """
     campaign = ctx.settings.crm.campaign
     if campaign is None:
-        return
+        return []
     ledger = campaign_ledger(campaign.id)
     written = {o.record_key: o for o in outcomes if o.destination_id and o.status in JOINING}
     members = ctx.store.deliveries(list(written), ledger)
@@ -1038,7 +1084,23 @@ def join_campaign(ctx: LeadsContext, outcomes: list[SinkOutcome]) -> None:
         or members[key].status == "failed"
         or members[key].destination_id != o.destination_id
     ]
-    if not fresh:
+    ctx.store.record_deliveries(
+        ledger, [SinkOutcome(o.record_key, "failed", o.destination_id) for o in fresh]
+    )
+    return fresh
+
+
+def join_campaign(ctx: LeadsContext, fresh: list[SinkOutcome]) -> None:
+    """Add ``fresh`` (from ``to_join``) to the configured campaign, once each.
+
+    Memberships are kept in the ledger (``campaign_ledger``, by person): one already in
+    joins no more; one that fails stays ``failed`` and the next delivering run tries it
+    again (``rejoin_campaign``); a lead whose "created" answer was lost (a timeout, a
+    crash) joins on its next write. A failed membership does not undo the lead: it is
+    logged.
+    """
+    campaign = ctx.settings.crm.campaign
+    if campaign is None or not fresh:
         return
     who: dict[str, list[str]] = {}
     for outcome in fresh:
@@ -1046,6 +1108,7 @@ def join_campaign(ctx: LeadsContext, outcomes: list[SinkOutcome]) -> None:
         who.setdefault(outcome.destination_id, []).append(outcome.record_key)
     leads = [o.destination_id for o in fresh if o.status != "matched contact"]
     contacts = [o.destination_id for o in fresh if o.status == "matched contact"]
+    call_failed = False
     try:
         joined = salesforce.add_campaign_members(
             ctx.crm_connection(),
@@ -1063,22 +1126,22 @@ def join_campaign(ctx: LeadsContext, outcomes: list[SinkOutcome]) -> None:
             len(fresh),
             error,
         )
-        ctx.store.record_deliveries(
-            ledger, [SinkOutcome(o.record_key, "failed", o.destination_id) for o in fresh]
-        )
-        return
+        joined = [SinkOutcome(record_id, "failed") for record_id in who]
+        call_failed = True
     failed = [o for o in joined if o.status == "failed"]
-    # A failed one is recorded as such: the next run tries it again (``rejoin_campaign``).
+    # A failure counts an attempt: ``rejoin_campaign`` gives up on one that keeps failing.
     ctx.store.record_deliveries(
-        ledger,
+        campaign_ledger(campaign.id),
         [
             SinkOutcome(key, "failed" if o.status == "failed" else "created", o.record_key)
             for o in joined
             for key in who.get(o.record_key, [])
         ],
     )
-    with ctx.serial:
-        ctx.campaign_members += len(joined) - len(failed)
+    if call_failed:
+        return
+    with ctx.serial:  # "unchanged": already a member (added by hand, or before the ledger)
+        ctx.campaign_members += sum(1 for o in joined if o.status == "created")
     if failed:
         _logger().warning(
             "campaign %s: %d memberships failed, tried again in the next run: %s",
@@ -1089,24 +1152,33 @@ def join_campaign(ctx: LeadsContext, outcomes: list[SinkOutcome]) -> None:
 
 
 def rejoin_campaign(ctx: LeadsContext) -> None:
-    """Memberships that failed in earlier runs, tried again (a thousand a run at most)."""
+    """Memberships not added by earlier runs, tried again: a thousand a run at most, each
+    up to ``REJOIN_ATTEMPTS`` times. Who opted out since, or has no lead or Contact of
+    ours on record any more, is forgotten (a later write of their lead joins it)."""
     campaign = ctx.settings.crm.campaign
     if campaign is None:
         return
-    keys = ctx.store.keys_with_status(campaign_ledger(campaign.id), "failed", limit=REJOIN_LIMIT)
+    ledger = campaign_ledger(campaign.id)
+    keys = ctx.store.keys_with_status(
+        ledger, "failed", limit=REJOIN_LIMIT, max_attempts=REJOIN_ATTEMPTS
+    )
     if not keys:
         return
+    suppressed = consent.suppression_reasons(ctx.store, keys)
     spec = ctx.lead_spec()
-    written = [
-        SinkOutcome(key, row.status, row.destination_id)
-        for destination in (spec.object_name, "Contact")
+    written = {
+        key: SinkOutcome(key, row.status, row.destination_id)
+        for destination in ("Contact", spec.object_name)
         for key, row in ctx.store.deliveries(keys, destination).items()
-        if row.status in JOINING
-    ]
-    _logger().info("campaign %s: %d memberships tried again", campaign.id, len(written))
-    join_campaign(ctx, written)
+        if row.status in JOINING and row.destination_id and key not in suppressed
+    }
+    ctx.store.forget_deliveries(ledger, [key for key in keys if key not in written])
+    if written:
+        _logger().info("campaign %s: %d memberships tried again", campaign.id, len(written))
+        join_campaign(ctx, list(written.values()))
 
 
+REJOIN_ATTEMPTS = 5
 REJOIN_LIMIT = 1000
 JOINING = ("created", "updated", "matched lead", "matched contact")
 LOGGED = ("matched contact", "logged on lead")  # a Task on the record, no lead of theirs
@@ -1218,7 +1290,7 @@ def write_plan(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
         for outcome in sent:
             outcome.payload_hash = outcome.payload_hash or plan.hashes.get(outcome.record_key)
         outcomes.extend(sent)
-        joining = sent  # after the store is settled: a failed membership undoes nothing
+        joining = to_join(ctx, sent)  # joined once the store is settled (see to_join)
         if ctx.settings.crm.matching.enabled:  # what the next batch must look up again
             ids = [o.destination_id for o in sent if o.destination_id] + list(plan.adopt.values())
             ctx.last_write = (
@@ -1623,6 +1695,7 @@ def review_and_deliver(
         )
     ]
     outcomes += deliver_deferred(ctx, len(plans))
+    rejoin_campaign(ctx)
     return outcomes, f"completed: approved in review{comment}"
 
 

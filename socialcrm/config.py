@@ -194,7 +194,8 @@ class MatchingSettings(_Model):
 
 
 class CampaignSettings(_Model):
-    """Put every new lead (and every matched customer) in one Salesforce campaign."""
+    """Put every lead a run creates or updates (and every matched customer) in one
+    Salesforce campaign, once each."""
 
     id: str = Field(pattern=r"^701[A-Za-z0-9]{12}([A-Za-z0-9]{3})?$", description="Campaign Id")
     member_status: str | None = Field(
@@ -224,7 +225,8 @@ class SalesforceSettings(_Model):
     auto_assign: bool = Field(False, description="Run lead assignment rules on create")
     matching: MatchingSettings = Field(default_factory=MatchingSettings)
     campaign: CampaignSettings | None = Field(
-        None, description="Optional campaign for new leads and matched customers"
+        None,
+        description="Optional campaign the leads written and the customers matched join",
     )
     quota_headroom: float = Field(
         0.9,

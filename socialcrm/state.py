@@ -737,18 +737,36 @@ class StateStore:
                     )
         return found
 
-    def keys_with_status(self, destination: str, status: str, *, limit: int) -> list[str]:
-        """Up to ``limit`` record keys whose ``destination`` row has ``status``, oldest first."""
+    def keys_with_status(
+        self, destination: str, status: str, *, limit: int, max_attempts: int | None = None
+    ) -> list[str]:
+        """Up to ``limit`` record keys whose ``destination`` row has ``status`` (and fewer
+        than ``max_attempts`` attempts), oldest first."""
         table = schema.deliveries
+        query = sa.select(table.c.record_key).where(
+            table.c.destination == destination, table.c.status == status
+        )
+        if max_attempts is not None:
+            query = query.where(table.c.attempts < max_attempts)
         with self.transaction() as connection:
             return list(
                 connection.execute(
-                    sa.select(table.c.record_key)
-                    .where(table.c.destination == destination, table.c.status == status)
-                    .order_by(table.c.updated_at, table.c.record_key)
-                    .limit(limit)
+                    query.order_by(table.c.updated_at, table.c.record_key).limit(limit)
                 ).scalars()
             )
+
+    def forget_deliveries(self, destination: str, record_keys: Sequence[str]) -> int:
+        """Remove these keys' ``destination`` rows from the ledger."""
+        table = schema.deliveries
+        removed = 0
+        with self.transaction() as connection:
+            for chunk in _chunks(list(record_keys)):
+                removed += connection.execute(
+                    table.delete().where(
+                        table.c.destination == destination, table.c.record_key.in_(chunk)
+                    )
+                ).rowcount
+        return removed
 
     def record_deliveries(self, destination: str, outcomes: Sequence[SinkOutcome]) -> None:
         """Write the ledger for a batch; failed records keep the last good hash."""

@@ -49,6 +49,35 @@ def expected_outcome(entry: dict[str, Any], bio_email: bool) -> str:
     return "created"
 
 
+def salespersons_lead(sandbox: Sandbox, must: Any) -> tuple[str, str, str]:
+    """(one of our qualified people, the address, the id of a salesperson's lead the seed
+    gives that address: unclaimed, found by email alone)."""
+    truth: dict[str, Any] = sandbox.crm_truth()
+    owner = next(
+        key
+        for key, entry in sorted(truth.items())
+        if key in must
+        and entry.get("object") == "Lead"
+        and entry.get("matched_by") == "email"
+        and not entry.get("ambiguous")
+    )
+    return owner, truth[owner]["email"], truth[owner]["id"]
+
+
+def configure_campaign(sandbox: Sandbox, name: str) -> str:
+    """A new active campaign in the sandbox org, set as ``crm.campaign``; its id."""
+    from connectors.crm import salesforce
+    from socialcrm.config import load_settings
+
+    assert sandbox.config_path is not None
+    conn = salesforce.connect(load_settings(sandbox.config_path).crm)
+    campaign = conn.sf.Campaign.create({"Name": name, "IsActive": True})
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["crm"]["campaign"] = {"id": campaign["id"]}
+    sandbox.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(campaign["id"])
+
+
 def test_existing_contacts_and_leads_are_matched_not_duplicated(sandbox: Sandbox) -> None:
     truth: dict[str, Any] = sandbox.crm_truth()
     state = sandbox.state()
@@ -97,15 +126,9 @@ def test_existing_contacts_and_leads_are_matched_not_duplicated(sandbox: Sandbox
 
 
 def test_new_leads_and_matched_customers_join_the_campaign_once(sandbox: Sandbox) -> None:
-    from connectors.crm import salesforce
-    from socialcrm.config import load_settings
 
     assert sandbox.config_path is not None
-    conn = salesforce.connect(load_settings(sandbox.config_path).crm)
-    campaign = conn.sf.Campaign.create({"Name": "Social engagement Q4", "IsActive": True})
-    data = yaml.safe_load(sandbox.config_path.read_text())
-    data["crm"]["campaign"] = {"id": campaign["id"]}
-    sandbox.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    campaign = {"id": configure_campaign(sandbox, "Social engagement Q4")}
 
     summary = leads(LeadsRun(config=str(sandbox.config_path)))
     outcomes = summary["outcomes"]
@@ -135,17 +158,8 @@ def test_two_of_our_people_matching_one_unclaimed_lead_do_not_both_adopt_it(
     last one's external id win over the first's ledger). With matching off, the org's
     duplicate rule names the lead to both creates, with the same result."""
     truth: dict[str, Any] = sandbox.crm_truth()
-    state = sandbox.state()
-    must = qualified(engagement_counts(state), state)
-    owner = next(
-        key
-        for key, entry in sorted(truth.items())
-        if key in must
-        and entry.get("object") == "Lead"
-        and entry.get("matched_by") == "email"
-        and not entry.get("ambiguous")
-    )
-    address, lead_id = truth[owner]["email"], truth[owner]["id"]
+    must = qualified(engagement_counts(sandbox.state()), sandbox.state())
+    owner, address, lead_id = salespersons_lead(sandbox, must)
     other = next(key for key in sorted(must) if key not in truth)
     for key in (owner, other):
         sandbox._world.x_world.users[key.split(":", 1)[1]].description = f"Mail me: {address}"
@@ -224,16 +238,26 @@ def test_a_campaign_that_cannot_be_joined_leaves_the_leads_recorded(
         recorded = store.deliveries(created, "Lead")
     assert set(recorded) == set(created)
     monkeypatch.undo()
+    from socialcrm import consent
+
+    opted_out = sorted(created)[0]  # after the failed membership, before its retry
+    with StateStore.open(settings.state_url()) as store:
+        consent.opt_out(store, [opted_out])
     again = leads(LeadsRun(config=str(sandbox.config_path)))
     assert again["created"] == again["updated"] == 0
     # The next run adds the memberships that failed (checked: before, they were only
-    # logged, and a lead joined only if it was created again).
+    # logged, and a lead joined only if it was created again), but not for who opted out.
     org = sandbox.state()["salesforce"]
     ids = {lead["Social_Profile_Id__c"]: lead["Id"] for lead in org["Lead"]}
     members = Counter(m.get("LeadId") for m in org["CampaignMember"] if m.get("LeadId"))
-    assert {ids[key] for key in created} <= set(members)
+    assert {ids[key] for key in created if key != opted_out} <= set(members)
+    assert ids[opted_out] not in members
     assert all(n == 1 for n in members.values())
-    assert again["campaign_members"] >= len(created)
+    assert again["campaign_members"] >= len(created) - 1  # matched records join too
+    with StateStore.open(settings.state_url()) as store:
+        rows = store.deliveries(created, f"CampaignMember:{campaign['id']}")
+    assert opted_out not in rows
+    assert {row.status for row in rows.values()} == {"created"}
 
 
 def test_a_crash_right_after_adopting_a_lead_keeps_it_theirs(
@@ -279,20 +303,66 @@ def test_a_crash_right_after_adopting_a_lead_keeps_it_theirs(
             assert org[lead_id].get(name) == theirs[lead_id].get(name), (key, name)
 
 
+@pytest.mark.parametrize("interruption", ["killed before the update", "update refused"])
+def test_a_lead_adopted_through_the_duplicate_rule_is_updated_by_id_after_an_interruption(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, interruption: str
+) -> None:
+    """Matching off: the org's duplicate rule names a salesperson's lead, which we adopt.
+    If the update never lands, the next run updates that lead by the id on record (checked:
+    it upserted our fields alone by external id, which found no lead and was refused as a
+    create without LastName and Company, on every run)."""
+    from connectors.crm import salesforce
+    from socialcrm.config import load_settings
+    from socialcrm.records import RecordProblem, SinkOutcome
+    from socialcrm.state import StateStore
+
+    assert sandbox.config_path is not None
+    must = qualified(engagement_counts(sandbox.state()), sandbox.state())
+    owner, address, lead_id = salespersons_lead(sandbox, must)
+    sandbox._world.x_world.users[owner.split(":", 1)[1]].description = f"Mail me: {address}"
+    data = yaml.safe_load(sandbox.config_path.read_text())
+    data["crm"]["matching"] = {"enabled": False}
+    sandbox.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def interrupted(_conn: Any, _sobject: str, _records: Any, keys: list[str]) -> Any:
+        if interruption.startswith("killed"):
+            raise SystemExit("worker killed")
+        why = "FIELD_CUSTOM_VALIDATION_EXCEPTION: Region is required"
+        return [
+            SinkOutcome(k, "failed", problems=[RecordProblem(k, "delivery", "salesforce", why)])
+            for k in keys
+        ]
+
+    monkeypatch.setattr(salesforce, "update_records", interrupted)
+    if interruption.startswith("killed"):
+        with pytest.raises(BaseException, match="worker killed"):
+            leads(LeadsRun(config=str(sandbox.config_path)))
+    else:
+        leads(LeadsRun(config=str(sandbox.config_path)))
+    monkeypatch.undo()
+    with StateStore.open(load_settings(sandbox.config_path).state_url()) as store:
+        store.mark_pending([owner])
+
+    summary = leads(LeadsRun(config=str(sandbox.config_path)))
+
+    assert summary["outcomes"][owner] == "matched lead"
+    lead = next(r for r in sandbox.state()["salesforce"]["Lead"] if r["Id"] == lead_id)
+    assert lead["Social_Profile_Id__c"] == owner
+    assert lead["Company"] != "[not provided]"
+    mine = [
+        r for r in sandbox.state()["salesforce"]["Lead"] if r.get("Social_Profile_Id__c") == owner
+    ]
+    assert len(mine) == 1
+
+
 def test_leads_written_after_the_campaign_is_set_join_it_once(sandbox: Sandbox) -> None:
     """A campaign configured later: leads that change join it on their write, as updates
     (checked: before, only creates joined), and nobody joins twice."""
-    from connectors.crm import salesforce
-    from socialcrm.config import load_settings
 
     assert sandbox.config_path is not None
     first = leads(LeadsRun(config=str(sandbox.config_path)))
     ours = {k for k, status in first["outcomes"].items() if status in ("created", "updated")}
-    conn = salesforce.connect(load_settings(sandbox.config_path).crm)
-    campaign = conn.sf.Campaign.create({"Name": "Spring launch", "IsActive": True})
-    data = yaml.safe_load(sandbox.config_path.read_text())
-    data["crm"]["campaign"] = {"id": campaign["id"]}
-    sandbox.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    configure_campaign(sandbox, "Spring launch")
     sandbox.generate(engagements=240)
 
     second = leads(LeadsRun(config=str(sandbox.config_path)))
@@ -305,6 +375,47 @@ def test_leads_written_after_the_campaign_is_set_join_it_once(sandbox: Sandbox) 
     assert {ids[key] for key in updated} <= set(members)
     untouched = ours - set(second["outcomes"])
     assert untouched and not {ids[key] for key in untouched} & set(members)
+    assert all(n == 1 for n in members.values())
+
+
+def test_a_worker_killed_before_the_campaign_call_leaves_the_memberships_to_the_next_run(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after the batch's ledger is written, before the campaign call: the next run
+    adds the memberships though it writes no lead (checked: before, nothing recorded that
+    they were owed, and the leads never joined)."""
+    from connectors.crm import salesforce
+    from socialcrm.config import load_settings
+    from socialcrm.state import StateStore
+
+    assert sandbox.config_path is not None
+    configure_campaign(sandbox, "Social engagement Q4")
+
+    def killed(*_args: Any, **_kwargs: Any) -> Any:
+        raise SystemExit("worker killed")
+
+    monkeypatch.setattr(salesforce, "add_campaign_members", killed)
+    with pytest.raises(BaseException, match="worker killed"):
+        leads(LeadsRun(config=str(sandbox.config_path)))
+    monkeypatch.undo()
+    assert not sandbox.state()["salesforce"]["CampaignMember"]
+    everyone = [f"x:{user['id']}" for user in sandbox.state()["x"]["users"]]
+    with StateStore.open(load_settings(sandbox.config_path).state_url()) as store:
+        written = {
+            row.destination_id
+            for destination in ("Lead", "Contact")
+            for row in store.deliveries(everyone, destination).values()
+            if row.status in ("created", "updated", "matched lead", "matched contact")
+        }
+    assert written, "the killed run wrote records before the campaign call"
+
+    leads(LeadsRun(config=str(sandbox.config_path)))
+
+    members = Counter(
+        m.get("LeadId") or m.get("ContactId")
+        for m in sandbox.state()["salesforce"]["CampaignMember"]
+    )
+    assert written <= set(members)
     assert all(n == 1 for n in members.values())
 
 

@@ -224,6 +224,27 @@ def test_ledger_keeps_last_good_hash_when_a_delivery_fails(state_url: str) -> No
     )
 
 
+def test_ledger_rows_by_status_give_up_after_the_attempts_and_can_be_forgotten(
+    state_url: str,
+) -> None:
+    """What ``rejoin_campaign`` reads: the failed rows of one destination, oldest first,
+    without those tried ``max_attempts`` times; and what it drops."""
+    ledger = "CampaignMember:701A"
+    with StateStore.open(state_url) as store:
+        for key in ("x:1", "x:2", "x:3"):
+            store.record_deliveries(ledger, [SinkOutcome(key, "failed", "00Q" + key[-1])])
+        store.record_deliveries(ledger, [SinkOutcome("x:2", "created", "00Q2")])
+        store.record_deliveries("Lead", [SinkOutcome("x:4", "failed", None)])
+        for _ in range(4):
+            store.record_deliveries(ledger, [SinkOutcome("x:3", "failed", "00Q3")])
+        assert store.keys_with_status(ledger, "failed", limit=10) == ["x:1", "x:3"]
+        assert store.keys_with_status(ledger, "failed", limit=10, max_attempts=5) == ["x:1"]
+        assert store.keys_with_status(ledger, "failed", limit=1) == ["x:1"]
+        assert store.forget_deliveries(ledger, ["x:1", "x:4"]) == 1
+        assert set(store.deliveries(["x:1", "x:2", "x:3"], ledger)) == {"x:2", "x:3"}
+        assert set(store.deliveries(["x:4"], "Lead")) == {"x:4"}
+
+
 def test_dead_letters_are_kept_once_per_record_stage_and_field(state_url: str) -> None:
     problem = RecordProblem("x:1", "mapping", "salesforce", "too long", field="Social_Handle__c")
     with StateStore.open(state_url) as store:
