@@ -14,7 +14,8 @@ destination type families are imported.
 
 Scope: columns typed the way ``socialcrm.qualify.lead_candidates`` builds them (text, float,
 integer, boolean and datetime columns); object columns mixing types are read value by
-value, which the engine (reading them column-wise) may print differently.
+value, each printed as its own type's column would be (booleans ``true``, whole floats
+without ``.0``), as the engine does.
 """
 
 from __future__ import annotations
@@ -103,14 +104,15 @@ def as_text(value: Any) -> str | None:
 
 
 def read(row: Mapping[str, Any], name: str, kinds: Mapping[str, str]) -> Any:
-    """A source value; absent columns are empty; object columns print with ``str``."""
+    """A source value; absent columns are empty; object columns' values print as text."""
     if name not in row:
         return None
     value = row[name]
     if is_missing(value):
         return None
     if kinds.get(name) == "object" and not isinstance(value, str):
-        return str(value)
+        # Each value as its own type's column prints it; a date as Python prints it.
+        return str(value) if isinstance(value, pd.Timestamp) else as_text(value)
     if kinds.get(name) == "datetime":
         return pd.Timestamp(value)
     return value

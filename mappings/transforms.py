@@ -80,7 +80,30 @@ def as_text(series: pd.Series) -> pd.Series:
     if isinstance(dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(dtype):
         # As text, any date prints (a CRM's date range is for its date fields).
         return format_datetime(parse_datetime(series, in_range=False))
+    if pd.api.types.is_object_dtype(dtype):
+        # A typed column with gaps (``verified``: True, False, None) arrives as object:
+        # each value prints as its own dtype's column would, not as Python's str().
+        texts = object_array(map(_scalar_text, series.to_numpy()), len(series))
+        return text_series(texts, series.index)
     return series.astype("str")
+
+
+def _scalar_text(value: Any) -> Any:
+    """One value of an object column as ``as_text`` prints its dtype; NaN for nulls."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return np.nan
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        if number != number:
+            return np.nan
+        if number.is_integer() and abs(number) < 2**53:
+            return str(int(number))
+        return str(number)
+    return str(value)
 
 
 def fill_null(series: pd.Series, other: Any) -> pd.Series:

@@ -1165,3 +1165,17 @@ def test_a_timestamp_outside_the_crm_range_is_named_and_prints_as_text() -> None
     ]
     as_text = apply_spec(spec, frame, {"F": DestinationField("F", "string")})
     assert as_text.records[0] == {"F": "1690-01-01T00:00:00.000+0000"} and not as_text.warnings
+
+
+def test_an_object_column_prints_each_value_as_its_own_type_would() -> None:
+    """``verified`` with gaps is an object column of bools and None: it must read "true",
+    not Python's "True", like a bool column; a whole float without ".0" (checked: before,
+    str() gave "True" and "12345.0")."""
+    from mappings.transforms import as_text
+
+    mixed = pd.Series([True, None, False, 12345.0, float("nan"), 1.5, "x", 3], dtype=object)
+    text = as_text(mixed)
+    assert str(text.dtype) == "str"
+    assert text.isna().tolist() == [False, True, False, False, True, False, False, False]
+    assert text.dropna().tolist() == ["true", "false", "12345", "1.5", "x", "3"]
+    assert as_text(pd.Series([True, False])).tolist() == ["true", "false"]
