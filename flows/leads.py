@@ -40,12 +40,18 @@ from flows.reporting import (
     sales_view,
     write_sales_csv,
 )
-from mappings import MappingSpec, apply_spec, check_spec, load_spec
+from mappings import MappingSpec, apply_spec, check_sources, check_spec, load_spec
 from socialcrm import consent, inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
 from socialcrm.exclusions import ExclusionRules, skip_reasons
 from socialcrm.heap import startup_objects_frozen
-from socialcrm.qualify import PLATFORM_NAMES, lead_candidates, top_engagements
+from socialcrm.qualify import (
+    LEAD_ROW_COLUMNS,
+    PLATFORM_NAMES,
+    TASK_ROW_COLUMNS,
+    lead_candidates,
+    top_engagements,
+)
 from socialcrm.records import DirectMessage, Engagement, Page, RecordProblem, SinkOutcome
 from socialcrm.routing import RoutingRules, load_rules, route
 from socialcrm.state import EngagementRow, IngestResult, PersonRow, StateStore, payload_hash
@@ -163,6 +169,9 @@ class LeadsContext:
             spec = load_spec(path)
             if not spec.external_id:
                 raise ConfigError(f"{path}: a lead mapping needs external_id (the upsert key)")
+            unread = check_sources(spec, LEAD_ROW_COLUMNS)
+            if unread:
+                raise ConfigError(reads_unknown_columns(unread, LEAD_ROW_COLUMNS))
             self._spec = spec
         return self._spec
 
@@ -173,6 +182,9 @@ class LeadsContext:
             spec = load_spec(path)
             if not spec.external_id:
                 raise ConfigError(f"{path}: a task mapping needs external_id (the upsert key)")
+            unread = check_sources(spec, TASK_ROW_COLUMNS)
+            if unread:
+                raise ConfigError(reads_unknown_columns(unread, TASK_ROW_COLUMNS))
             self._task_spec = spec
         return self._task_spec
 
@@ -1240,6 +1252,16 @@ def log_on_contacts(
 
 def logged_as(plan: BatchPlan, key: str) -> str:
     return "logged on lead" if key in plan.on_leads else "matched contact"
+
+
+def reads_unknown_columns(problems: list[str], columns: list[str]) -> str:
+    """A mapping that reads a column the rows never have: a typo would leave every
+    record's field empty without a word, so the run stops before anything is written."""
+    return (
+        "the mapping reads columns the rows do not have, nothing was written:\n"
+        + "\n".join(problems)
+        + f"\n(the columns: {', '.join(columns)})"
+    )
 
 
 def mapping_misfit(problems: list[str]) -> str:

@@ -29,13 +29,14 @@ from flows.leads import (
     _logger,
     apply_rate_limits,
     deliver_pending_leads,
+    reads_unknown_columns,
     run_namer,
     stop_status,
     worth_retrying,
 )
 from flows.params import RunTarget, as_is
 from flows.reporting import publish_tickets_artifacts
-from mappings import MappingSpec, apply_spec, load_spec
+from mappings import MappingSpec, apply_spec, check_sources, load_spec
 from socialcrm import consent, inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
 from socialcrm.heap import startup_objects_frozen
@@ -108,9 +109,11 @@ class TicketsContext:
     def ticket_spec(self) -> MappingSpec:
         if self._spec is None:
             assert self.settings.helpdesk is not None
-            self._spec = load_spec(
-                self.settings.mapping_path(self.settings.helpdesk.ticket_mapping)
-            )
+            spec = load_spec(self.settings.mapping_path(self.settings.helpdesk.ticket_mapping))
+            unread = check_sources(spec, TICKET_ROW_COLUMNS)
+            if unread:
+                raise ConfigError(reads_unknown_columns(unread, TICKET_ROW_COLUMNS))
+            self._spec = spec
         return self._spec
 
     def count(self, name: str, n: int = 1) -> None:
@@ -253,6 +256,22 @@ def idempotency_key(conversation_key: str, first_message: str) -> str:
     return f"socialcrm-{digest[:40]}"
 
 
+TICKET_ROW_COLUMNS = [
+    "conversation_key",
+    "person_key",
+    "platform",
+    "platform_name",
+    "channel_name",
+    "handle",
+    "display_name",
+    "first_line",
+    "route",
+    "rule",
+    "priority",
+]
+"""What a ticket mapping can read: one row per conversation (``_ticket_frame``)."""
+
+
 def _ticket_frame(batch: dict[str, list[inbox.StoredMessage]]) -> pd.DataFrame:
     rows = []
     for key, messages in batch.items():
@@ -273,7 +292,7 @@ def _ticket_frame(batch: dict[str, list[inbox.StoredMessage]]) -> pd.DataFrame:
                 "priority": max((m.priority for m in messages), key=_urgency),
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=TICKET_ROW_COLUMNS)
 
 
 def _urgency(priority: str) -> int:

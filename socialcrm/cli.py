@@ -142,7 +142,8 @@ def _run_flow(args: argparse.Namespace) -> int:
 def _cmd_mapping_check(args: argparse.Namespace) -> int:
     from connectors.crm import salesforce
     from connectors.http import ApiError
-    from mappings import MappingError, check_spec, load_spec
+    from mappings import MappingError, check_sources, check_spec, load_spec
+    from socialcrm.qualify import LEAD_ROW_COLUMNS, TASK_ROW_COLUMNS
     from socialcrm.routing import RoutingError, load_rules
 
     settings = load_settings(args.config)
@@ -153,12 +154,22 @@ def _cmd_mapping_check(args: argparse.Namespace) -> int:
         spec = load_spec(path)
         conn = salesforce.connect(settings.crm)
         problems += check_spec(spec, salesforce.describe(conn, spec.object_name))
+        problems += check_sources(spec, LEAD_ROW_COLUMNS)
         checked.append(f"{path.name} against {spec.object_name} in {conn.instance_url}")
+        if settings.crm.matching.enabled:
+            path = settings.mapping_path(settings.crm.matching.contact_task_mapping)
+            task = load_spec(path)
+            problems += check_spec(task, salesforce.describe(conn, task.object_name))
+            problems += check_sources(task, TASK_ROW_COLUMNS)
+            checked.append(f"{path.name} against {task.object_name} in {conn.instance_url}")
         if settings.helpdesk is not None:
             from connectors.helpdesk.zendesk import TICKET_FIELDS
+            from flows.tickets import TICKET_ROW_COLUMNS
 
             path = settings.mapping_path(settings.helpdesk.ticket_mapping)
-            problems += check_spec(load_spec(path), TICKET_FIELDS)
+            ticket = load_spec(path)
+            problems += check_spec(ticket, TICKET_FIELDS)
+            problems += check_sources(ticket, TICKET_ROW_COLUMNS)
             checked.append(f"{path.name} against Zendesk tickets")
         path = settings.mapping_path(settings.routing.rules)
         load_rules(path)

@@ -53,6 +53,11 @@ CANDIDATE_COLUMNS = [
 # Beside CANDIDATE_COLUMNS: the distinct intent phrases found ("pricing; a demo", or
 # empty) and whether the decayed score reaches the threshold (the flow keeps those).
 SCORING_COLUMNS = ["intent_phrases", "qualified"]
+# What a lead mapping can read: the candidate's columns, the flow's link to the person's
+# sales ticket, and the record key.
+LEAD_ROW_COLUMNS = [*CANDIDATE_COLUMNS, *SCORING_COLUMNS, "helpdesk_ticket_url", "record_key"]
+# What the Task mapping (a matched customer's activity) reads besides those.
+TASK_ROW_COLUMNS = [*LEAD_ROW_COLUMNS, "who_id", "task_key", "platform_name"]
 
 
 _EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")

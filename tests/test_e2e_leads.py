@@ -530,6 +530,26 @@ def test_mapping_check_names_a_field_lead_does_not_have(
     assert "Favourite_Colour__c" in capsys.readouterr().out
 
 
+def test_a_misspelt_source_column_is_named_by_the_check_and_stops_the_run_unwritten(
+    sandbox: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``source: biography`` (the column is ``bio``) would leave the field empty in every
+    lead: ``mapping check`` names it and a run writes nothing (checked: before, both
+    passed and every lead went without it)."""
+    from socialcrm.config import ConfigError
+
+    spec = yaml.safe_load(Path("mappings/lead.salesforce.yaml").read_text())
+    spec["fields"]["Description"] = {"source": "biography"}
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    config = configure(sandbox, crm={"lead_mapping": "typo.yaml"})
+    capsys.readouterr()
+    assert cli.main(["mapping", "check", "--config", config]) != 0
+    assert "field Description: column 'biography' is not in the input" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="biography"):
+        leads(LeadsRun(config=config))
+    assert sf_leads(sandbox) == {}
+
+
 def test_cli_run_prints_the_json_summary_last(
     sandbox: Sandbox, capsys: pytest.CaptureFixture[str]
 ) -> None:
