@@ -150,6 +150,7 @@ class LeadsContext:
     serial: threading.Lock = field(default_factory=threading.Lock)
     writer: PageWriter = field(default_factory=lambda: PageWriter())
     campaign_members: int = 0
+    campaign_tried: set[str] = field(default_factory=set)  # people whose membership was tried
     last_write: salesforce.Written | None = None  # what the last batch's write sent
     deferred: list[PersonRow] = field(default_factory=list)  # see defer_same_address
     dry_run_addresses: dict[str, str] = field(default_factory=dict)  # address -> first key
@@ -990,6 +991,9 @@ def send_leads(ctx: LeadsContext, plan: BatchPlan) -> list[SinkOutcome]:
         )
         updated = recreate_deleted(ctx, plan, dict(adopted), updated)
         for outcome in updated:
+            if outcome.status == "duplicate":  # the org's rule names another: sales decides
+                outcome.status = "failed"
+        for outcome in updated:
             if outcome.status == "updated":
                 outcome.status = "matched lead"
                 outcome.destination_id = outcome.destination_id or plan.adopt[outcome.record_key]
@@ -1015,7 +1019,11 @@ def deleted_in_org(plan: BatchPlan, outcome: SinkOutcome) -> bool:
         if problem.reason.startswith("ENTITY_IS_DELETED"):
             return True
         missing = set((problem.field or "").split(","))
-        if problem.reason.startswith("REQUIRED_FIELD_MISSING") and missing & needed.keys():
+        if (
+            problem.reason.startswith("REQUIRED_FIELD_MISSING")
+            and missing & needed.keys()
+            and outcome.record_key not in plan.adopted_before  # theirs go by id: see above
+        ):
             return True
     return False
 
@@ -1102,7 +1110,9 @@ def to_join(ctx: LeadsContext, outcomes: list[SinkOutcome]) -> list[SinkOutcome]
     return fresh
 
 
-def join_campaign(ctx: LeadsContext, fresh: list[SinkOutcome]) -> None:
+def join_campaign(
+    ctx: LeadsContext, fresh: list[SinkOutcome], *, count_failures: bool = False
+) -> None:
     """Add ``fresh`` (from ``to_join``) to the configured campaign, once each.
 
     Memberships are kept in the ledger (``campaign_ledger``, by person): one already in
@@ -1114,6 +1124,8 @@ def join_campaign(ctx: LeadsContext, fresh: list[SinkOutcome]) -> None:
     campaign = ctx.settings.crm.campaign
     if campaign is None or not fresh:
         return
+    with ctx.serial:
+        ctx.campaign_tried.update(o.record_key for o in fresh)
     who: dict[str, list[str]] = {}
     for outcome in fresh:
         assert outcome.destination_id is not None
@@ -1141,12 +1153,14 @@ def join_campaign(ctx: LeadsContext, fresh: list[SinkOutcome]) -> None:
         joined = [SinkOutcome(record_id, "failed") for record_id in who]
         call_failed = True
     failed = [o for o in joined if o.status == "failed"]
-    # A failure counts an attempt: ``rejoin_campaign`` gives up on one that keeps failing.
+    # A failure counts an attempt (``to_join``'s row counted the first): ``rejoin_campaign``
+    # gives up on one that keeps failing.
     ctx.store.record_deliveries(
         campaign_ledger(campaign.id),
         [
             SinkOutcome(key, "failed" if o.status == "failed" else "created", o.record_key)
             for o in joined
+            if count_failures or o.status != "failed"
             for key in who.get(o.record_key, [])
         ],
     )
@@ -1164,30 +1178,37 @@ def join_campaign(ctx: LeadsContext, fresh: list[SinkOutcome]) -> None:
 
 
 def rejoin_campaign(ctx: LeadsContext) -> None:
-    """Memberships not added by earlier runs, tried again: a thousand a run at most, each
-    up to ``REJOIN_ATTEMPTS`` times. Who opted out since, or has no lead or Contact of
-    ours on record any more, is forgotten (a later write of their lead joins it)."""
+    """Memberships owed since earlier runs, tried again: a thousand a run at most, each up
+    to ``REJOIN_ATTEMPTS`` times in all, by the id on their row (a Contact's id starts
+    with 003, Salesforce's key prefix). Who opted out since is forgotten; one tried in
+    this run waits for the next."""
     campaign = ctx.settings.crm.campaign
     if campaign is None:
         return
     ledger = campaign_ledger(campaign.id)
-    keys = ctx.store.keys_with_status(
-        ledger, "failed", limit=REJOIN_LIMIT, max_attempts=REJOIN_ATTEMPTS
-    )
-    if not keys:
+    rows = [
+        row
+        for row in ctx.store.rows_with_status(
+            ledger, "failed", limit=REJOIN_LIMIT, max_attempts=REJOIN_ATTEMPTS
+        )
+        if row.destination_id and row.record_key not in ctx.campaign_tried
+    ]
+    if not rows:
         return
-    suppressed = consent.suppression_reasons(ctx.store, keys)
-    spec = ctx.lead_spec()
-    written = {
-        key: SinkOutcome(key, row.status, row.destination_id)
-        for destination in ("Contact", spec.object_name)
-        for key, row in ctx.store.deliveries(keys, destination).items()
-        if row.status in JOINING and row.destination_id and key not in suppressed
-    }
-    ctx.store.forget_deliveries(ledger, [key for key in keys if key not in written])
-    if written:
-        _logger().info("campaign %s: %d memberships tried again", campaign.id, len(written))
-        join_campaign(ctx, list(written.values()))
+    suppressed = consent.suppression_reasons(ctx.store, [row.record_key for row in rows])
+    ctx.store.forget_deliveries(ledger, sorted(suppressed))
+    owed = [
+        SinkOutcome(
+            row.record_key,
+            "matched contact" if str(row.destination_id).startswith("003") else "created",
+            row.destination_id,
+        )
+        for row in rows
+        if row.record_key not in suppressed
+    ]
+    if owed:
+        _logger().info("campaign %s: %d memberships tried again", campaign.id, len(owed))
+        join_campaign(ctx, owed, count_failures=True)
 
 
 REJOIN_ATTEMPTS = 5
@@ -1686,7 +1707,9 @@ def review_and_deliver(
     publish_review_artifact(ctx.account.name, headline, preview, rejected)
     logger = _logger()
     if not preview and not rejected:
-        return [o for plan in plans for o in write_plan(ctx, plan)], "completed: nothing to review"
+        outcomes = [o for plan in plans for o in write_plan(ctx, plan)]
+        rejoin_campaign(ctx)
+        return outcomes, "completed: nothing to review"
     logger.info("review: %s; waiting up to %d minutes for a decision", headline, timeout_minutes)
     timeout = timeout_minutes * 60
     try:

@@ -737,23 +737,28 @@ class StateStore:
                     )
         return found
 
-    def keys_with_status(
+    def rows_with_status(
         self, destination: str, status: str, *, limit: int, max_attempts: int | None = None
-    ) -> list[str]:
-        """Up to ``limit`` record keys whose ``destination`` row has ``status`` (and fewer
-        than ``max_attempts`` attempts), oldest first."""
+    ) -> list[Delivery]:
+        """Up to ``limit`` ``destination`` rows with ``status`` (and fewer than
+        ``max_attempts`` attempts), oldest first."""
         table = schema.deliveries
-        query = sa.select(table.c.record_key).where(
-            table.c.destination == destination, table.c.status == status
-        )
+        query = sa.select(table).where(table.c.destination == destination, table.c.status == status)
         if max_attempts is not None:
             query = query.where(table.c.attempts < max_attempts)
         with self.transaction() as connection:
-            return list(
-                connection.execute(
-                    query.order_by(table.c.updated_at, table.c.record_key).limit(limit)
-                ).scalars()
+            rows = connection.execute(
+                query.order_by(table.c.updated_at, table.c.record_key).limit(limit)
             )
+            return [
+                Delivery(
+                    record_key=row.record_key,
+                    destination_id=row.destination_id,
+                    payload_hash=row.payload_hash,
+                    status=row.status,
+                )
+                for row in rows
+            ]
 
     def forget_deliveries(self, destination: str, record_keys: Sequence[str]) -> int:
         """Remove these keys' ``destination`` rows from the ledger."""

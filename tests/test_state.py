@@ -237,9 +237,14 @@ def test_ledger_rows_by_status_give_up_after_the_attempts_and_can_be_forgotten(
         store.record_deliveries("Lead", [SinkOutcome("x:4", "failed", None)])
         for _ in range(4):
             store.record_deliveries(ledger, [SinkOutcome("x:3", "failed", "00Q3")])
-        assert store.keys_with_status(ledger, "failed", limit=10) == ["x:1", "x:3"]
-        assert store.keys_with_status(ledger, "failed", limit=10, max_attempts=5) == ["x:1"]
-        assert store.keys_with_status(ledger, "failed", limit=1) == ["x:1"]
+        rows = store.rows_with_status(ledger, "failed", limit=10)
+        assert [(r.record_key, r.destination_id) for r in rows] == [
+            ("x:1", "00Q1"),
+            ("x:3", "00Q3"),
+        ]
+        failed = store.rows_with_status(ledger, "failed", limit=10, max_attempts=5)
+        assert [r.record_key for r in failed] == ["x:1"]
+        assert [r.record_key for r in store.rows_with_status(ledger, "failed", limit=1)] == ["x:1"]
         assert store.forget_deliveries(ledger, ["x:1", "x:4"]) == 1
         assert set(store.deliveries(["x:1", "x:2", "x:3"], ledger)) == {"x:2", "x:3"}
         assert set(store.deliveries(["x:4"], "Lead")) == {"x:4"}
