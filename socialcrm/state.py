@@ -729,12 +729,7 @@ class StateStore:
                     )
                 )
                 for row in rows:
-                    found[row.record_key] = Delivery(
-                        record_key=row.record_key,
-                        destination_id=row.destination_id,
-                        payload_hash=row.payload_hash,
-                        status=row.status,
-                    )
+                    found[row.record_key] = _delivery(row)
         return found
 
     def rows_with_status(
@@ -750,15 +745,7 @@ class StateStore:
             rows = connection.execute(
                 query.order_by(table.c.updated_at, table.c.record_key).limit(limit)
             )
-            return [
-                Delivery(
-                    record_key=row.record_key,
-                    destination_id=row.destination_id,
-                    payload_hash=row.payload_hash,
-                    status=row.status,
-                )
-                for row in rows
-            ]
+            return [_delivery(row) for row in rows]
 
     def forget_deliveries(self, destination: str, record_keys: Sequence[str]) -> int:
         """Remove these keys' ``destination`` rows from the ledger."""
@@ -974,6 +961,15 @@ class StateStore:
                 )
                 removed += int(result.rowcount or 0)
         return removed
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(
+        record_key=row.record_key,
+        destination_id=row.destination_id,
+        payload_hash=row.payload_hash,
+        status=row.status,
+    )
 
 
 def _locked_people(connection: sa.Connection, keys: Sequence[str]) -> dict[str, Any]:
