@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from connectors.crm.salesforce import classify, parse_collection_results, soql_quote
 from connectors.http import (
@@ -284,6 +286,45 @@ def test_a_bad_run_option_is_a_one_line_usage_error(capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip() == "socialcrm: --limit: Input should be greater than or equal to 1"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"crm": {"lead_mapping": "typo.yaml"}}, "field Description: column 'biography'"),
+        ({"accounts": "second"}, "accounts: no account named 'second'"),
+    ],
+)
+def test_a_run_whose_config_or_mapping_is_wrong_fails_in_one_line_before_prefect(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    change: dict[str, Any],
+    expected: str,
+) -> None:
+    """Checked before the flow starts: no temporary Prefect server, no traceback (checked:
+    before, a typo came after about 4 s and 40 lines of Prefect's traceback)."""
+    import flows.leads
+    from socialcrm import cli
+
+    spec = yaml.safe_load(Path("mappings/lead.salesforce.yaml").read_text())
+    spec["fields"]["Description"] = {"source": "biography"}
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    config = yaml.safe_load(Path("socialcrm.example.yaml").read_text())
+    account = change.pop("accounts", None)
+    for section, values in change.items():
+        config[section].update(values)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def never(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("the flow started")
+
+    monkeypatch.setattr(flows.leads, "leads", never)
+    argv = ["run", "leads", "--config", str(tmp_path / "c.yaml")]
+    code = cli.main([*argv, "--account", account] if account else argv)
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
 
 
 def test_a_dm_refresh_token_needs_the_apps_client_id(tmp_path: Path) -> None:
