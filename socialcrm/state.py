@@ -765,28 +765,28 @@ class StateStore:
         table = schema.deliveries
         now = utcnow()
         with self.transaction() as connection:
-            known = {
-                row.record_key: row
-                for chunk in _chunks([o.record_key for o in outcomes])
-                for row in connection.execute(
-                    sa.select(table).where(
-                        table.c.destination == destination, table.c.record_key.in_(chunk)
+
+            def rows_of(keys: list[str]) -> dict[str, Any]:
+                return {
+                    row.record_key: row
+                    for chunk in _chunks(keys)
+                    for row in connection.execute(
+                        sa.select(table).where(
+                            table.c.destination == destination, table.c.record_key.in_(chunk)
+                        )
                     )
-                )
-            }
-            inserts: list[dict[str, Any]] = []
-            updates: list[dict[str, Any]] = []
-            new_values: dict[str, dict[str, Any]] = {}
-            latest = {o.record_key: o for o in outcomes if o.status in LEDGER_STATUSES}
-            for outcome in latest.values():
-                row = known.get(outcome.record_key)
+                }
+
+            known = rows_of([o.record_key for o in outcomes])
+
+            def values(outcome: SinkOutcome, row: Any) -> dict[str, Any]:
                 failed = outcome.status == "failed"
                 # An adopted lead stays adopted when an update of it fails: the status is
                 # all that says it is someone else's lead (only our fields go to it).
                 status = outcome.status
                 if failed and row is not None and row.status in ADOPTED:
                     status = row.status
-                values = {
+                return {
                     "status": status,
                     "updated_at": now,
                     "attempts": (row.attempts if row else 0) + 1,
@@ -796,25 +796,34 @@ class StateStore:
                     if failed
                     else outcome.payload_hash,
                 }
+
+            inserts: list[dict[str, Any]] = []
+            updates: list[dict[str, Any]] = []
+            latest = {o.record_key: o for o in outcomes if o.status in LEDGER_STATUSES}
+            for key, outcome in latest.items():
+                row = known.get(key)
                 if row is None:
-                    new_values[outcome.record_key] = values
                     inserts.append(
-                        {"record_key": outcome.record_key, "destination": destination, **values}
+                        {"record_key": key, "destination": destination, **values(outcome, None)}
                     )
                 else:
-                    updates.append({"key_": outcome.record_key, **values})
+                    updates.append({"key_": key, **values(outcome, row)})
             # One statement each for the batch (executemany), not one per record.
             if inserts:
                 # Another run may record the same key meanwhile (a requester is shared by
-                # the accounts a person wrote to): its row is updated with ours, the later.
+                # the accounts a person wrote to): its row is updated with ours, the later,
+                # computed from its row as any update is (attempts, last good hash).
                 added = set(
                     connection.execute(
                         insert_ignoring_duplicates(connection, table).returning(table.c.record_key),
                         inserts,
                     ).scalars()
                 )
-                lost = [key for key in new_values if key not in added]
-                updates.extend({"key_": key, **new_values[key]} for key in lost)
+                lost = [row["record_key"] for row in inserts if row["record_key"] not in added]
+                theirs = rows_of(lost)
+                updates.extend(
+                    {"key_": key, **values(latest[key], theirs.get(key))} for key in lost
+                )
             if updates:
                 connection.execute(
                     table.update()

@@ -250,6 +250,39 @@ def test_ledger_rows_by_status_give_up_after_the_attempts_and_can_be_forgotten(
         assert set(store.deliveries(["x:4"], "Lead")) == {"x:4"}
 
 
+def test_a_ledger_row_another_run_inserted_meanwhile_is_updated_from_its_values(
+    state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between our read and our insert another run records the same key (an adopted lead,
+    tried 3 times): our failed outcome then counts a 4th attempt and keeps its status and
+    last good hash (checked: before, the row got attempts 1, status failed, no hash)."""
+    from socialcrm import state
+
+    real = state.insert_ignoring_duplicates
+    raced: list[bool] = []
+
+    def another_run_first(connection: Any, table: Any) -> Any:
+        if not raced:
+            raced.append(True)
+            monkeypatch.setattr(state, "insert_ignoring_duplicates", real)
+            with StateStore.open(state_url) as other:
+                for _ in range(3):
+                    other.record_deliveries(
+                        "Lead", [SinkOutcome("x:1", "matched lead", "00Q1", "h-old")]
+                    )
+        return real(connection, table)
+
+    with StateStore.open(state_url) as store:
+        monkeypatch.setattr(state, "insert_ignoring_duplicates", another_run_first)
+        store.record_deliveries("Lead", [SinkOutcome("x:1", "failed", None, "h-new")])
+        monkeypatch.undo()
+        row = store.deliveries(["x:1"], "Lead")["x:1"]
+        below_5 = store.rows_with_status("Lead", "matched lead", limit=5, max_attempts=5)
+        below_4 = store.rows_with_status("Lead", "matched lead", limit=5, max_attempts=4)
+    assert (row.status, row.destination_id, row.payload_hash) == ("matched lead", "00Q1", "h-old")
+    assert [r.record_key for r in below_5] == ["x:1"] and below_4 == []  # the 4th attempt
+
+
 def test_dead_letters_are_kept_once_per_record_stage_and_field(state_url: str) -> None:
     problem = RecordProblem("x:1", "mapping", "salesforce", "too long", field="Social_Handle__c")
     with StateStore.open(state_url) as store:
