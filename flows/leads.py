@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -40,7 +41,7 @@ from flows.reporting import (
     sales_view,
     write_sales_csv,
 )
-from mappings import MappingSpec, apply_spec, check_sources, check_spec, load_spec
+from mappings import MappingError, MappingSpec, apply_spec, check_sources, check_spec, load_spec
 from socialcrm import consent, inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
 from socialcrm.exclusions import ExclusionRules, skip_reasons
@@ -166,27 +167,13 @@ class LeadsContext:
     def lead_spec(self) -> MappingSpec:
         """The lead mapping, read once per run."""
         if self._spec is None:
-            path = self.settings.mapping_path(self.settings.crm.lead_mapping)
-            spec = load_spec(path)
-            if not spec.external_id:
-                raise ConfigError(f"{path}: a lead mapping needs external_id (the upsert key)")
-            unread = check_sources(spec, LEAD_ROW_COLUMNS)
-            if unread:
-                raise ConfigError(reads_unknown_columns(unread, LEAD_ROW_COLUMNS))
-            self._spec = spec
+            self._spec = lead_mapping(self.settings)
         return self._spec
 
     def task_spec(self) -> MappingSpec:
         """The Task logged on a matched Contact, read once per run."""
         if self._task_spec is None:
-            path = self.settings.mapping_path(self.settings.crm.matching.contact_task_mapping)
-            spec = load_spec(path)
-            if not spec.external_id:
-                raise ConfigError(f"{path}: a task mapping needs external_id (the upsert key)")
-            unread = check_sources(spec, TASK_ROW_COLUMNS)
-            if unread:
-                raise ConfigError(reads_unknown_columns(unread, TASK_ROW_COLUMNS))
-            self._task_spec = spec
+            self._task_spec = task_mapping(self.settings)
         return self._task_spec
 
     def exclusion_rules(self) -> ExclusionRules:
@@ -1127,19 +1114,21 @@ def join_campaign(
     with ctx.serial:
         ctx.campaign_tried.update(o.record_key for o in fresh)
     who: dict[str, list[str]] = {}
+    leads: list[str] = []
+    contacts: list[str] = []
     for outcome in fresh:
         assert outcome.destination_id is not None
         who.setdefault(outcome.destination_id, []).append(outcome.record_key)
-    leads = [o.destination_id for o in fresh if o.status != "matched contact"]
-    contacts = [o.destination_id for o in fresh if o.status == "matched contact"]
+        on_contact = outcome.status == "matched contact"
+        (contacts if on_contact else leads).append(outcome.destination_id)
     call_failed = False
     try:
         joined = salesforce.add_campaign_members(
             ctx.crm_connection(),
             campaign.id,
             campaign.member_status,
-            lead_ids=[i for i in leads if i],
-            contact_ids=[i for i in contacts if i],
+            lead_ids=leads,
+            contact_ids=contacts,
         )
     except ApiError as error:
         if is_systemic(error):
@@ -1275,14 +1264,35 @@ def logged_as(plan: BatchPlan, key: str) -> str:
     return "logged on lead" if key in plan.on_leads else "matched contact"
 
 
-def reads_unknown_columns(problems: list[str], columns: list[str]) -> str:
-    """A mapping that reads a column the rows never have: a typo would leave every
-    record's field empty without a word, so the run stops before anything is written."""
-    return (
-        "the mapping reads columns the rows do not have, nothing was written:\n"
-        + "\n".join(problems)
-        + f"\n(the columns: {', '.join(columns)})"
-    )
+def lead_mapping(settings: Settings) -> MappingSpec:
+    """The lead mapping, refused (``checked_mapping``) before anything is written."""
+    return checked_mapping(settings.mapping_path(settings.crm.lead_mapping), LEAD_ROW_COLUMNS)
+
+
+def task_mapping(settings: Settings) -> MappingSpec:
+    """The mapping of the Task logged on a matched Contact, refused like the lead's."""
+    path = settings.mapping_path(settings.crm.matching.contact_task_mapping)
+    return checked_mapping(path, TASK_ROW_COLUMNS)
+
+
+def checked_mapping(path: Path, columns: list[str], *, upsert: bool = True) -> MappingSpec:
+    """A flow's mapping, or a ConfigError naming what is wrong: a broken file, an upsert
+    without ``external_id``, or a column the rows never have (a typo would leave every
+    record's field empty without a word)."""
+    try:
+        spec = load_spec(path)
+    except MappingError as error:
+        raise ConfigError(str(error)) from None
+    if upsert and not spec.external_id:
+        raise ConfigError(
+            f"{path}: a {spec.object_name} mapping needs external_id (the upsert key)"
+        )
+    unread = check_sources(spec, columns)
+    if unread:
+        raise ConfigError(
+            "\n".join(unread) + f"\n(nothing was written; the columns: {', '.join(columns)})"
+        )
+    return spec
 
 
 def mapping_misfit(problems: list[str]) -> str:

@@ -28,15 +28,15 @@ from flows.leads import (
     LeadsContext,
     _logger,
     apply_rate_limits,
+    checked_mapping,
     deliver_pending_leads,
-    reads_unknown_columns,
     run_namer,
     stop_status,
     worth_retrying,
 )
 from flows.params import RunTarget, as_is
 from flows.reporting import publish_tickets_artifacts
-from mappings import MappingSpec, apply_spec, check_sources, load_spec
+from mappings import MappingSpec, apply_spec
 from socialcrm import consent, inbox, progress
 from socialcrm.config import ConfigError, Settings, XAccount, load_settings
 from socialcrm.heap import startup_objects_frozen
@@ -108,12 +108,7 @@ class TicketsContext:
 
     def ticket_spec(self) -> MappingSpec:
         if self._spec is None:
-            assert self.settings.helpdesk is not None
-            spec = load_spec(self.settings.mapping_path(self.settings.helpdesk.ticket_mapping))
-            unread = check_sources(spec, TICKET_ROW_COLUMNS)
-            if unread:
-                raise ConfigError(reads_unknown_columns(unread, TICKET_ROW_COLUMNS))
-            self._spec = spec
+            self._spec = ticket_mapping(self.settings)
         return self._spec
 
     def count(self, name: str, n: int = 1) -> None:
@@ -270,6 +265,14 @@ TICKET_ROW_COLUMNS = [
     "priority",
 ]
 """What a ticket mapping can read: one row per conversation (``_ticket_frame``)."""
+
+
+def ticket_mapping(settings: Settings) -> MappingSpec:
+    """The ticket mapping, refused (``checked_mapping``) before anything is written."""
+    if settings.helpdesk is None:
+        raise ConfigError("helpdesk: the tickets flow needs a helpdesk section")
+    path = settings.mapping_path(settings.helpdesk.ticket_mapping)
+    return checked_mapping(path, TICKET_ROW_COLUMNS, upsert=False)
 
 
 def _ticket_frame(batch: dict[str, list[inbox.StoredMessage]]) -> pd.DataFrame:

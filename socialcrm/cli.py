@@ -104,26 +104,16 @@ def _params(model: type[M], **values: Any) -> M:
 def _preflight(args: argparse.Namespace) -> None:
     """The config, the account and the flow's mapping, read before Prefect starts: a typo
     is one line, not a traceback after a temporary server came up."""
-    from mappings import MappingError, check_sources, load_spec
-    from socialcrm.qualify import LEAD_ROW_COLUMNS
-
     settings = load_settings(args.config)
     settings.account(args.account)
-    try:
-        if args.flow == "leads":
-            spec = load_spec(settings.mapping_path(settings.crm.lead_mapping))
-            unread = check_sources(spec, LEAD_ROW_COLUMNS)
-        elif settings.helpdesk is None:
-            raise ConfigError(f"{args.config}: helpdesk: the tickets flow needs a helpdesk section")
-        else:
-            from flows.tickets import TICKET_ROW_COLUMNS
+    if args.flow == "leads":
+        from flows.leads import lead_mapping
 
-            spec = load_spec(settings.mapping_path(settings.helpdesk.ticket_mapping))
-            unread = check_sources(spec, TICKET_ROW_COLUMNS)
-    except MappingError as error:
-        raise ConfigError(str(error)) from None
-    if unread:
-        raise ConfigError("\n".join(unread))
+        lead_mapping(settings)
+    else:
+        from flows.tickets import ticket_mapping
+
+        ticket_mapping(settings)
 
 
 def _run_flow(args: argparse.Namespace) -> int:

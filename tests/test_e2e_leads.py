@@ -363,23 +363,33 @@ def test_a_batch_whose_people_are_all_skipped_is_no_crash(sandbox: Sandbox) -> N
     assert sf_writes(sandbox) == 0
 
 
+def with_first_name(sandbox: Sandbox, tmp_path: Path, first_name: dict[str, Any]) -> str:
+    """The config, with the shipped lead spec but this FirstName."""
+    spec = yaml.safe_load(Path("mappings/lead.salesforce.yaml").read_text())
+    spec["fields"]["FirstName"] = first_name
+    (tmp_path / "first_name.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return configure(sandbox, crm={"lead_mapping": "first_name.yaml"})
+
+
+def over_40(sandbox: Sandbox, people: Any) -> set[str]:
+    """Who of ``people`` has a "handle bio" longer than FirstName's 40 characters."""
+    users = {f"x:{u['id']}": u for u in sandbox.state()["x"]["users"]}
+    return {
+        key
+        for key in people
+        if len(f"{users[key]['username']} {users[key].get('description') or ''}".strip()) > 40
+    }
+
+
 def test_too_long_value_for_a_reject_field_is_dead_lettered_and_the_rest_delivered(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    spec = yaml.safe_load(Path("mappings/lead.salesforce.yaml").read_text())
     # FirstName holds 40 characters; handle plus bio often exceed it.
-    spec["fields"]["FirstName"] = {"template": "{handle} {bio}", "on_too_long": "reject"}
-    (tmp_path / "strict.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    config = configure(sandbox, crm={"lead_mapping": "strict.yaml"})
-    summary = leads(LeadsRun(config=config))
+    first_name = {"template": "{handle} {bio}", "on_too_long": "reject"}
+    summary = leads(LeadsRun(config=with_first_name(sandbox, tmp_path, first_name)))
 
     expected = expected_leads(sandbox)
-    users = {f"x:{u['id']}": u for u in sandbox.state()["x"]["users"]}
-    too_long = {
-        key
-        for key in expected
-        if len(f"{users[key]['username']} {users[key].get('description') or ''}".strip()) > 40
-    }
+    too_long = over_40(sandbox, expected)
     assert too_long and len(too_long) < len(expected)
     assert set(sf_leads(sandbox)) == set(expected) - too_long
     assert summary["failed"] == len(too_long) == summary["dead_lettered"]
@@ -398,19 +408,11 @@ def test_values_the_mapping_cuts_are_reported_and_their_leads_delivered(
     warnings were dropped without a word)."""
     from prefect import get_client
 
-    spec = yaml.safe_load(Path("mappings/lead.salesforce.yaml").read_text())
-    spec["fields"]["FirstName"] = {"template": "{handle} {bio}"}  # cut at 40 characters
-    (tmp_path / "long.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    config = configure(sandbox, crm={"lead_mapping": "long.yaml"})
-    summary = leads(LeadsRun(config=config))
+    first_name = {"template": "{handle} {bio}"}  # cut at 40 characters
+    summary = leads(LeadsRun(config=with_first_name(sandbox, tmp_path, first_name)))
 
     expected = expected_leads(sandbox)
-    users = {f"x:{u['id']}": u for u in sandbox.state()["x"]["users"]}
-    cut = {
-        key
-        for key in expected
-        if len(f"{users[key]['username']} {users[key].get('description') or ''}".strip()) > 40
-    }
+    cut = over_40(sandbox, expected)
     assert cut and set(sf_leads(sandbox)) == set(expected)
     assert summary["failed"] == 0 and summary["mapping_warnings"] >= len(cut)
     with get_client(sync_client=True) as client:
